@@ -1,0 +1,89 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Wake-on-LAN gateway for libvirt: a magic packet for a VM's MAC address
+/// starts (or resumes, or wakes) that VM.
+///
+/// Normally started by systemd through wol-libvirt-gateway.socket, which owns
+/// the UDP port and passes it in; the gateway handles every queued packet and
+/// exits when idle. Run by hand, it binds --listen-address itself.
+///
+/// Verbosity comes from RUST_LOG (default: info; e.g. RUST_LOG=debug).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wol-libvirt-gateway", version, about, long_about)]
+pub struct Args {
+    /// UDP address to listen on when systemd passes no socket. Repeat the flag
+    /// for several addresses, e.g. 0.0.0.0:9 and [::]:9.
+    #[arg(
+        long = "listen-address",
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:9",
+        value_parser = parse_socket_addr
+    )]
+    pub listen_address: Vec<SocketAddr>,
+
+    /// libvirt connection URI whose domains may be woken.
+    #[arg(long, value_name = "URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+
+    /// Exit after this long without a datagram (e.g. 30s, 2m; 0 = never).
+    /// Default: 30s when started by systemd with a socket, never when the
+    /// gateway bound its own socket.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// A MAC woken within this window is not acted on again; repeats (tools
+    /// send 3-10 copies) are logged as duplicates.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub dedupe_window: Duration,
+
+    /// Re-read every domain's XML for an unknown MAC at most this often.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub rescan_interval: Duration,
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT such as 127.0.0.1:9 or [::]:9 (IPv6 in brackets)".to_owned())
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bad =
+        || format!("'{s}' is not a duration: use a number with a unit, e.g. 30s, 2m or 500ms");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis_per_unit = match unit.trim() {
+        "ms" => 1,
+        "" | "s" | "sec" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "1x", "-1s", "1.5s", "99999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

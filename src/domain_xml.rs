@@ -1,0 +1,148 @@
+//! Reading MAC addresses out of a libvirt domain's XML description.
+//!
+//! Every NIC of a domain, whatever its `type` (network, bridge, direct, user,
+//! ethernet, hostdev, vhostuser, ...), carries its address in
+//! `<domain><devices><interface><mac address='…'/>`. We read exactly that path
+//! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
+//! never mistaken for a NIC.
+
+use std::fmt;
+
+use crate::packet::Mac;
+
+/// Why a domain's XML yielded no trustworthy list of MACs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainXmlError {
+    /// The text is not well-formed XML.
+    NotXml(String),
+    /// The root element is not `<domain>`.
+    NotADomain(String),
+    /// An interface's `<mac>` has no `address` or one that is not a MAC.
+    BadMac(String),
+}
+
+impl fmt::Display for DomainXmlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainXmlError::NotXml(e) => write!(f, "domain XML is not well-formed: {e}"),
+            DomainXmlError::NotADomain(root) => {
+                write!(f, "root element is <{root}>, not <domain>")
+            }
+            DomainXmlError::BadMac(address) => {
+                write!(f, "interface has a malformed MAC address '{address}'")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DomainXmlError {}
+
+/// Returns the MAC address of every interface in a domain's XML, in document
+/// order. Interfaces without a `<mac>` are skipped (libvirt generates one when
+/// the domain is defined, so only hand-written XML lacks it).
+pub fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
+    let document =
+        roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
+    let domain = document.root_element();
+    if domain.tag_name().name() != "domain" {
+        return Err(DomainXmlError::NotADomain(
+            domain.tag_name().name().to_owned(),
+        ));
+    }
+    let mut found = Vec::new();
+    let interfaces = children(domain, "devices").flat_map(|devices| children(devices, "interface"));
+    for mac in interfaces.flat_map(|interface| children(interface, "mac")) {
+        let address = mac.attribute("address").unwrap_or("");
+        let parsed = address
+            .parse::<Mac>()
+            .map_err(|_| DomainXmlError::BadMac(address.to_owned()))?;
+        found.push(parsed);
+    }
+    Ok(found)
+}
+
+fn children<'a, 'input>(
+    node: roxmltree::Node<'a, 'input>,
+    name: &'static str,
+) -> impl Iterator<Item = roxmltree::Node<'a, 'input>> {
+    node.children()
+        .filter(move |child| child.is_element() && child.tag_name().name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_interface_type_is_read() {
+        let types = [
+            "network",
+            "bridge",
+            "direct",
+            "user",
+            "ethernet",
+            "hostdev",
+            "vhostuser",
+            "mcast",
+            "vdpa",
+        ];
+        let mut xml = String::from("<domain type='kvm'><name>vm</name><devices>");
+        for (i, kind) in types.iter().enumerate() {
+            xml.push_str(&format!(
+                "<interface type='{kind}'><source/><mac address='52:54:00:00:00:{i:02x}'/><model type='virtio'/></interface>"
+            ));
+        }
+        xml.push_str("<disk type='file'/></devices></domain>");
+        let expected: Vec<Mac> = (0..types.len())
+            .map(|i| Mac([0x52, 0x54, 0, 0, 0, i as u8]))
+            .collect();
+        assert_eq!(macs(&xml), Ok(expected));
+    }
+
+    #[test]
+    fn uppercase_macs_compare_equal_to_lowercase() {
+        let xml = "<domain><devices><interface type='network'><mac address='52:54:00:AA:BB:CC'/></interface></devices></domain>";
+        assert_eq!(macs(xml), Ok(vec![mac("52:54:00:aa:bb:cc")]));
+    }
+
+    #[test]
+    fn interface_without_mac_is_skipped() {
+        let xml = "<domain><devices><interface type='user'/><interface type='user'><mac address='52:54:00:00:00:01'/></interface></devices></domain>";
+        assert_eq!(macs(xml), Ok(vec![mac("52:54:00:00:00:01")]));
+    }
+
+    #[test]
+    fn macs_outside_devices_interface_are_ignored() {
+        let xml = "<domain><metadata><mac address='52:54:00:00:00:09'/></metadata><devices><hostdev><mac address='52:54:00:00:00:08'/></hostdev></devices></domain>";
+        assert_eq!(macs(xml), Ok(vec![]));
+    }
+
+    #[test]
+    fn malformed_address_names_it() {
+        let xml = "<domain><devices><interface type='user'><mac address='52:54:00:zz'/></interface></devices></domain>";
+        assert_eq!(macs(xml), Err(DomainXmlError::BadMac("52:54:00:zz".into())));
+        let missing =
+            "<domain><devices><interface type='user'><mac/></interface></devices></domain>";
+        assert_eq!(macs(missing), Err(DomainXmlError::BadMac(String::new())));
+    }
+
+    #[test]
+    fn malformed_document_is_an_error_not_a_panic() {
+        assert!(matches!(
+            macs("<domain><devices>"),
+            Err(DomainXmlError::NotXml(_))
+        ));
+        assert!(matches!(
+            macs("not xml at all"),
+            Err(DomainXmlError::NotXml(_))
+        ));
+        assert_eq!(
+            macs("<network/>"),
+            Err(DomainXmlError::NotADomain("network".into()))
+        );
+    }
+}

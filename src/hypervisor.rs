@@ -1,0 +1,234 @@
+//! The libvirt edge: everything the gateway asks of a hypervisor, behind a small
+//! trait so the wake logic can be driven by the real libvirt (`test:///` in
+//! tests, `qemu:///system` in production) and, only where libvirt's test driver
+//! cannot go (it has no PM wake-up), by a fake.
+
+use std::fmt;
+
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState as VirtState};
+use virt::enumutil::Enum;
+
+/// A domain's run state, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    /// Running.
+    Running,
+    /// Blocked on a resource (still running).
+    Blocked,
+    /// Paused by an admin or libvirt.
+    Paused,
+    /// Being shut down (still active).
+    InShutdown,
+    /// Shut off.
+    ShutOff,
+    /// Crashed.
+    Crashed,
+    /// Suspended by guest power management (S3/S4).
+    PmSuspended,
+    /// No state, or a state this build does not know.
+    Other,
+}
+
+impl DomainState {
+    /// True for states in which the domain has a running process. A domain in
+    /// any of these counts as "up" for the ambiguity rule.
+    pub fn is_active(self) -> bool {
+        !matches!(self, DomainState::ShutOff | DomainState::Crashed)
+    }
+
+    /// The word `virsh domstate` would print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Running => "running",
+            DomainState::Blocked => "blocked",
+            DomainState::Paused => "paused",
+            DomainState::InShutdown => "in shutdown",
+            DomainState::ShutOff => "shut off",
+            DomainState::Crashed => "crashed",
+            DomainState::PmSuspended => "pmsuspended",
+            DomainState::Other => "no state",
+        }
+    }
+}
+
+impl fmt::Display for DomainState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the gateway does to a domain to bring it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `virDomainCreate`: boot a shut-off domain, or restore its managed-save image.
+    Start,
+    /// `virDomainResume`: continue a paused domain.
+    Resume,
+    /// `virDomainPMWakeup`: wake a guest suspended by power management.
+    PmWakeup,
+}
+
+impl Action {
+    /// The verb used in logs and the `ACTION` journal field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Resume => "resume",
+            Action::PmWakeup => "pm-wakeup",
+        }
+    }
+}
+
+/// A libvirt error, carrying libvirt's own message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HvError(pub String);
+
+impl fmt::Display for HvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HvError {}
+
+impl From<virt::error::Error> for HvError {
+    fn from(e: virt::error::Error) -> Self {
+        HvError(e.message().to_owned())
+    }
+}
+
+/// One defined domain and its XML description (or why it could not be read).
+#[derive(Debug, Clone)]
+pub struct DomainRecord {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID, the stable handle used for every later call.
+    pub uuid: String,
+    /// The XML description, or the error fetching it.
+    pub xml: Result<String, HvError>,
+}
+
+/// An open connection to one hypervisor.
+pub trait Hypervisor {
+    /// Every domain, persistent and transient, active and inactive.
+    fn domains(&self) -> Result<Vec<DomainRecord>, HvError>;
+    /// The current state of the domain with this UUID.
+    fn state(&self, uuid: &str) -> Result<DomainState, HvError>;
+    /// Whether the domain has a managed-save image that a start will restore.
+    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError>;
+    /// Performs `action` on the domain.
+    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError>;
+    /// False once the connection is known to be dead (daemon restarted, ...).
+    fn is_alive(&self) -> bool;
+}
+
+/// Opens hypervisor connections; the seam that lets tests simulate an
+/// unreachable libvirt.
+pub trait Connector {
+    /// The URI connections go to, for messages.
+    fn uri(&self) -> &str;
+    /// Opens a new connection.
+    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError>;
+}
+
+/// Connects to libvirt through the `virt` bindings.
+#[derive(Debug, Clone)]
+pub struct LibvirtConnector {
+    uri: String,
+}
+
+impl LibvirtConnector {
+    /// A connector for `uri` (e.g. `qemu:///system`).
+    pub fn new(uri: impl Into<String>) -> Self {
+        // libvirt's default error handler prints every error to stderr; we
+        // report errors ourselves, once, with context.
+        virt::error::clear_error_callback();
+        LibvirtConnector { uri: uri.into() }
+    }
+}
+
+impl Connector for LibvirtConnector {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
+        Ok(Box::new(Libvirt::open(&self.uri)?))
+    }
+}
+
+/// A live libvirt connection.
+#[derive(Debug)]
+pub struct Libvirt {
+    conn: Connect,
+}
+
+impl Libvirt {
+    /// Opens a read-write connection to `uri`.
+    pub fn open(uri: &str) -> Result<Self, HvError> {
+        virt::error::clear_error_callback();
+        Ok(Libvirt {
+            conn: Connect::open(Some(uri))?,
+        })
+    }
+
+    /// The underlying connection (tests use it to inspect `test:///` state,
+    /// which is private to the connection for node files).
+    pub fn connection(&self) -> &Connect {
+        &self.conn
+    }
+
+    fn lookup(&self, uuid: &str) -> Result<Domain, HvError> {
+        Ok(self.conn.lookup_domain_by_uuid_string(uuid)?)
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn domains(&self) -> Result<Vec<DomainRecord>, HvError> {
+        let domains = self.conn.list_all_domains(0)?;
+        let records = domains
+            .iter()
+            .filter_map(|domain| {
+                // A domain undefined between the listing and here is simply gone.
+                let uuid = domain.uuid_string().ok()?;
+                let name = domain.name().unwrap_or_else(|_| uuid.clone());
+                let xml = domain.xml_desc(0).map_err(HvError::from);
+                Some(DomainRecord { name, uuid, xml })
+            })
+            .collect();
+        Ok(records)
+    }
+
+    fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
+        let (state, _reason) = self.lookup(uuid)?.state()?;
+        Ok(match state {
+            Enum::Known(VirtState::Running) => DomainState::Running,
+            Enum::Known(VirtState::Blocked) => DomainState::Blocked,
+            Enum::Known(VirtState::Paused) => DomainState::Paused,
+            Enum::Known(VirtState::Shutdown) => DomainState::InShutdown,
+            Enum::Known(VirtState::Shutoff) => DomainState::ShutOff,
+            Enum::Known(VirtState::Crashed) => DomainState::Crashed,
+            Enum::Known(VirtState::PMSuspended) => DomainState::PmSuspended,
+            Enum::Known(VirtState::NoState) | Enum::Unknown(_) => DomainState::Other,
+        })
+    }
+
+    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError> {
+        Ok(self.lookup(uuid)?.has_managed_save(0)?)
+    }
+
+    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError> {
+        let domain = self.lookup(uuid)?;
+        match action {
+            Action::Start => domain.create()?,
+            Action::Resume => domain.resume()?,
+            Action::PmWakeup => domain.pm_wakeup(0)?,
+        };
+        Ok(())
+    }
+
+    fn is_alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
+    }
+}

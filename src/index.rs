@@ -1,0 +1,133 @@
+//! The MAC index: which domains own which MAC address.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::domain_xml;
+use crate::hypervisor::DomainRecord;
+use crate::packet::Mac;
+
+/// A domain that owns a MAC, as far as the last scan knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRef {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: String,
+}
+
+/// A domain the scan had to leave out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The domain's name.
+    pub name: String,
+    /// Why its MACs are unknown.
+    pub reason: String,
+}
+
+/// MAC address to owning domains, built from one scan of every domain's XML.
+#[derive(Debug, Clone)]
+pub struct MacIndex {
+    owners: HashMap<Mac, Vec<DomainRef>>,
+    built_at: Instant,
+}
+
+impl MacIndex {
+    /// Builds the index from a listing. A domain whose XML could not be
+    /// fetched or parsed is left out and reported in the second value; it
+    /// never spoils the others.
+    pub fn build(records: Vec<DomainRecord>) -> (MacIndex, Vec<Skipped>) {
+        let mut owners: HashMap<Mac, Vec<DomainRef>> = HashMap::new();
+        let mut skipped = Vec::new();
+        for record in records {
+            let macs = match record.xml {
+                Ok(xml) => domain_xml::macs(&xml).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read its XML: {e}")),
+            };
+            match macs {
+                Ok(mut macs) => {
+                    // A domain with two NICs sharing a MAC is still one owner.
+                    macs.sort_unstable();
+                    macs.dedup();
+                    for mac in macs {
+                        owners.entry(mac).or_default().push(DomainRef {
+                            name: record.name.clone(),
+                            uuid: record.uuid.clone(),
+                        });
+                    }
+                }
+                Err(reason) => skipped.push(Skipped {
+                    name: record.name,
+                    reason,
+                }),
+            }
+        }
+        let index = MacIndex {
+            owners,
+            built_at: Instant::now(),
+        };
+        (index, skipped)
+    }
+
+    /// The domains that had `mac` when the index was built.
+    pub fn owners(&self, mac: Mac) -> &[DomainRef] {
+        self.owners.get(&mac).map_or(&[], Vec::as_slice)
+    }
+
+    /// When the scan behind this index finished.
+    pub fn built_at(&self) -> Instant {
+        self.built_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::HvError;
+
+    fn record(name: &str, xml: Result<&str, &str>) -> DomainRecord {
+        DomainRecord {
+            name: name.into(),
+            uuid: format!("uuid-{name}"),
+            xml: xml.map(str::to_owned).map_err(|e| HvError(e.into())),
+        }
+    }
+
+    fn nic(mac: &str) -> String {
+        format!(
+            "<domain><devices><interface type='user'><mac address='{mac}'/></interface></devices></domain>"
+        )
+    }
+
+    #[test]
+    fn bad_domains_are_skipped_and_named_while_others_are_indexed() {
+        let good = nic("52:54:00:00:00:01");
+        let bad_mac = nic("nonsense");
+        let (index, skipped) = MacIndex::build(vec![
+            record("broken", Err("domain vanished")),
+            record("badmac", Ok(&bad_mac)),
+            record("good", Ok(&good)),
+            record("notxml", Ok("<<<")),
+        ]);
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        assert_eq!(index.owners(mac).len(), 1);
+        assert_eq!(index.owners(mac)[0].name, "good");
+        let names: Vec<_> = skipped.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["broken", "badmac", "notxml"]);
+        assert!(skipped[0].reason.contains("domain vanished"));
+        assert!(skipped[1].reason.contains("nonsense"));
+    }
+
+    #[test]
+    fn a_mac_on_two_domains_has_two_owners() {
+        let xml = nic("52:54:00:00:00:02");
+        let (index, _) = MacIndex::build(vec![record("a", Ok(&xml)), record("b", Ok(&xml))]);
+        let mac: Mac = "52:54:00:00:00:02".parse().unwrap();
+        assert_eq!(index.owners(mac).len(), 2);
+        assert!(
+            index
+                .owners("52:54:00:00:00:03".parse().unwrap())
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! wol-libvirt-gateway: Wake-on-LAN magic packets in, libvirt domains up.
+//!
+//! A newcomer's map:
+//! - packets enter in [`gateway`] (`Gateway::drain`) and are parsed by
+//!   [`packet::parse`];
+//! - the VM is chosen in [`wake`] ([`wake::plan`], using the MAC index built by
+//!   [`index`] from [`domain_xml::macs`]);
+//! - it is started through [`hypervisor`] (the only module that talks to libvirt);
+//! - sockets come from [`sockets`], systemd notifications go through
+//!   [`notify`], logging is set up in [`logging`].
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod domain_xml;
+pub mod gateway;
+pub mod hypervisor;
+pub mod index;
+pub mod logging;
+pub mod notify;
+pub mod packet;
+pub mod ratelimit;
+pub mod sockets;
+pub mod wake;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use tracing::error;
+
+use crate::cli::Args;
+use crate::gateway::{Config, Gateway, Shutdown};
+use crate::hypervisor::LibvirtConnector;
+use crate::notify::Notifier;
+use crate::sockets::Origin;
+use crate::wake::Waker;
+
+/// Idle timeout when systemd passed the socket and none was given.
+pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the gateway with the process's arguments; returns the exit status
+/// (0 done, 1 runtime error, 2 bad usage).
+pub fn run() -> i32 {
+    run_with(std::env::args_os())
+}
+
+/// Runs the gateway with explicit arguments (`args[0]` is the program name).
+pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // Help and version go to stdout; a broken pipe is not our problem.
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // clap's own report spans several lines; one is enough here.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see --help)");
+            return 2;
+        }
+    };
+    logging::init();
+    match serve(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            1
+        }
+    }
+}
+
+fn serve(args: &Args) -> anyhow::Result<i32> {
+    use anyhow::Context;
+
+    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let listeners = sockets::acquire(&args.listen_address)?;
+    let idle_timeout = match (args.idle_timeout, listeners.origin) {
+        (Some(Duration::ZERO), _) => None,
+        (Some(timeout), _) => Some(timeout),
+        (None, Origin::Activated) => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
+        (None, Origin::Bound) => None,
+    };
+    let waker = Waker::new(
+        LibvirtConnector::new(args.libvirt_uri.clone()),
+        args.rescan_interval,
+    );
+    let config = Config {
+        idle_timeout,
+        dedupe_window: args.dedupe_window,
+    };
+    let gateway = Gateway::new(
+        listeners.sockets,
+        waker,
+        config,
+        shutdown,
+        Notifier::from_env(),
+    );
+    let (exit, _stats) = gateway.run();
+    Ok(exit.code())
+}

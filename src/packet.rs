@@ -1,0 +1,380 @@
+//! Magic-packet parsing: a pure function from datagram bytes to a MAC address.
+//!
+//! A Wake-on-LAN magic packet is a "sync stream" of six `0xff` bytes followed by
+//! sixteen repetitions of the target MAC address. AMD's specification lets the
+//! pattern sit anywhere in the payload, and real senders add bytes after it (a
+//! 4- or 6-byte SecureOn password, Plan 9's `wol` trailer, old pywakeonlan's
+//! twenty repetitions), so [`parse`] searches the whole datagram and ignores
+//! whatever surrounds the first valid pattern. The SecureOn password is never
+//! read: WOL has no authentication and we do not pretend otherwise.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Length of the sync stream (`0xff` repeated).
+const SYNC_LEN: usize = 6;
+/// How many times the MAC must follow the sync stream.
+const REPETITIONS: usize = 16;
+/// Length of a MAC address in bytes.
+const MAC_LEN: usize = 6;
+/// The smallest datagram that can hold a magic packet (102 bytes).
+pub const MIN_PACKET_LEN: usize = SYNC_LEN + REPETITIONS * MAC_LEN;
+
+/// A 48-bit Ethernet MAC address.
+///
+/// Displays as lowercase, colon-separated hex (`52:54:00:aa:bb:cc`), the form
+/// libvirt writes, and compares byte-wise, so `52:54:00:AA:BB:CC` in a domain
+/// XML and `52:54:00:aa:bb:cc` from a packet are the same address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The broadcast address `ff:ff:ff:ff:ff:ff`.
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+
+    /// True for group (multicast or broadcast) addresses: the I/G bit of the
+    /// first octet is set. No NIC, and so no libvirt domain, owns one.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    /// True for `00:00:00:00:00:00`.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a string is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacParseError(String);
+
+impl fmt::Display for MacParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}' is not a MAC address (expected six hex pairs such as 52:54:00:aa:bb:cc)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MacParseError {}
+
+impl FromStr for Mac {
+    type Err = MacParseError;
+
+    /// Parses `52:54:00:aa:bb:cc` or `52-54-00-AA-BB-CC`, in any letter case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError(s.to_owned());
+        let separator = if s.contains('-') { '-' } else { ':' };
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(separator);
+        for byte in &mut bytes {
+            let part = parts.next().ok_or_else(err)?;
+            if part.len() != 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+/// Why a datagram is not a usable magic packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Shorter than the 102 bytes a magic packet needs.
+    TooShort {
+        /// The datagram's length.
+        len: usize,
+    },
+    /// No run of six `0xff` bytes anywhere.
+    NoSyncStream,
+    /// A sync stream, but not followed by sixteen repetitions of one address.
+    NoRepetitions,
+    /// A well-formed packet for `ff:ff:ff:ff:ff:ff`.
+    BroadcastMac,
+    /// A well-formed packet for `00:00:00:00:00:00`.
+    ZeroMac,
+    /// A well-formed packet for a multicast address.
+    MulticastMac(Mac),
+}
+
+impl Rejection {
+    /// How specific this reason is: when several candidate patterns fail,
+    /// report the one that came closest to being a wake request.
+    fn rank(&self) -> u8 {
+        match self {
+            Rejection::TooShort { .. } => 0,
+            Rejection::NoSyncStream => 1,
+            Rejection::NoRepetitions => 2,
+            Rejection::BroadcastMac | Rejection::ZeroMac | Rejection::MulticastMac(_) => 3,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::TooShort { len } => write!(
+                f,
+                "{len} bytes is too short for a magic packet ({MIN_PACKET_LEN} needed)"
+            ),
+            Rejection::NoSyncStream => f.write_str("no sync stream (six 0xff bytes)"),
+            Rejection::NoRepetitions => {
+                f.write_str("sync stream not followed by 16 repetitions of one MAC")
+            }
+            Rejection::BroadcastMac => f.write_str("broadcast MAC ff:ff:ff:ff:ff:ff"),
+            Rejection::ZeroMac => f.write_str("all-zero MAC 00:00:00:00:00:00"),
+            Rejection::MulticastMac(mac) => {
+                write!(f, "multicast MAC {mac} (no VM can own it)")
+            }
+        }
+    }
+}
+
+/// Finds the first magic packet in `datagram` and returns its MAC address.
+///
+/// Runs in time linear in the datagram's length and never allocates, so a
+/// flood of junk costs no more than reading it.
+pub fn parse(datagram: &[u8]) -> Result<Mac, Rejection> {
+    if datagram.len() < MIN_PACKET_LEN {
+        return Err(Rejection::TooShort {
+            len: datagram.len(),
+        });
+    }
+    let mut best = Rejection::NoSyncStream;
+    let mut ff_run = 0usize;
+    for (i, &byte) in datagram.iter().enumerate() {
+        if byte == 0xff {
+            ff_run += 1;
+            // 102 bytes of 0xff is a well-formed packet for the broadcast MAC.
+            if ff_run >= MIN_PACKET_LEN {
+                best = Rejection::BroadcastMac;
+            }
+            continue;
+        }
+        let run = std::mem::take(&mut ff_run);
+        // A unicast MAC never starts with 0xff (its I/G bit would be set), so
+        // the only candidate position is the first byte after a run of at
+        // least six 0xff bytes. That keeps the scan linear.
+        if run < SYNC_LEN {
+            continue;
+        }
+        let rejection = match candidate_at(datagram, i) {
+            Ok(mac) => return Ok(mac),
+            Err(rejection) => rejection,
+        };
+        if rejection.rank() > best.rank() {
+            best = rejection;
+        }
+    }
+    if matches!(best, Rejection::NoSyncStream) && ff_run >= SYNC_LEN {
+        // Trailing sync stream with nothing (valid) after it.
+        best = Rejection::NoRepetitions;
+    }
+    Err(best)
+}
+
+/// Checks for sixteen repetitions of one address starting at `start`.
+fn candidate_at(datagram: &[u8], start: usize) -> Result<Mac, Rejection> {
+    let Some(body) = datagram.get(start..start + REPETITIONS * MAC_LEN) else {
+        return Err(Rejection::NoRepetitions);
+    };
+    let first = &body[..MAC_LEN];
+    if !body.chunks_exact(MAC_LEN).all(|chunk| chunk == first) {
+        return Err(Rejection::NoRepetitions);
+    }
+    let mut bytes = [0u8; MAC_LEN];
+    bytes.copy_from_slice(first);
+    let mac = Mac(bytes);
+    if mac.is_zero() {
+        Err(Rejection::ZeroMac)
+    } else if mac == Mac::BROADCAST {
+        Err(Rejection::BroadcastMac)
+    } else if mac.is_multicast() {
+        Err(Rejection::MulticastMac(mac))
+    } else {
+        Ok(mac)
+    }
+}
+
+/// Builds the standard 102-byte magic packet for `mac` (what `wakeonlan` sends).
+pub fn magic_packet(mac: Mac) -> Vec<u8> {
+    let mut packet = vec![0xff; SYNC_LEN];
+    for _ in 0..REPETITIONS {
+        packet.extend_from_slice(&mac.0);
+    }
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: Mac = Mac([0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+
+    fn with_repetitions(mac: Mac, n: usize) -> Vec<u8> {
+        let mut packet = vec![0xff; SYNC_LEN];
+        for _ in 0..n {
+            packet.extend_from_slice(&mac.0);
+        }
+        packet
+    }
+
+    #[test]
+    fn standard_102_byte_packet() {
+        let packet = magic_packet(MAC);
+        assert_eq!(packet.len(), 102);
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn secureon_passwords_of_4_and_6_bytes_are_ignored() {
+        for password in [
+            &[1u8, 2, 3, 4][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
+            let mut packet = magic_packet(MAC);
+            packet.extend_from_slice(password);
+            assert!(packet.len() == 106 || packet.len() == 108);
+            assert_eq!(parse(&packet), Ok(MAC));
+        }
+    }
+
+    #[test]
+    fn plan9_wol_109_bytes() {
+        let mut packet = magic_packet(MAC);
+        packet.extend_from_slice(b"\0\0\0\0\0\0\0");
+        assert_eq!(packet.len(), 109);
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn old_pywakeonlan_126_bytes_with_20_repetitions() {
+        let packet = with_repetitions(MAC, 20);
+        assert_eq!(packet.len(), 126);
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn packet_at_an_offset_after_a_header() {
+        let mut packet = b"some header; 0xff \xff\xff\xff junk".to_vec();
+        packet.extend(magic_packet(MAC));
+        packet.extend_from_slice(b"trailer");
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn longer_sync_stream_still_matches() {
+        let mut packet = vec![0xff; 10];
+        packet.extend(magic_packet(MAC));
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn uppercase_and_lowercase_mac_strings_are_the_same_address() {
+        let upper: Mac = "52:54:00:AA:BB:CC".parse().unwrap();
+        let dashed: Mac = "52-54-00-aa-bb-cc".parse().unwrap();
+        assert_eq!(upper, MAC);
+        assert_eq!(dashed, MAC);
+        assert_eq!(MAC.to_string(), "52:54:00:aa:bb:cc");
+    }
+
+    #[test]
+    fn malformed_mac_strings_are_rejected() {
+        for bad in [
+            "",
+            "52:54:00:aa:bb",
+            "52:54:00:aa:bb:cc:dd",
+            "52:54:00:aa:bb:c",
+            "zz:54:00:aa:bb:cc",
+            "525400aabbcc",
+            "52:54-00:aa:bb:cc",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn too_short() {
+        let packet = magic_packet(MAC);
+        assert_eq!(parse(&packet[..101]), Err(Rejection::TooShort { len: 101 }));
+        assert_eq!(parse(b""), Err(Rejection::TooShort { len: 0 }));
+    }
+
+    #[test]
+    fn no_sync_stream() {
+        assert_eq!(parse(&[0x42; 200]), Err(Rejection::NoSyncStream));
+        let mut packet = magic_packet(MAC);
+        packet[5] = 0xfe; // only five 0xff bytes
+        assert_eq!(parse(&packet), Err(Rejection::NoSyncStream));
+    }
+
+    #[test]
+    fn fifteen_repetitions_or_a_flipped_byte_is_rejected() {
+        let mut short = with_repetitions(MAC, 15);
+        short.resize(120, 0);
+        assert_eq!(parse(&short), Err(Rejection::NoRepetitions));
+        let mut flipped = magic_packet(MAC);
+        flipped[100] ^= 0x01;
+        assert_eq!(parse(&flipped), Err(Rejection::NoRepetitions));
+    }
+
+    #[test]
+    fn broadcast_zero_and_multicast_macs_are_rejected() {
+        assert_eq!(
+            parse(&magic_packet(Mac::BROADCAST)),
+            Err(Rejection::BroadcastMac)
+        );
+        assert_eq!(parse(&magic_packet(Mac([0; 6]))), Err(Rejection::ZeroMac));
+        let multicast = Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]);
+        assert_eq!(
+            parse(&magic_packet(multicast)),
+            Err(Rejection::MulticastMac(multicast))
+        );
+    }
+
+    #[test]
+    fn a_valid_packet_after_a_rejected_one_is_found() {
+        let mut packet = magic_packet(Mac([0x01, 0, 0x5e, 0, 0, 1]));
+        packet.extend(magic_packet(MAC));
+        assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn rejection_messages_are_one_line_and_name_the_problem() {
+        let messages = [
+            Rejection::TooShort { len: 3 }.to_string(),
+            Rejection::NoSyncStream.to_string(),
+            Rejection::NoRepetitions.to_string(),
+            Rejection::BroadcastMac.to_string(),
+            Rejection::ZeroMac.to_string(),
+            Rejection::MulticastMac(Mac([1, 0, 0x5e, 0, 0, 1])).to_string(),
+        ];
+        for message in messages {
+            assert!(!message.contains('\n'));
+        }
+        assert!(
+            Rejection::TooShort { len: 3 }
+                .to_string()
+                .contains("3 bytes")
+        );
+    }
+}
