@@ -94,7 +94,10 @@ impl std::error::Error for HvError {}
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {
-        HvError(e.message().to_owned())
+        // libvirt messages can span lines (an XML parser's caret diagram);
+        // our log lines are one line each.
+        let lines: Vec<&str> = e.message().lines().map(str::trim).collect();
+        HvError(lines.join(" "))
     }
 }
 
@@ -173,10 +176,10 @@ impl Libvirt {
         })
     }
 
-    /// The underlying connection (tests use it to inspect `test:///` state,
-    /// which is private to the connection for node files).
-    pub fn connection(&self) -> &Connect {
-        &self.conn
+    /// Wraps an open connection. A `test:///PATH` node file's state is
+    /// private to one connection, so tests share one this way.
+    pub fn from_connection(conn: Connect) -> Self {
+        Libvirt { conn }
     }
 
     fn lookup(&self, uuid: &str) -> Result<Domain, HvError> {

@@ -63,8 +63,12 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             return 2;
         }
     };
+    // Claim the passed sockets before anything else opens a file descriptor:
+    // with a wrong LISTEN_FDS count, fd 3+n could otherwise be one of ours
+    // (the journal socket, the signal pipe) and be taken for a passed one.
+    let listeners = sockets::acquire(&args.listen_address);
     logging::init();
-    match serve(&args) {
+    match listeners.and_then(|listeners| serve(&args, listeners)) {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
@@ -73,11 +77,10 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-fn serve(args: &Args) -> anyhow::Result<i32> {
+fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
     use anyhow::Context;
 
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
-    let listeners = sockets::acquire(&args.listen_address)?;
     let idle_timeout = match (args.idle_timeout, listeners.origin) {
         (Some(Duration::ZERO), _) => None,
         (Some(timeout), _) => Some(timeout),

@@ -42,6 +42,17 @@ pub fn init() {
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
+            // Messages already say everything in words; the structured
+            // fields (MAC, DOMAIN, ...) are for the journal.
+            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                |writer, field, value| {
+                    if field.name() == "message" {
+                        write!(writer, "{value:?}")
+                    } else {
+                        Ok(())
+                    }
+                },
+            ))
     });
     let installed = tracing_subscriber::registry()
         .with(filter)

@@ -1,0 +1,182 @@
+//! The command-line contract: help, version, exit statuses and one-line errors.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::time::Duration;
+
+use crate::util::{DEADLINE, Launch, NodeFile, bin, wake};
+
+fn output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .env_remove("LISTEN_FDS")
+        .output()
+        .expect("run binary")
+}
+
+#[test]
+fn help_documents_every_flag_with_its_default() {
+    let out = output(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "--listen-address <IP:PORT>",
+        "[default: 127.0.0.1:9]",
+        "--libvirt-uri <URI>",
+        "[default: qemu:///system]",
+        "--idle-timeout <DURATION>",
+        "0 = never",
+        "--dedupe-window <DURATION>",
+        "[default: 10s]",
+        "--rescan-interval <DURATION>",
+        "RUST_LOG",
+        "--version",
+    ] {
+        assert!(
+            help.contains(expected),
+            "--help lacks {expected:?}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = output(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("wol-libvirt-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flag_values_exit_2_with_one_line_naming_the_flag() {
+    for (args, flag) in [
+        (&["--idle-timeout", "soon"][..], "--idle-timeout"),
+        (&["--dedupe-window", "1x"][..], "--dedupe-window"),
+        (&["--listen-address", "localhost"][..], "--listen-address"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let out = output(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unreachable_uri_exits_1_after_the_idle_timeout_naming_the_uri() {
+    let missing = NodeFile::missing();
+    let uri = missing.uri();
+    let mut gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &uri,
+        "--idle-timeout",
+        "1s",
+    ])
+    .spawn();
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "log:\n{}", gateway.log());
+    let log = gateway.log();
+    let reach = gateway.lines_with("cannot reach libvirt");
+    assert_eq!(reach.len(), 1, "one error per outage:\n{log}");
+    assert!(reach[0].contains(&uri));
+    let gave_up = gateway.lines_with("without acting on 1 wake request");
+    assert_eq!(gave_up.len(), 1, "{log}");
+    assert!(gave_up[0].contains("52:54:00:aa:bb:cc"));
+}
+
+#[test]
+fn junk_does_not_make_the_gateway_contact_libvirt() {
+    let missing = NodeFile::missing();
+    let mut gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &missing.uri(),
+        "--idle-timeout",
+        "500ms",
+    ])
+    .spawn();
+    crate::util::send(gateway.listen_addr(), b"not a magic packet");
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+    assert!(gateway.lines_with("cannot reach libvirt").is_empty());
+    assert_eq!(
+        gateway.lines_with("1 invalid").len(),
+        1,
+        "{}",
+        gateway.log()
+    );
+}
+
+fn passed_fd_error(fds: Vec<OwnedFd>, listen_fds: Option<&str>) -> String {
+    let mut launch = Launch::new(&["--libvirt-uri", "test:///default"]);
+    for fd in fds {
+        launch = launch.pass_fd(fd);
+    }
+    if let Some(n) = listen_fds {
+        launch = launch.env("LISTEN_FDS", n);
+    }
+    let mut gateway = launch.spawn();
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "log:\n{}", gateway.log());
+    let log = gateway.log();
+    assert_eq!(log.lines().count(), 1, "one line:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    log
+}
+
+#[test]
+fn a_passed_tcp_socket_is_refused_by_name() {
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let log = passed_fd_error(vec![tcp.into()], None);
+    assert!(
+        log.contains("fd 3") && log.contains("a TCP socket"),
+        "{log}"
+    );
+    assert!(log.contains("ListenDatagram="), "{log}");
+}
+
+#[test]
+fn passed_unix_sockets_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream = UnixListener::bind(dir.path().join("s")).expect("unix listener");
+    let log = passed_fd_error(vec![stream.into()], None);
+    assert!(
+        log.contains("fd 3 (LISTEN_FDS) is a unix stream socket"),
+        "{log}"
+    );
+    let datagram = UnixDatagram::bind(dir.path().join("d")).expect("unix datagram");
+    let log = passed_fd_error(vec![datagram.into()], None);
+    assert!(
+        log.contains("fd 3 (LISTEN_FDS) is a unix datagram socket"),
+        "{log}"
+    );
+}
+
+#[test]
+fn listen_fds_naming_more_fds_than_passed_is_refused() {
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let log = passed_fd_error(vec![udp.into()], Some("2"));
+    assert!(log.contains("fd 4 (LISTEN_FDS) is not a socket"), "{log}");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut gateway = Launch::new(&["--listen-address", &addr]).spawn();
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let log = gateway.log();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
+    assert!(log.contains("in use"), "{log}");
+}

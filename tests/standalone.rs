@@ -1,0 +1,77 @@
+//! The real binary run by hand: it binds its own socket.
+
+use crate::util::{DEADLINE, Launch, NodeFile, NotifySocket, RunState, domain, wake};
+
+#[test]
+fn run_by_hand_it_starts_the_domain_and_says_so() {
+    let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
+    let gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &node.uri(),
+    ])
+    .spawn();
+    wake(gateway.listen_addr(), "52:54:00:AA:BB:CC");
+    let line = gateway.wait_for_log("started web01");
+    assert!(line.contains("52:54:00:aa:bb:cc from 127.0.0.1:"), "{line}");
+    assert!(line.contains("was shut off"), "{line}");
+    // Without a passed socket there is no idle timeout: it is still serving.
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
+    gateway.wait_for_log("duplicate wake request for 52:54:00:aa:bb:cc");
+}
+
+#[test]
+fn libvirt_coming_back_before_the_idle_timeout_gets_the_pending_wake_done() {
+    // A node file that does not exist yet makes test:/// fail to connect,
+    // exactly like a stopped libvirtd: the request must wait, not vanish.
+    let node = NodeFile::missing();
+    let mut notify = NotifySocket::new();
+    let mut gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &node.uri(),
+        "--idle-timeout",
+        "4s",
+    ])
+    .env("NOTIFY_SOCKET", notify.path())
+    .spawn();
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
+    gateway.wait_for_log("cannot reach libvirt");
+    notify.wait_for("STATUS=waiting for libvirt");
+    node.write(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
+    gateway.wait_for_log("started web01");
+    gateway.wait_for_log("reachable again");
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+    assert_eq!(
+        gateway.lines_with("cannot reach libvirt").len(),
+        1,
+        "{}",
+        gateway.log()
+    );
+}
+
+#[test]
+fn sigterm_exits_0_and_tells_systemd_it_is_stopping() {
+    let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
+    let mut notify = NotifySocket::new();
+    let mut gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &node.uri(),
+    ])
+    .env("NOTIFY_SOCKET", notify.path())
+    .spawn();
+    let ready = notify.wait_for("READY=1");
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
+    gateway.wait_for_log("started web01");
+    gateway.signal("TERM");
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+    let stopping = notify.wait_for("STOPPING=1");
+    assert!(ready < stopping);
+    assert_eq!(gateway.lines_with("exiting (signal)").len(), 1);
+}

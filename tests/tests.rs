@@ -1,0 +1,10 @@
+//! Integration tests, split by purpose (ripgrep style: one test crate,
+//! one module per concern, a shared harness in `util`).
+
+mod util;
+
+mod activation;
+mod cli;
+mod properties;
+mod standalone;
+mod wake_states;

@@ -1,0 +1,390 @@
+//! Test harness: node files for libvirt's `test:///` driver, the real binary
+//! run as a user or as systemd would run it, and waits with deadlines.
+
+#![allow(dead_code)] // each test module uses a different part
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use tempfile::TempDir;
+use wol_libvirt_gateway::packet::{Mac, magic_packet};
+
+/// Generous deadline for anything the gateway should do "at once".
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wol-libvirt-gateway")
+}
+
+/// Parses a MAC literal.
+pub fn mac(s: &str) -> Mac {
+    s.parse().expect("test MAC literal")
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// libvirt run states as written in a node file (`<test:runstate>`).
+#[derive(Debug, Clone, Copy)]
+pub enum RunState {
+    Running = 1,
+    Paused = 3,
+    ShutOff = 5,
+    Crashed = 6,
+    PmSuspended = 7,
+}
+
+/// A domain for a node file.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    pub name: String,
+    pub macs: Vec<String>,
+    pub state: RunState,
+}
+
+/// Shorthand for a domain with one NIC.
+pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
+    DomainSpec {
+        name: name.into(),
+        macs: vec![mac.into()],
+        state,
+    }
+}
+
+/// A node file for `test:///PATH` in its own temporary directory.
+pub struct NodeFile {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl NodeFile {
+    /// Writes a node file holding `domains`.
+    pub fn new(domains: &[DomainSpec]) -> NodeFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.xml");
+        std::fs::write(&path, node_xml(domains)).expect("write node file");
+        NodeFile { dir, path }
+    }
+
+    /// A path in the same directory where no node file exists (yet).
+    pub fn missing() -> NodeFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.xml");
+        NodeFile { dir, path }
+    }
+
+    /// (Re)writes the file.
+    pub fn write(&self, domains: &[DomainSpec]) {
+        let tmp = self.dir.path().join("node.xml.tmp");
+        std::fs::write(&tmp, node_xml(domains)).expect("write node file");
+        std::fs::rename(&tmp, &self.path).expect("rename node file");
+    }
+
+    /// The libvirt URI for this node.
+    pub fn uri(&self) -> String {
+        format!("test://{}", self.path.display())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A UUID derived from the domain name, stable across runs.
+pub fn uuid_for(name: &str) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in name.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
+    }
+    let hex = format!("{hash:016x}{:016x}", hash.rotate_left(17) ^ 0x5a5a);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn node_xml(domains: &[DomainSpec]) -> String {
+    let mut xml = String::from(
+        "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>i686</model></cpu><memory>8388608</memory>\n",
+    );
+    for d in domains {
+        let _ = write!(
+            xml,
+            "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\
+             <name>{}</name><uuid>{}</uuid><memory>65536</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64'>hvm</type></os><devices>",
+            d.name,
+            uuid_for(&d.name)
+        );
+        for mac in &d.macs {
+            let _ = write!(
+                xml,
+                "<interface type='user'><mac address='{mac}'/></interface>"
+            );
+        }
+        let _ = writeln!(
+            xml,
+            "</devices><test:runstate>{}</test:runstate></domain>",
+            d.state as u32
+        );
+    }
+    xml.push_str("</node>\n");
+    xml
+}
+
+/// Sends one datagram to `addr`.
+pub fn send(addr: SocketAddr, payload: &[u8]) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    socket.send_to(payload, addr).expect("send datagram");
+}
+
+/// Sends a standard magic packet for `mac` to `addr`.
+pub fn wake(addr: SocketAddr, mac_text: &str) {
+    send(addr, &magic_packet(mac(mac_text)));
+}
+
+/// A UDP socket the test holds like systemd holds the `.socket` unit's.
+pub fn systemd_socket() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind activation socket");
+    let addr = socket.local_addr().expect("local addr");
+    (socket, addr)
+}
+
+/// The binary, running, with its stderr collected.
+pub struct Gateway {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+/// Builder for a gateway run.
+pub struct Launch {
+    command: Command,
+    fds: Vec<FdMapping>,
+}
+
+impl Launch {
+    /// The binary with `args`, logging at `info` unless `RUST_LOG` is set later.
+    pub fn new(args: &[&str]) -> Launch {
+        let mut command = Command::new(bin());
+        command
+            .args(args)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Launch {
+            command,
+            fds: Vec::new(),
+        }
+    }
+
+    /// Passes `fd` as systemd passes a socket: at fd 3 + index, with LISTEN_FDS.
+    pub fn pass_fd(mut self, fd: OwnedFd) -> Launch {
+        let child_fd = 3 + self.fds.len() as i32;
+        self.fds.push(FdMapping {
+            parent_fd: fd,
+            child_fd,
+        });
+        self.command.env("LISTEN_FDS", self.fds.len().to_string());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Launch {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Starts it.
+    pub fn spawn(mut self) -> Gateway {
+        self.command
+            .fd_mappings(self.fds)
+            .expect("distinct child fds");
+        let mut child = self.command.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Gateway {
+            child,
+            log,
+            status: None,
+        }
+    }
+}
+
+impl Gateway {
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log if not.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let mut found = None;
+        let ok = wait_until(DEADLINE, || {
+            found = self.lines_with(needle).into_iter().next();
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "no log line with {needle:?} within {DEADLINE:?}; log:\n{}",
+            self.log()
+        );
+        found.unwrap_or_default()
+    }
+
+    /// The address the gateway logged it listens on (first one).
+    pub fn listen_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("listening on ");
+        let rest = &line[line.find("listening on ").map_or(0, |i| i + 13)..];
+        let addr = rest.split([';', ',']).next().unwrap_or_default();
+        addr.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("cannot parse address from {line:?}"))
+    }
+
+    /// Waits for the process to exit; panics with the log if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let child = &mut self.child;
+        let mut status = None;
+        let exited = wait_until(timeout, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if !exited {
+            let _ = self.child.kill();
+            panic!(
+                "gateway still running after {timeout:?}; log:\n{}",
+                self.log()
+            );
+        }
+        let status = status.expect("exited");
+        self.status = Some(status);
+        // Let the reader thread collect the last lines.
+        let _ = wait_until(Duration::from_secs(2), || self.log().contains("exiting"));
+        status
+    }
+
+    /// Sends a signal with the system's `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A unix datagram socket standing in for systemd's `NOTIFY_SOCKET`.
+pub struct NotifySocket {
+    _dir: TempDir,
+    path: PathBuf,
+    socket: UnixDatagram,
+    messages: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+            messages: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every message received so far (each `KEY=VALUE\n...` datagram).
+    pub fn messages(&mut self) -> &[String] {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        &self.messages
+    }
+
+    /// Index of the first message containing `needle`, waiting for it.
+    pub fn wait_for(&mut self, needle: &str) -> usize {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(i) = self.messages().iter().position(|m| m.contains(needle)) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no notify message with {needle:?}; got {:?}",
+                self.messages
+            );
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The wake policy against real libvirt (the in-process `test:///` driver),
+//! and against a fake hypervisor only where the test driver cannot go.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use wol_libvirt_gateway::hypervisor::{
+    Action, Connector, DomainRecord, DomainState, HvError, Hypervisor, Libvirt,
+};
+use wol_libvirt_gateway::wake::{Outcome, Waker};
+
+use crate::util::{DomainSpec, NodeFile, RunState, domain, mac, uuid_for};
+
+/// One `test:///` connection shared by the waker and the test: a node
+/// file's state is private to the connection that opened it.
+struct Shared(Connect);
+
+impl Connector for Shared {
+    fn uri(&self) -> &str {
+        "test:///shared"
+    }
+    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
+        Ok(Box::new(Libvirt::from_connection(self.0.clone())))
+    }
+}
+
+fn setup(domains: &[DomainSpec], rescan: Duration) -> (NodeFile, Connect, Waker<Shared>) {
+    let node = NodeFile::new(domains);
+    virt::error::clear_error_callback();
+    let conn = Connect::open(Some(&node.uri())).expect("open test:/// node file");
+    let waker = Waker::new(Shared(conn.clone()), rescan);
+    (node, conn, waker)
+}
+
+fn state_of(conn: &Connect, name: &str) -> DomainState {
+    Libvirt::from_connection(conn.clone())
+        .state(&uuid_for(name))
+        .expect("state")
+}
+
+fn lookup(conn: &Connect, name: &str) -> Domain {
+    conn.lookup_domain_by_name(name).expect("lookup")
+}
+
+#[test]
+fn each_state_gets_its_action_on_the_real_test_driver() {
+    let (_node, conn, mut waker) = setup(
+        &[
+            domain("off", "52:54:00:00:00:01", RunState::ShutOff),
+            domain("crashed", "52:54:00:00:00:02", RunState::Crashed),
+            domain("paused", "52:54:00:00:00:03", RunState::Paused),
+            domain("running", "52:54:00:00:00:04", RunState::Running),
+        ],
+        Duration::from_secs(5),
+    );
+    let cases = [
+        (
+            "off",
+            "52:54:00:00:00:01",
+            Action::Start,
+            DomainState::ShutOff,
+        ),
+        (
+            "paused",
+            "52:54:00:00:00:03",
+            Action::Resume,
+            DomainState::Paused,
+        ),
+    ];
+    for (name, address, action, before) in cases {
+        let outcome = waker.wake(mac(address)).expect("reachable");
+        assert_eq!(
+            outcome,
+            Outcome::Done {
+                domain: name.into(),
+                state: before,
+                action,
+                restored: false
+            }
+        );
+        assert_eq!(state_of(&conn, name), DomainState::Running, "{name}");
+    }
+    // A domain in the crashed state was preserved (on_crash=preserve) and
+    // still holds its resources: the start is tried, as for any inactive
+    // state, and libvirt's refusal reaches the log. We never destroy it: its
+    // memory is there to be debugged.
+    match waker.wake(mac("52:54:00:00:00:02")).expect("reachable") {
+        Outcome::Failed {
+            domain,
+            state: DomainState::Crashed,
+            action: Action::Start,
+            error,
+        } => {
+            assert_eq!(domain, "crashed");
+            assert!(error.0.contains("already running"), "{error}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let outcome = waker.wake(mac("52:54:00:00:00:04")).expect("reachable");
+    assert_eq!(
+        outcome,
+        Outcome::AlreadyUp {
+            domain: "running".into(),
+            state: DomainState::Running,
+            others: vec![]
+        }
+    );
+    assert_eq!(waker.scans(), 1, "one scan serves every known MAC");
+}
+
+#[test]
+fn managed_save_image_is_restored_and_said_so() {
+    let (_node, conn, mut waker) = setup(
+        &[domain("saved", "52:54:00:00:00:10", RunState::Running)],
+        Duration::from_secs(5),
+    );
+    let dom = lookup(&conn, "saved");
+    dom.managed_save(0).expect("managed save");
+    assert_eq!(state_of(&conn, "saved"), DomainState::ShutOff);
+    let outcome = waker.wake(mac("52:54:00:00:00:10")).expect("reachable");
+    assert_eq!(
+        outcome,
+        Outcome::Done {
+            domain: "saved".into(),
+            state: DomainState::ShutOff,
+            action: Action::Start,
+            restored: true
+        }
+    );
+    assert_eq!(state_of(&conn, "saved"), DomainState::Running);
+    assert!(!dom.has_managed_save(0).expect("query"), "image consumed");
+}
+
+#[test]
+fn a_failing_libvirt_call_carries_libvirts_message() {
+    // The test driver has no PM wake-up: a real libvirt error, as a user
+    // would get from a driver that refuses the call.
+    let (_node, conn, mut waker) = setup(
+        &[domain("sleepy", "52:54:00:00:00:20", RunState::PmSuspended)],
+        Duration::from_secs(5),
+    );
+    match waker.wake(mac("52:54:00:00:00:20")).expect("reachable") {
+        Outcome::Failed {
+            domain,
+            action: Action::PmWakeup,
+            error,
+            ..
+        } => {
+            assert_eq!(domain, "sleepy");
+            assert!(error.0.contains("not supported"), "{error}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(state_of(&conn, "sleepy"), DomainState::PmSuspended);
+}
+
+#[test]
+fn a_mac_on_several_domains_starts_none_unless_one_is_up() {
+    let shared = "52:54:00:00:00:30";
+    let (_node, conn, mut waker) = setup(
+        &[
+            domain("twin-a", shared, RunState::ShutOff),
+            domain("twin-b", shared, RunState::ShutOff),
+        ],
+        Duration::from_secs(5),
+    );
+    match waker.wake(mac(shared)).expect("reachable") {
+        Outcome::Ambiguous { mut domains } => {
+            domains.sort();
+            assert_eq!(domains, ["twin-a", "twin-b"]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(state_of(&conn, "twin-a"), DomainState::ShutOff);
+    assert_eq!(state_of(&conn, "twin-b"), DomainState::ShutOff);
+
+    lookup(&conn, "twin-b").create().expect("start twin-b");
+    let outcome = waker.wake(mac(shared)).expect("reachable");
+    assert_eq!(
+        outcome,
+        Outcome::AlreadyUp {
+            domain: "twin-b".into(),
+            state: DomainState::Running,
+            others: vec!["twin-a".into()]
+        }
+    );
+    assert_eq!(state_of(&conn, "twin-a"), DomainState::ShutOff);
+}
+
+#[test]
+fn unknown_macs_rescan_at_most_once_per_interval() {
+    let (_node, conn, mut waker) = setup(
+        &[domain("web01", "52:54:00:00:00:40", RunState::ShutOff)],
+        Duration::from_secs(3600),
+    );
+    for i in 0..100u8 {
+        let unknown = wol_libvirt_gateway::packet::Mac([0x52, 0x54, 0, 0, 1, i]);
+        assert_eq!(waker.wake(unknown).expect("reachable"), Outcome::NoMatch);
+    }
+    assert_eq!(
+        waker.scans(),
+        1,
+        "a stream of unknown MACs must not hammer libvirt"
+    );
+
+    // A domain defined after the scan is found once the interval allows a
+    // rescan (here: a fresh waker with a zero interval on the same connection).
+    let xml = "<domain type='test'><name>late</name><memory>65536</memory>\
+               <os><type arch='x86_64'>hvm</type></os><devices>\
+               <interface type='user'><mac address='52:54:00:00:00:41'/></interface>\
+               </devices></domain>";
+    conn.define_domain_xml(xml).expect("define");
+    assert_eq!(
+        waker.wake(mac("52:54:00:00:00:41")).expect("reachable"),
+        Outcome::NoMatch
+    );
+    let mut eager = Waker::new(Shared(conn.clone()), Duration::ZERO);
+    assert!(matches!(
+        eager.wake(mac("52:54:00:00:00:41")).expect("reachable"),
+        Outcome::Done { ref domain, .. } if domain == "late"
+    ));
+}
+
+/// A scripted hypervisor, used only for what `test:///` cannot do: a
+/// successful PM wake-up, and a domain whose XML cannot be read or parsed.
+#[derive(Default)]
+struct FakeState {
+    domains: Vec<(String, Result<String, HvError>, DomainState)>,
+    calls: Vec<(String, Action)>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Rc<RefCell<FakeState>>);
+
+impl Hypervisor for Fake {
+    fn domains(&self) -> Result<Vec<DomainRecord>, HvError> {
+        Ok(self
+            .0
+            .borrow()
+            .domains
+            .iter()
+            .map(|(name, xml, _)| DomainRecord {
+                name: name.clone(),
+                uuid: name.clone(),
+                xml: xml.clone(),
+            })
+            .collect())
+    }
+    fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
+        let state = self.0.borrow();
+        let found = state.domains.iter().find(|(name, _, _)| name == uuid);
+        found
+            .map(|(_, _, s)| *s)
+            .ok_or_else(|| HvError("no such domain".into()))
+    }
+    fn has_managed_save(&self, _uuid: &str) -> Result<bool, HvError> {
+        Ok(false)
+    }
+    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError> {
+        let mut state = self.0.borrow_mut();
+        state.calls.push((uuid.to_owned(), action));
+        if let Some(domain) = state.domains.iter_mut().find(|(name, _, _)| name == uuid) {
+            domain.2 = DomainState::Running;
+        }
+        Ok(())
+    }
+    fn is_alive(&self) -> bool {
+        true
+    }
+}
+
+impl Connector for Fake {
+    fn uri(&self) -> &str {
+        "fake:///"
+    }
+    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+fn nic(mac: &str) -> Result<String, HvError> {
+    Ok(format!(
+        "<domain><devices><interface type='bridge'><mac address='{mac}'/></interface></devices></domain>"
+    ))
+}
+
+#[test]
+fn pm_suspended_domain_gets_pm_wakeup_fake_hypervisor() {
+    let fake = Fake::default();
+    fake.0.borrow_mut().domains.push((
+        "laptop-vm".into(),
+        nic("52:54:00:00:00:50"),
+        DomainState::PmSuspended,
+    ));
+    let mut waker = Waker::new(fake.clone(), Duration::from_secs(5));
+    let outcome = waker.wake(mac("52:54:00:00:00:50")).expect("reachable");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Done {
+                action: Action::PmWakeup,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        fake.0.borrow().calls,
+        [("laptop-vm".to_owned(), Action::PmWakeup)]
+    );
+}
+
+#[test]
+fn unreadable_or_broken_domains_are_skipped_not_fatal_fake_hypervisor() {
+    let fake = Fake::default();
+    {
+        let mut state = fake.0.borrow_mut();
+        state.domains.push((
+            "gone".into(),
+            Err(HvError("Domain not found".into())),
+            DomainState::ShutOff,
+        ));
+        state.domains.push((
+            "garbled".into(),
+            Ok("<domain><devices".into()),
+            DomainState::ShutOff,
+        ));
+        state
+            .domains
+            .push(("badmac".into(), nic("52:54:00:00:00"), DomainState::ShutOff));
+        state.domains.push((
+            "web01".into(),
+            nic("52:54:00:00:00:60"),
+            DomainState::ShutOff,
+        ));
+    }
+    let mut waker = Waker::new(fake.clone(), Duration::from_secs(5));
+    let outcome = waker.wake(mac("52:54:00:00:00:60")).expect("reachable");
+    assert!(
+        matches!(outcome, Outcome::Done { ref domain, .. } if domain == "web01"),
+        "{outcome:?}"
+    );
+}
