@@ -54,7 +54,7 @@ fn libvirt_coming_back_before_the_idle_timeout_gets_the_pending_wake_done() {
 }
 
 #[test]
-fn sigterm_exits_0_and_tells_systemd_it_is_stopping() {
+fn sigterm_exits_0_and_tells_systemd_it_is_stopping_and_the_watchdog_is_fed() {
     let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
     let mut notify = NotifySocket::new();
     let mut gateway = Launch::new(&[
@@ -64,8 +64,11 @@ fn sigterm_exits_0_and_tells_systemd_it_is_stopping() {
         &node.uri(),
     ])
     .env("NOTIFY_SOCKET", notify.path())
+    .env("WATCHDOG_USEC", "200000")
     .spawn();
     let ready = notify.wait_for("READY=1");
+    // WatchdogSec=: pings at half the interval, even while idle.
+    assert!(notify.wait_for("WATCHDOG=1") > ready);
     wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
     gateway.wait_for_log("started web01");
     gateway.signal("TERM");

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Static checks of the systemd units in systemd/, without a running systemd
+# (PID 1 need not be systemd; only the systemd package's tools are used).
+#
+#   tests/check-units.sh [BINARY]
+#
+# 1. `systemd-analyze verify` on the .socket and .service. verify refuses a
+#    unit whose ExecStart= binary does not exist, and /usr/local/bin/
+#    wol-libvirt-gateway is not installed on a build or CI machine. So the
+#    units are copied into a temporary directory with ExecStart= pointing at
+#    BINARY (default target/debug/wol-libvirt-gateway), or at /bin/true when
+#    that is not built: verify checks the unit syntax, not our program. verify
+#    exits 0 even on unknown keys or bad values, so any message about our
+#    files counts as a failure. --man=no: the Documentation= man pages need
+#    not be installed.
+# 2. `systemd-sysusers --dry-run` on the sysusers file, in an empty root.
+# 3. Consistency: the service runs as the static user the sysusers file
+#    creates, that user is in group libvirt, and no DynamicUser= (polkit
+#    refuses a dynamic user; see the comments in the service).
+# 4. `systemd-analyze security --offline=yes` on the service: prints the
+#    overall exposure and fails above MAX_EXPOSURE (default 1.0).
+#    Note: the offline score cannot tell whether the sandbox lets the program
+#    run (a system call filter can kill it with SIGSYS); only a start under a
+#    real systemd shows that.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+max_exposure=${MAX_EXPOSURE:-1.0}
+name=wol-libvirt-gateway
+service=systemd/$name.service
+socket=systemd/$name.socket
+sysusers=systemd/$name.sysusers
+
+fail() {
+    echo "check-units: FAIL: $*" >&2
+    exit 1
+}
+
+command -v systemd-analyze >/dev/null ||
+    fail "systemd-analyze not found (Debian: apt-get install systemd)"
+for f in "$service" "$socket" "$sysusers"; do
+    [[ -f $f ]] || fail "$f is missing"
+done
+
+bin=${1:-target/debug/$name}
+if [[ -x $bin && -f $bin ]]; then
+    bin=$(realpath "$bin")
+else
+    echo "check-units: $bin not built; verifying with ExecStart=/bin/true"
+    bin=/bin/true
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp "$socket" "$tmp/"
+sed "s|^ExecStart=.*|ExecStart=$bin|" "$service" >"$tmp/$name.service"
+grep -q "^ExecStart=$bin\$" "$tmp/$name.service" || fail "$service has no ExecStart= line"
+
+export SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat SYSTEMD_LOG_COLOR=0
+
+# 1. verify (the directory of the files joins the unit search path, so the
+#    socket finds its service there).
+if ! out=$(systemd-analyze verify --man=no "$tmp/$name.socket" "$tmp/$name.service" 2>&1); then
+    echo "$out" >&2
+    fail "systemd-analyze verify failed"
+fi
+if problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then
+    echo "$problems" >&2
+    fail "systemd-analyze verify complained about our units"
+fi
+echo "check-units: systemd-analyze verify: ok ($socket, $service)"
+
+# 2. sysusers syntax.
+mkdir "$tmp/root"
+# (An absolute path: a relative one is looked up under --root.)
+if ! out=$(systemd-sysusers --dry-run --root="$tmp/root" "$PWD/$sysusers" 2>&1); then
+    echo "$out" >&2
+    fail "systemd-sysusers rejected $sysusers"
+fi
+# Like verify, it skips a bad line with a message naming the file, exit 0.
+if problems=$(grep -F "$sysusers" <<<"$out"); then
+    echo "$problems" >&2
+    fail "systemd-sysusers complained about $sysusers"
+fi
+grep -q "Creating user '$name'" <<<"$out" || {
+    echo "$out" >&2
+    fail "$sysusers does not create user $name"
+}
+echo "check-units: systemd-sysusers --dry-run: ok ($sysusers)"
+
+# 3. Consistency between the service and the sysusers file.
+grep -qx "User=$name" "$service" || fail "$service must run as User=$name"
+grep -Eq '^DynamicUser=(yes|true|on|1)' "$service" &&
+    fail "$service uses DynamicUser=: polkit refuses it for qemu:///system"
+grep -Eq "^u[[:space:]]+$name[[:space:]]" "$sysusers" || fail "$sysusers has no 'u $name' line"
+grep -Eq "^m[[:space:]]+$name[[:space:]]+libvirt[[:space:]]*$" "$sysusers" ||
+    fail "$sysusers does not put $name in group libvirt"
+grep -qx "Type=notify" "$service" || fail "$service must be Type=notify"
+echo "check-units: service/sysusers consistency: ok"
+
+# 4. Exposure score.
+out=$(systemd-analyze security --offline=yes --root=/ --no-pager "$tmp/$name.service" 2>&1) || {
+    echo "$out" >&2
+    fail "systemd-analyze security failed"
+}
+score=$(sed -n 's/.*Overall exposure level for .*: \([0-9][0-9]*\.[0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
+[[ -n $score ]] || {
+    echo "$out" >&2
+    fail "no overall exposure level in systemd-analyze security output"
+}
+# The items still counting against the unit, for the log.
+grep -E '^✗' <<<"$out" || true
+echo "check-units: offline exposure of $name.service: $score (max $max_exposure)"
+if awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s > m) }'; then
+    fail "exposure $score is above $max_exposure"
+fi
+echo "check-units: all unit checks passed"
