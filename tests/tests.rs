@@ -5,6 +5,7 @@ mod util;
 
 mod activation;
 mod cli;
+mod e2e_libvirtd;
 mod properties;
 mod standalone;
 mod wake_states;

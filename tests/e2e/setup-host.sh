@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Prepares this machine for the end-to-end tests (tests/e2e_libvirtd.rs):
+# libvirtd with the QEMU driver, a real QEMU/KVM, and the `wakeonlan` sender.
+# Idempotent; needs root. PID 1 need not be systemd: the daemons are started
+# by hand, the way ../shared/HOST-NOTES.md describes.
+#
+#   sudo tests/e2e/setup-host.sh
+#
+# Prints "virt-type kvm" or "virt-type qemu" last: the guest type the tests
+# use (they check /dev/kvm themselves too; KVM boots a guest in ~0.4 s, plain
+# QEMU emulation works without /dev/kvm, only slower).
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-host: needs root (it installs packages and starts libvirtd)" >&2
+    exit 1
+fi
+
+packages=(libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# What libvirt-daemon-system would do (it drags in systemd packages we do not
+# want on a machine whose PID 1 is not systemd).
+getent group libvirt >/dev/null || groupadd --system libvirt
+getent passwd libvirt-qemu >/dev/null ||
+    useradd --system --no-create-home --home-dir /var/lib/libvirt \
+        --shell /usr/sbin/nologin libvirt-qemu
+mkdir -p /var/log/libvirt /var/lib/libvirt/qemu /etc/libvirt
+if [ ! -f /etc/libvirt/libvirtd.conf ] || ! grep -q '^unix_sock_group' /etc/libvirt/libvirtd.conf; then
+    # Debian's own socket settings: members of "libvirt" may manage.
+    cat >>/etc/libvirt/libvirtd.conf <<'CONF'
+unix_sock_group = "libvirt"
+unix_sock_rw_perms = "0770"
+unix_sock_ro_perms = "0777"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+CONF
+fi
+
+virt_type=qemu
+if [ -e /dev/kvm ]; then
+    # Without this every start takes ~4 s (libvirt re-probes QEMU).
+    getent group kvm >/dev/null || groupadd --system kvm
+    chgrp kvm /dev/kvm
+    chmod 0660 /dev/kvm
+    id -nG libvirt-qemu | grep -qw kvm || usermod -aG kvm libvirt-qemu
+    virt_type=kvm
+fi
+
+pgrep -x virtlogd >/dev/null || virtlogd -d
+if ! pgrep -x libvirtd >/dev/null; then
+    libvirtd -d
+fi
+
+for _ in $(seq 1 100); do
+    if virsh -c qemu:///system version >/dev/null 2>&1; then
+        echo "setup-host: libvirtd answers on qemu:///system"
+        echo "virt-type $virt_type"
+        exit 0
+    fi
+    sleep 0.1
+done
+echo "setup-host: libvirtd did not answer on qemu:///system within 10 s" >&2
+exit 1
