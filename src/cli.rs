@@ -41,6 +41,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
+    /// Directory for the persistent MAC index. systemd's CacheDirectory=
+    /// ($CACHE_DIRECTORY) takes precedence; without either, the XDG cache
+    /// directory (~/.cache/wol-libvirt-gateway) is used.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+
     /// Re-read every domain's XML for an unknown MAC at most this often.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,

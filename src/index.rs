@@ -74,6 +74,13 @@ impl MacIndex {
         self.owners.get(&mac).map_or(&[], Vec::as_slice)
     }
 
+    /// Every (MAC, owner) pair, for writing the index file.
+    pub fn entries(&self) -> impl Iterator<Item = (Mac, &DomainRef)> {
+        self.owners
+            .iter()
+            .flat_map(|(mac, owners)| owners.iter().map(move |owner| (*mac, owner)))
+    }
+
     /// When the scan behind this index finished.
     pub fn built_at(&self) -> Instant {
         self.built_at

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod domain_xml;
 pub mod gateway;
@@ -28,8 +29,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use tracing::error;
+use tracing::{error, warn};
 
+use crate::cache::{CacheDirSource, IndexFile};
 use crate::cli::Args;
 use crate::gateway::{Config, Gateway, Shutdown};
 use crate::hypervisor::LibvirtConnector;
@@ -87,10 +89,19 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         (None, Origin::Activated) => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
         (None, Origin::Bound) => None,
     };
-    let waker = Waker::new(
+    let mut waker = Waker::new(
         LibvirtConnector::new(args.libvirt_uri.clone()),
         args.rescan_interval,
     );
+    match CacheDirSource::from_env(args.cache_dir.as_deref()) {
+        Some(source) => match IndexFile::open(&source, &args.libvirt_uri) {
+            Ok(file) => waker = waker.with_cache(file),
+            Err(e) => {
+                warn!("MAC index cache disabled: {e}; every activation will read all domains' XML")
+            }
+        },
+        None => warn!("MAC index cache disabled: no cache directory (set --cache-dir)"),
+    }
     let config = Config {
         idle_timeout,
         dedupe_window: args.dedupe_window,

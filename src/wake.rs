@@ -6,10 +6,13 @@
 //! failing call apart from a lost connection, so the caller can keep a request
 //! pending while libvirt is away.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::cache::IndexFile;
+use crate::domain_xml;
 use crate::hypervisor::{Action, Connector, DomainState, HvError, Hypervisor};
 use crate::index::{DomainRef, MacIndex};
 use crate::packet::Mac;
@@ -156,11 +159,21 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable(pub HvError);
 
+/// The index file's content, once read.
+enum Hint {
+    NotRead,
+    Read(HashMap<Mac, Vec<DomainRef>>),
+}
+
 /// Runs wake requests against one libvirt URI.
 pub struct Waker<C: Connector> {
     connector: C,
     connection: Option<Box<dyn Hypervisor>>,
+    /// The in-memory index from this process's last scan.
     index: Option<MacIndex>,
+    /// The persistent index (see [`crate::cache`]), if enabled.
+    cache: Option<IndexFile>,
+    hint: Hint,
     rescan_interval: Duration,
     scans: u64,
 }
@@ -173,9 +186,17 @@ impl<C: Connector> Waker<C> {
             connector,
             connection: None,
             index: None,
+            cache: None,
+            hint: Hint::NotRead,
             rescan_interval,
             scans: 0,
         }
+    }
+
+    /// Keeps the MAC index in `file` across processes.
+    pub fn with_cache(mut self, file: IndexFile) -> Self {
+        self.cache = Some(file);
+        self
     }
 
     /// The libvirt URI.
@@ -288,10 +309,17 @@ impl<C: Connector> Waker<C> {
         Ok(outcome)
     }
 
-    /// The domains the index says own `mac`, scanning first if there is no
-    /// index, or if the MAC is unknown and the index is older than the
-    /// rescan interval (so a stream of unknown MACs cannot hammer libvirtd).
+    /// The domains the index says own `mac`. Until this process has scanned,
+    /// a confirmed entry of the index file answers without a scan. Otherwise
+    /// it scans if there is no index, or if the MAC is unknown and the index
+    /// is older than the rescan interval (so a stream of unknown MACs cannot
+    /// hammer libvirtd).
     fn owners(&mut self, mac: Mac) -> Result<Vec<DomainRef>, HvError> {
+        if self.index.is_none() {
+            if let Some(owners) = self.confirmed_hint(mac)? {
+                return Ok(owners);
+            }
+        }
         let stale = match &self.index {
             None => true,
             Some(index) => {
@@ -306,6 +334,61 @@ impl<C: Connector> Waker<C> {
             .as_ref()
             .map(|index| index.owners(mac).to_vec())
             .unwrap_or_default())
+    }
+
+    /// The index file's owners of `mac`, if every one of them still has the
+    /// MAC in its current XML; `None` (so: scan) on a miss or a stale entry.
+    fn confirmed_hint(&mut self, mac: Mac) -> Result<Option<Vec<DomainRef>>, HvError> {
+        if matches!(self.hint, Hint::NotRead) {
+            self.hint = Hint::Read(self.read_cache());
+        }
+        let (Hint::Read(hint), Some(hv)) = (&self.hint, self.connection.as_deref()) else {
+            return Ok(None);
+        };
+        let Some(owners) = hint.get(&mac) else {
+            return Ok(None);
+        };
+        let mut confirmed = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let still_there = match hv.domain(&owner.uuid) {
+                Ok(record) => record
+                    .xml
+                    .ok()
+                    .and_then(|xml| domain_xml::macs(&xml).ok())
+                    .filter(|macs| macs.contains(&mac))
+                    .map(|_| DomainRef {
+                        name: record.name,
+                        uuid: record.uuid,
+                    }),
+                Err(_) if hv.is_alive() => None,
+                Err(e) => return Err(e),
+            };
+            match still_there {
+                Some(domain) => confirmed.push(domain),
+                None => {
+                    debug!(mac = %mac, "index file is stale for {mac} ({} changed); rescanning", owner.name);
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(confirmed))
+    }
+
+    fn read_cache(&mut self) -> HashMap<Mac, Vec<DomainRef>> {
+        let Some(file) = &self.cache else {
+            return HashMap::new();
+        };
+        match file.load() {
+            Ok(Some(hint)) => hint,
+            Ok(None) => HashMap::new(),
+            Err(reason) => {
+                info!(
+                    "ignoring index file {} ({reason}); it will be rebuilt",
+                    file.path().display()
+                );
+                HashMap::new()
+            }
+        }
     }
 
     fn scan(&mut self) -> Result<(), HvError> {
@@ -327,6 +410,18 @@ impl<C: Connector> Waker<C> {
             started.elapsed().as_secs_f64() * 1e3,
             skipped.len()
         );
+        if let Some(file) = &self.cache {
+            if let Err(e) = file.store(index.entries()) {
+                warn!(
+                    "cannot write the MAC index {}: {e}; continuing without it \
+                     (every activation will read all domains)",
+                    file.path().display()
+                );
+                self.cache = None;
+            }
+        }
+        // From now on this process's own index answers; the file was a hint.
+        self.hint = Hint::Read(HashMap::new());
         self.index = Some(index);
         Ok(())
     }

@@ -30,6 +30,8 @@ fn help_documents_every_flag_with_its_default() {
         "--dedupe-window <DURATION>",
         "[default: 10s]",
         "--rescan-interval <DURATION>",
+        "--cache-dir <DIR>",
+        "CACHE_DIRECTORY",
         "RUST_LOG",
         "--version",
     ] {

@@ -6,6 +6,7 @@ mod util;
 mod activation;
 mod cli;
 mod e2e_libvirtd;
+mod index_cache;
 mod properties;
 mod standalone;
 mod wake_states;

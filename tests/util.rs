@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use tempfile::TempDir;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use wol_libvirt_gateway::hypervisor::{Connector, DomainState, HvError, Hypervisor, Libvirt};
 use wol_libvirt_gateway::packet::{Mac, magic_packet};
 
 /// Generous deadline for anything the gateway should do "at once".
@@ -179,17 +182,21 @@ pub struct Gateway {
     child: Child,
     log: Arc<Mutex<String>>,
     status: Option<ExitStatus>,
+    _cache: TempDir,
 }
 
 /// Builder for a gateway run.
 pub struct Launch {
     command: Command,
     fds: Vec<FdMapping>,
+    cache: TempDir,
 }
 
 impl Launch {
-    /// The binary with `args`, logging at `info` unless `RUST_LOG` is set later.
+    /// The binary with `args`, logging at `info` unless `RUST_LOG` is set
+    /// later, with its own empty XDG cache directory.
     pub fn new(args: &[&str]) -> Launch {
+        let cache = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(bin());
         command
             .args(args)
@@ -198,6 +205,8 @@ impl Launch {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("WATCHDOG_USEC")
+            .env_remove("CACHE_DIRECTORY")
+            .env("XDG_CACHE_HOME", cache.path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -205,6 +214,7 @@ impl Launch {
         Launch {
             command,
             fds: Vec::new(),
+            cache,
         }
     }
 
@@ -246,6 +256,7 @@ impl Launch {
             child,
             log,
             status: None,
+            _cache: self.cache,
         }
     }
 }
@@ -387,4 +398,51 @@ impl NotifySocket {
             );
         }
     }
+}
+
+/// One `test:///` connection shared by wakers and the test: a node file's
+/// state is private to the connection that opened it.
+pub struct Shared(pub Connect);
+
+impl Connector for Shared {
+    fn uri(&self) -> &str {
+        "test:///shared"
+    }
+    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
+        Ok(Box::new(Libvirt::from_connection(self.0.clone())))
+    }
+}
+
+/// Writes a node file and opens it in-process.
+pub fn open_node(domains: &[DomainSpec]) -> (NodeFile, Connect) {
+    let node = NodeFile::new(domains);
+    virt::error::clear_error_callback();
+    let conn = Connect::open(Some(&node.uri())).expect("open test:/// node file");
+    (node, conn)
+}
+
+/// A domain's state, through the shared connection.
+pub fn state_of(conn: &Connect, name: &str) -> DomainState {
+    Libvirt::from_connection(conn.clone())
+        .state(&uuid_for(name))
+        .expect("state")
+}
+
+/// A domain by name.
+pub fn lookup(conn: &Connect, name: &str) -> Domain {
+    conn.lookup_domain_by_name(name).expect("lookup")
+}
+
+/// Redefines a (shut-off) domain with its NICs replaced by `macs`.
+pub fn redefine(conn: &Connect, name: &str, macs: &[&str]) {
+    let nics: String = macs
+        .iter()
+        .map(|m| format!("<interface type='user'><mac address='{m}'/></interface>"))
+        .collect();
+    let xml = format!(
+        "<domain type='test'><name>{name}</name><uuid>{}</uuid><memory>65536</memory>\
+         <os><type arch='x86_64'>hvm</type></os><devices>{nics}</devices></domain>",
+        uuid_for(name)
+    );
+    conn.define_domain_xml(&xml).expect("redefine domain");
 }

@@ -6,43 +6,19 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use virt::connect::Connect;
-use virt::domain::Domain;
 use wol_libvirt_gateway::hypervisor::{
-    Action, Connector, DomainRecord, DomainState, HvError, Hypervisor, Libvirt,
+    Action, Connector, DomainRecord, DomainState, HvError, Hypervisor,
 };
 use wol_libvirt_gateway::wake::{Outcome, Waker};
 
-use crate::util::{DomainSpec, NodeFile, RunState, domain, mac, uuid_for};
-
-/// One `test:///` connection shared by the waker and the test: a node
-/// file's state is private to the connection that opened it.
-struct Shared(Connect);
-
-impl Connector for Shared {
-    fn uri(&self) -> &str {
-        "test:///shared"
-    }
-    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
-        Ok(Box::new(Libvirt::from_connection(self.0.clone())))
-    }
-}
+use crate::util::{
+    DomainSpec, NodeFile, RunState, Shared, domain, lookup, mac, open_node, state_of,
+};
 
 fn setup(domains: &[DomainSpec], rescan: Duration) -> (NodeFile, Connect, Waker<Shared>) {
-    let node = NodeFile::new(domains);
-    virt::error::clear_error_callback();
-    let conn = Connect::open(Some(&node.uri())).expect("open test:/// node file");
+    let (node, conn) = open_node(domains);
     let waker = Waker::new(Shared(conn.clone()), rescan);
     (node, conn, waker)
-}
-
-fn state_of(conn: &Connect, name: &str) -> DomainState {
-    Libvirt::from_connection(conn.clone())
-        .state(&uuid_for(name))
-        .expect("state")
-}
-
-fn lookup(conn: &Connect, name: &str) -> Domain {
-    conn.lookup_domain_by_name(name).expect("lookup")
 }
 
 #[test]
@@ -248,6 +224,12 @@ impl Hypervisor for Fake {
                 xml: xml.clone(),
             })
             .collect())
+    }
+    fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
+        self.domains()?
+            .into_iter()
+            .find(|record| record.uuid == uuid)
+            .ok_or_else(|| HvError("no such domain".into()))
     }
     fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
         let state = self.0.borrow();
