@@ -109,6 +109,8 @@ pub struct Stats {
     pub duplicates: u64,
     /// Wake requests decided (one log line each).
     pub handled: u64,
+    /// Time spent reading and parsing datagrams (for the drain-rate figure).
+    pub drain_time: Duration,
 }
 
 struct Request {
@@ -270,6 +272,7 @@ impl<C: Connector> Gateway<C> {
 
     /// Reads every queued datagram (up to a batch cap) into pending requests.
     fn drain(&mut self) {
+        let started = Instant::now();
         let mut read = 0;
         for i in 0..self.sockets.len() {
             while read < MAX_DRAIN_BATCH {
@@ -298,6 +301,7 @@ impl<C: Connector> Gateway<C> {
                 }
             }
         }
+        self.stats.drain_time += started.elapsed();
     }
 
     fn enqueue(&mut self, mac: Mac, source: SocketAddr, now: Instant) {
@@ -567,10 +571,12 @@ impl<C: Connector> Gateway<C> {
             rejected,
             duplicates,
             handled,
+            drain_time,
         } = self.stats;
         info!(
             "exiting ({why}): {datagrams} datagrams, {handled} wake requests handled, \
-             {duplicates} duplicates, {rejected} invalid"
+             {duplicates} duplicates, {rejected} invalid; {:.1} ms spent reading datagrams",
+            drain_time.as_secs_f64() * 1e3
         );
         self.notifier
             .stopping(&format!("exiting ({why}); {}", self.last_event));

@@ -11,6 +11,9 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 
+use crate::domain_xml;
+use crate::packet::Mac;
+
 /// A domain's run state, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainState {
@@ -103,22 +106,36 @@ impl From<virt::error::Error> for HvError {
     }
 }
 
-/// One defined domain and its XML description (or why it could not be read).
-#[derive(Debug, Clone)]
+/// One defined domain and the MACs of its interfaces (or why they are
+/// unknown: its XML could not be fetched or read).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainRecord {
     /// The domain's name.
     pub name: String,
     /// The domain's UUID, the stable handle used for every later call.
     pub uuid: String,
-    /// The XML description, or the error fetching it.
-    pub xml: Result<String, HvError>,
+    /// The MACs of its interfaces, or why they are unknown.
+    pub macs: Result<Vec<Mac>, String>,
+}
+
+impl DomainRecord {
+    /// Reads the MACs from a fetched XML description.
+    pub fn from_xml(name: String, uuid: String, xml: Result<String, HvError>) -> Self {
+        let macs = match xml {
+            Ok(xml) => domain_xml::macs(&xml).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot read its XML: {e}")),
+        };
+        DomainRecord { name, uuid, macs }
+    }
 }
 
 /// An open connection to one hypervisor.
 pub trait Hypervisor {
-    /// Every domain, persistent and transient, active and inactive.
+    /// Every domain, persistent and transient, active and inactive, with
+    /// its MACs.
     fn domains(&self) -> Result<Vec<DomainRecord>, HvError>;
-    /// One domain, by UUID (to confirm a hint from the index file).
+    /// One domain and its current MACs, by UUID (to confirm a hint from the
+    /// index file).
     fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
     fn state(&self, uuid: &str) -> Result<DomainState, HvError>;
@@ -209,12 +226,14 @@ impl Libvirt {
     }
 }
 
+/// Fetches and reads one domain's XML. Runs in the scan threads, so parsing
+/// overlaps the other threads' round trips to libvirtd.
 fn record(domain: &Domain) -> Option<DomainRecord> {
     // A domain undefined between the listing and here is simply gone.
     let uuid = domain.uuid_string().ok()?;
     let name = domain.name().unwrap_or_else(|_| uuid.clone());
     let xml = domain.xml_desc(0).map_err(HvError::from);
-    Some(DomainRecord { name, uuid, xml })
+    Some(DomainRecord::from_xml(name, uuid, xml))
 }
 
 impl Hypervisor for Libvirt {
@@ -242,11 +261,7 @@ impl Hypervisor for Libvirt {
         let domain = self.lookup(uuid)?;
         let name = domain.name()?;
         let xml = domain.xml_desc(0).map_err(HvError::from);
-        Ok(DomainRecord {
-            name,
-            uuid: uuid.to_owned(),
-            xml,
-        })
+        Ok(DomainRecord::from_xml(name, uuid.to_owned(), xml))
     }
 
     fn state(&self, uuid: &str) -> Result<DomainState, HvError> {

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::domain_xml;
 use crate::hypervisor::DomainRecord;
 use crate::packet::Mac;
 
@@ -33,18 +32,14 @@ pub struct MacIndex {
 }
 
 impl MacIndex {
-    /// Builds the index from a listing. A domain whose XML could not be
-    /// fetched or parsed is left out and reported in the second value; it
-    /// never spoils the others.
+    /// Builds the index from a listing. A domain whose MACs are unknown (XML
+    /// not fetched, or not readable) is left out and reported in the second
+    /// value; it never spoils the others.
     pub fn build(records: Vec<DomainRecord>) -> (MacIndex, Vec<Skipped>) {
         let mut owners: HashMap<Mac, Vec<DomainRef>> = HashMap::new();
         let mut skipped = Vec::new();
         for record in records {
-            let macs = match record.xml {
-                Ok(xml) => domain_xml::macs(&xml).map_err(|e| e.to_string()),
-                Err(e) => Err(format!("cannot read its XML: {e}")),
-            };
-            match macs {
+            match record.macs {
                 Ok(mut macs) => {
                     // A domain with two NICs sharing a MAC is still one owner.
                     macs.sort_unstable();
@@ -93,11 +88,11 @@ mod tests {
     use crate::hypervisor::HvError;
 
     fn record(name: &str, xml: Result<&str, &str>) -> DomainRecord {
-        DomainRecord {
-            name: name.into(),
-            uuid: format!("uuid-{name}"),
-            xml: xml.map(str::to_owned).map_err(|e| HvError(e.into())),
-        }
+        DomainRecord::from_xml(
+            name.into(),
+            format!("uuid-{name}"),
+            xml.map(str::to_owned).map_err(|e| HvError(e.into())),
+        )
     }
 
     fn nic(mac: &str) -> String {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::cache::IndexFile;
-use crate::domain_xml;
 use crate::hypervisor::{Action, Connector, DomainState, HvError, Hypervisor};
 use crate::index::{DomainRef, MacIndex};
 use crate::packet::Mac;
@@ -352,9 +351,8 @@ impl<C: Connector> Waker<C> {
         for owner in owners {
             let still_there = match hv.domain(&owner.uuid) {
                 Ok(record) => record
-                    .xml
+                    .macs
                     .ok()
-                    .and_then(|xml| domain_xml::macs(&xml).ok())
                     .filter(|macs| macs.contains(&mac))
                     .map(|_| DomainRef {
                         name: record.name,

@@ -218,11 +218,7 @@ impl Hypervisor for Fake {
             .borrow()
             .domains
             .iter()
-            .map(|(name, xml, _)| DomainRecord {
-                name: name.clone(),
-                uuid: name.clone(),
-                xml: xml.clone(),
-            })
+            .map(|(name, xml, _)| DomainRecord::from_xml(name.clone(), name.clone(), xml.clone()))
             .collect())
     }
     fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
