@@ -6,19 +6,29 @@
 //! domain's current XML before acting, and rescans (and rewrites the file) on
 //! a miss or a stale hit. A file that does not parse, or belongs to another
 //! URI or format, is ignored and replaced.
+//!
+//! Format: two header lines (format, URI), then one fixed-width record per
+//! (MAC, domain UUID) pair, sorted: `52:54:00:aa:bb:cc 6695eb01-…-97f2502e193f`.
+//! A lookup binary-searches the records with positioned reads, so a warm
+//! wake reads a few hundred bytes whatever the number of domains.
 
-use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::index::DomainRef;
 use crate::packet::Mac;
 
 /// First line of every index file; a different one means another format.
-const HEADER: &str = "wol-libvirt-gateway mac-index 1";
+const HEADER: &str = "wol-libvirt-gateway mac-index 2";
 /// Directory name under the XDG cache directory.
 const APP_DIR: &str = "wol-libvirt-gateway";
+/// `xx:xx:xx:xx:xx:xx` + space + canonical UUID + newline.
+const MAC_LEN: usize = 17;
+const UUID_LEN: usize = 36;
+const RECORD_LEN: usize = MAC_LEN + 1 + UUID_LEN + 1;
+/// The header is read in one go; a longer URI makes the file unusable.
+const MAX_HEADER: usize = 4096;
 
 /// Where the cache directory comes from, in order of precedence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,31 +116,84 @@ impl IndexFile {
         &self.path
     }
 
-    /// Reads the index. `Ok(None)` when there is no file yet;
-    /// `Err` (with the reason) when it is corrupt or not ours.
-    pub fn load(&self) -> Result<Option<HashMap<Mac, Vec<DomainRef>>>, String> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
+    /// The UUIDs of the domains that owned `mac` when the file was written.
+    /// `Ok(None)` when there is no file yet; `Err` (with the reason) when
+    /// it is corrupt or not ours.
+    pub fn lookup(&self, mac: Mac) -> Result<Option<Vec<String>>, String> {
+        let mut file = match fs::File::open(&self.path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        parse(&text, &self.uri).map(Some)
+        let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+        let mut head = Vec::with_capacity(MAX_HEADER.min(len));
+        (&mut file)
+            .take(MAX_HEADER as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| e.to_string())?;
+        let header_len = self.header_len(&head)?;
+        let body = len - header_len;
+        if body % RECORD_LEN != 0 {
+            return Err("truncated record".into());
+        }
+        let records = Records {
+            file: &file,
+            start: header_len,
+            count: body / RECORD_LEN,
+        };
+        // First record whose MAC is not below the one wanted.
+        let wanted = mac.to_string();
+        let (mut low, mut high) = (0, records.count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if records.get(middle)?.0 < wanted {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        let mut owners = Vec::new();
+        for i in low..records.count {
+            let (found, uuid) = records.get(i)?;
+            if found != wanted {
+                break;
+            }
+            owners.push(uuid);
+        }
+        Ok(Some(owners))
+    }
+
+    /// Checks the two header lines; returns their length.
+    fn header_len(&self, head: &[u8]) -> Result<usize, String> {
+        let text = String::from_utf8_lossy(head);
+        let mut lines = text.split_inclusive('\n');
+        let (Some(format), Some(uri)) = (lines.next(), lines.next()) else {
+            return Err("no header".into());
+        };
+        if format.trim_end() != HEADER {
+            return Err("not a mac-index version 2 file".into());
+        }
+        match uri.strip_prefix("uri ").map(str::trim_end) {
+            Some(found) if found == one_line(&self.uri) => Ok(format.len() + uri.len()),
+            Some(found) => Err(format!("it belongs to another URI ({found})")),
+            None => Err("no uri line".into()),
+        }
     }
 
     /// Writes the index atomically: a temporary file in the same directory,
     /// then a rename over the old one, so a reader never sees half a file.
-    pub fn store<'a>(
-        &self,
-        entries: impl IntoIterator<Item = (Mac, &'a DomainRef)>,
-    ) -> io::Result<()> {
+    pub fn store<'a>(&self, entries: impl IntoIterator<Item = (Mac, &'a str)>) -> io::Result<()> {
+        let mut records: Vec<String> = entries
+            .into_iter()
+            // libvirt's UUIDs are canonical; anything else cannot be a record.
+            .filter(|(_, uuid)| uuid.len() == UUID_LEN && uuid.is_ascii())
+            .map(|(mac, uuid)| format!("{mac} {uuid}\n"))
+            .collect();
+        records.sort_unstable();
+        records.dedup();
         let mut text = format!("{HEADER}\nuri {}\n", one_line(&self.uri));
-        for (mac, domain) in entries {
-            text.push_str(&format!(
-                "{mac} {} {}\n",
-                one_line(&domain.uuid),
-                one_line(&domain.name)
-            ));
-        }
+        text.reserve(records.len() * RECORD_LEN);
+        records.iter().for_each(|record| text.push_str(record));
         let tmp = self
             .path
             .with_extension(format!("tmp.{}", std::process::id()));
@@ -144,6 +207,31 @@ impl IndexFile {
                 Err(e)
             }
         }
+    }
+}
+
+/// The fixed-width records of an open index file.
+struct Records<'a> {
+    file: &'a fs::File,
+    start: usize,
+    count: usize,
+}
+
+impl Records<'_> {
+    /// Record `i` as (MAC text, UUID).
+    fn get(&self, i: usize) -> Result<(String, String), String> {
+        let mut record = [0u8; RECORD_LEN];
+        self.file
+            .read_exact_at(&mut record, (self.start + i * RECORD_LEN) as u64)
+            .map_err(|e| e.to_string())?;
+        let text = std::str::from_utf8(&record).map_err(|_| format!("record {i} is not text"))?;
+        let (mac, rest) = text.split_at(MAC_LEN);
+        let uuid = rest
+            .strip_prefix(' ')
+            .and_then(|r| r.strip_suffix('\n'))
+            .filter(|_| mac.parse::<Mac>().is_ok())
+            .ok_or_else(|| format!("record {i} is malformed"))?;
+        Ok((mac.to_owned(), uuid.to_owned()))
     }
 }
 
@@ -162,47 +250,9 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-fn parse(text: &str, uri: &str) -> Result<HashMap<Mac, Vec<DomainRef>>, String> {
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err("not a mac-index version 1 file".into());
-    }
-    match lines.next().and_then(|l| l.strip_prefix("uri ")) {
-        Some(found) if found == one_line(uri) => {}
-        Some(found) => return Err(format!("it belongs to another URI ({found})")),
-        None => return Err("no uri line".into()),
-    }
-    let mut owners: HashMap<Mac, Vec<DomainRef>> = HashMap::new();
-    for (number, line) in lines.enumerate() {
-        let mut fields = line.splitn(3, ' ');
-        let (Some(mac), Some(uuid), Some(name)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return Err(format!("line {} is incomplete", number + 3));
-        };
-        let mac: Mac = mac
-            .parse()
-            .map_err(|_| format!("line {} has no MAC", number + 3))?;
-        if uuid.is_empty() {
-            return Err(format!("line {} has no UUID", number + 3));
-        }
-        owners.entry(mac).or_default().push(DomainRef {
-            name: name.to_owned(),
-            uuid: uuid.to_owned(),
-        });
-    }
-    Ok(owners)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn domain(name: &str) -> DomainRef {
-        DomainRef {
-            name: name.into(),
-            uuid: format!("uuid-{}", name.replace(' ', "-")),
-        }
-    }
 
     #[test]
     fn directory_precedence_systemd_then_flag_then_xdg() {
@@ -233,31 +283,55 @@ mod tests {
         assert_eq!(CacheDirSource::choose(None, None, None, None), None);
     }
 
+    const U1: &str = "6695eb01-f6a4-8304-79aa-97f2502e1931";
+    const U2: &str = "6695eb01-f6a4-8304-79aa-97f2502e1932";
+
+    fn mac(i: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, i])
+    }
+
+    fn file_in(dir: &Path, uri: &str) -> IndexFile {
+        IndexFile::open(&CacheDirSource::Flag(dir.into()), uri).unwrap()
+    }
+
     #[test]
-    fn round_trip_keeps_every_owner_and_names_with_spaces() {
+    fn lookups_find_every_owner_among_many_records() {
         let dir = tempfile::tempdir().unwrap();
-        let file =
-            IndexFile::open(&CacheDirSource::Flag(dir.path().into()), "qemu:///system").unwrap();
-        assert_eq!(file.load(), Ok(None));
-        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
-        let (a, b) = (domain("a b"), domain("c"));
-        file.store([(mac, &a), (mac, &b)]).unwrap();
-        let loaded = file.load().unwrap().unwrap();
-        assert_eq!(loaded[&mac], vec![a, b]);
+        let file = file_in(dir.path(), "qemu:///system");
+        assert_eq!(file.lookup(mac(1)), Ok(None), "no file yet");
+        let mut entries: Vec<(Mac, &str)> = (0..=250).map(|i| (mac(i), U1)).collect();
+        entries.push((mac(7), U2));
+        file.store(entries).unwrap();
+        assert_eq!(
+            file.lookup(mac(7)),
+            Ok(Some(vec![U1.to_owned(), U2.to_owned()]))
+        );
+        assert_eq!(file.lookup(mac(0)), Ok(Some(vec![U1.to_owned()])));
+        assert_eq!(file.lookup(mac(250)), Ok(Some(vec![U1.to_owned()])));
+        assert_eq!(file.lookup(mac(251)), Ok(Some(vec![])));
+        assert_eq!(file.lookup(Mac([0x02, 0, 0, 0, 0, 1])), Ok(Some(vec![])));
     }
 
     #[test]
     fn foreign_or_corrupt_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = file_in(dir.path(), "x");
+        let good = format!("{HEADER}\nuri x\n52:54:00:00:00:01 {U1}\n");
         for text in [
-            "",
-            "garbage\n",
-            "wol-libvirt-gateway mac-index 2\nuri x\n",
-            "wol-libvirt-gateway mac-index 1\nuri other:///\n",
-            "wol-libvirt-gateway mac-index 1\nuri x\nzz:zz uuid name\n",
-            "wol-libvirt-gateway mac-index 1\nuri x\n52:54:00:00:00:01\n",
+            String::new(),
+            "garbage\n".into(),
+            "wol-libvirt-gateway mac-index 1\nuri x\n".into(),
+            format!("{HEADER}\nuri other:///\n"),
+            format!("{HEADER}\nuri x\nzz:zz:zz:zz:zz:zz {U1}\n"),
+            format!("{HEADER}\nuri x\n52:54:00:00:00:01\n"),
+            good[..good.len() - 1].to_owned(),
+            "\u{ff}".repeat(5000),
         ] {
-            assert!(parse(text, "x").is_err(), "{text:?}");
+            std::fs::write(file.path(), &text).unwrap();
+            assert!(file.lookup(mac(1)).is_err(), "{text:?}");
         }
+        std::fs::write(file.path(), &good).unwrap();
+        assert_eq!(file.lookup(mac(1)), Ok(Some(vec![U1.to_owned()])));
     }
 
     #[test]

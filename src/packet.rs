@@ -160,34 +160,33 @@ pub fn parse(datagram: &[u8]) -> Result<Mac, Rejection> {
         });
     }
     let mut best = Rejection::NoSyncStream;
-    let mut ff_run = 0usize;
-    for (i, &byte) in datagram.iter().enumerate() {
-        if byte == 0xff {
-            ff_run += 1;
-            // 102 bytes of 0xff is a well-formed packet for the broadcast MAC.
-            if ff_run >= MIN_PACKET_LEN {
-                best = Rejection::BroadcastMac;
-            }
-            continue;
+    let mut from = 0;
+    // Jump from one run of 0xff to the next (memchr is SIMD): junk without
+    // 0xff costs one pass, however long.
+    while let Some(offset) = memchr::memchr(0xff, &datagram[from..]) {
+        let run_start = from + offset;
+        let run_len = datagram[run_start..]
+            .iter()
+            .position(|&b| b != 0xff)
+            .unwrap_or(datagram.len() - run_start);
+        let after_run = run_start + run_len;
+        if run_len >= MIN_PACKET_LEN {
+            // 102 bytes of 0xff: a well-formed packet for the broadcast MAC.
+            best = Rejection::BroadcastMac;
         }
-        let run = std::mem::take(&mut ff_run);
         // A unicast MAC never starts with 0xff (its I/G bit would be set), so
         // the only candidate position is the first byte after a run of at
         // least six 0xff bytes. That keeps the scan linear.
-        if run < SYNC_LEN {
-            continue;
+        if run_len >= SYNC_LEN {
+            let rejection = match candidate_at(datagram, after_run) {
+                Ok(mac) => return Ok(mac),
+                Err(rejection) => rejection,
+            };
+            if rejection.rank() > best.rank() {
+                best = rejection;
+            }
         }
-        let rejection = match candidate_at(datagram, i) {
-            Ok(mac) => return Ok(mac),
-            Err(rejection) => rejection,
-        };
-        if rejection.rank() > best.rank() {
-            best = rejection;
-        }
-    }
-    if matches!(best, Rejection::NoSyncStream) && ff_run >= SYNC_LEN {
-        // Trailing sync stream with nothing (valid) after it.
-        best = Rejection::NoRepetitions;
+        from = after_run;
     }
     Err(best)
 }

@@ -6,7 +6,6 @@
 //! failing call apart from a lost connection, so the caller can keep a request
 //! pending while libvirt is away.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -158,12 +157,6 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable(pub HvError);
 
-/// The index file's content, once read.
-enum Hint {
-    NotRead,
-    Read(HashMap<Mac, Vec<DomainRef>>),
-}
-
 /// Runs wake requests against one libvirt URI.
 pub struct Waker<C: Connector> {
     connector: C,
@@ -172,7 +165,8 @@ pub struct Waker<C: Connector> {
     index: Option<MacIndex>,
     /// The persistent index (see [`crate::cache`]), if enabled.
     cache: Option<IndexFile>,
-    hint: Hint,
+    /// Until this process has scanned, the index file is worth asking.
+    consult_file: bool,
     rescan_interval: Duration,
     scans: u64,
 }
@@ -186,7 +180,7 @@ impl<C: Connector> Waker<C> {
             connection: None,
             index: None,
             cache: None,
-            hint: Hint::NotRead,
+            consult_file: true,
             rescan_interval,
             scans: 0,
         }
@@ -338,18 +332,25 @@ impl<C: Connector> Waker<C> {
     /// The index file's owners of `mac`, if every one of them still has the
     /// MAC in its current XML; `None` (so: scan) on a miss or a stale entry.
     fn confirmed_hint(&mut self, mac: Mac) -> Result<Option<Vec<DomainRef>>, HvError> {
-        if matches!(self.hint, Hint::NotRead) {
-            self.hint = Hint::Read(self.read_cache());
-        }
-        let (Hint::Read(hint), Some(hv)) = (&self.hint, self.connection.as_deref()) else {
+        let (true, Some(file), Some(hv)) =
+            (self.consult_file, &self.cache, self.connection.as_deref())
+        else {
             return Ok(None);
         };
-        let Some(owners) = hint.get(&mac) else {
-            return Ok(None);
+        let uuids = match file.lookup(mac) {
+            Ok(Some(uuids)) if !uuids.is_empty() => uuids,
+            Ok(_) => return Ok(None),
+            Err(reason) => {
+                info!(
+                    "ignoring index file {} ({reason}); it will be rebuilt",
+                    file.path().display()
+                );
+                return Ok(None);
+            }
         };
-        let mut confirmed = Vec::with_capacity(owners.len());
-        for owner in owners {
-            let still_there = match hv.domain(&owner.uuid) {
+        let mut confirmed = Vec::with_capacity(uuids.len());
+        for uuid in uuids {
+            let still_there = match hv.domain(&uuid) {
                 Ok(record) => record
                     .macs
                     .ok()
@@ -364,29 +365,12 @@ impl<C: Connector> Waker<C> {
             match still_there {
                 Some(domain) => confirmed.push(domain),
                 None => {
-                    debug!(mac = %mac, "index file is stale for {mac} ({} changed); rescanning", owner.name);
+                    debug!(mac = %mac, "index file is stale for {mac} (domain {uuid} changed); rescanning");
                     return Ok(None);
                 }
             }
         }
         Ok(Some(confirmed))
-    }
-
-    fn read_cache(&mut self) -> HashMap<Mac, Vec<DomainRef>> {
-        let Some(file) = &self.cache else {
-            return HashMap::new();
-        };
-        match file.load() {
-            Ok(Some(hint)) => hint,
-            Ok(None) => HashMap::new(),
-            Err(reason) => {
-                info!(
-                    "ignoring index file {} ({reason}); it will be rebuilt",
-                    file.path().display()
-                );
-                HashMap::new()
-            }
-        }
     }
 
     fn scan(&mut self) -> Result<(), HvError> {
@@ -409,7 +393,8 @@ impl<C: Connector> Waker<C> {
             skipped.len()
         );
         if let Some(file) = &self.cache {
-            if let Err(e) = file.store(index.entries()) {
+            let entries = index.entries().map(|(mac, d)| (mac, d.uuid.as_str()));
+            if let Err(e) = file.store(entries) {
                 warn!(
                     "cannot write the MAC index {}: {e}; continuing without it \
                      (every activation will read all domains)",
@@ -419,7 +404,7 @@ impl<C: Connector> Waker<C> {
             }
         }
         // From now on this process's own index answers; the file was a hint.
-        self.hint = Hint::Read(HashMap::new());
+        self.consult_file = false;
         self.index = Some(index);
         Ok(())
     }

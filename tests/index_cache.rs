@@ -10,7 +10,7 @@ use wol_libvirt_gateway::cache::{CacheDirSource, IndexFile};
 use wol_libvirt_gateway::hypervisor::{Action, DomainState};
 use wol_libvirt_gateway::wake::{Outcome, Waker};
 
-use crate::util::{RunState, Shared, domain, lookup, mac, open_node, redefine, state_of};
+use crate::util::{RunState, Shared, domain, lookup, mac, open_node, redefine, state_of, uuid_for};
 
 const MAC1: &str = "52:54:00:c0:00:01";
 const MAC2: &str = "52:54:00:c0:00:02";
@@ -37,12 +37,22 @@ fn started(outcome: &Outcome) -> Option<&str> {
     }
 }
 
+/// The names of the domains the index file lists for `address`.
 fn cached_owners(dir: &Path, uri: &str, address: &str) -> Vec<String> {
-    let index = index_file(dir, uri).load().expect("valid").expect("exists");
-    index
-        .get(&mac(address))
-        .map(|owners| owners.iter().map(|o| o.name.clone()).collect())
-        .unwrap_or_default()
+    let uuids = index_file(dir, uri)
+        .lookup(mac(address))
+        .expect("valid")
+        .expect("exists");
+    let names = ["a", "b", "c", "one", "two"];
+    uuids
+        .iter()
+        .map(|uuid| {
+            names
+                .iter()
+                .find(|n| uuid_for(n) == *uuid)
+                .map_or_else(|| uuid.clone(), |n| (*n).to_owned())
+        })
+        .collect()
 }
 
 fn three_domains() -> (crate::util::NodeFile, Connect) {
@@ -132,7 +142,7 @@ fn a_corrupt_file_is_ignored_and_replaced() {
     let cache = tempfile::tempdir().expect("tempdir");
     let file = index_file(cache.path(), URI);
     std::fs::write(file.path(), b"\xff\xfe not an index\n52:54").expect("write garbage");
-    assert!(file.load().is_err());
+    assert!(file.lookup(mac(MAC1)).is_err());
 
     let mut waker = activation(&conn, cache.path(), URI);
     let outcome = waker.wake(mac(MAC1)).expect("reachable");

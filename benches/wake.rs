@@ -1,0 +1,422 @@
+//! Wake cost against libvirtd's test driver, at 1 to 10,000 defined domains.
+//!
+//! ```sh
+//! sudo tests/e2e/setup-host.sh && sudo cargo bench --bench wake
+//! ```
+//!
+//! Needs libvirtd (for `test+unix:///default`) and root (to give the junk
+//! socket a receive buffer big enough to queue the whole flood). Sizes and
+//! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`.
+//!
+//! For each size it prints median (min-max) of:
+//! - floor: connect + lookup + XML + create() of one shut-off domain, in process;
+//! - cold process, warm index: the real binary started with the socket passed
+//!   as systemd passes it, from sending the packet until its log says libvirt
+//!   started the domain (create() returned), index file present;
+//! - cold process, no index: the same with the index file removed first;
+//! - full-scan baseline: one sequential fetch of every domain's XML;
+//! - junk drain: datagrams per second the gateway reads and discards from a
+//!   pre-filled queue (its own accounting of time spent reading), beside a
+//!   bare `recv` loop on the same socket in the same run;
+//! - peak RSS: the gateway's VmHWM (the kernel's peak resident set, what
+//!   getrusage's ru_maxrss reports, without the parent's pre-exec pages that
+//!   ru_maxrss of a forked child also counts) after the wake, no-index runs,
+//!   and RssAnon, the private part (the rest is shared library pages).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use command_fds::{CommandFdExt, FdMapping};
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+const URI: &str = "test+unix:///default";
+const JUNK_DATAGRAMS: usize = 100_000;
+
+fn main() {
+    let sizes = env_list("WOL_BENCH_SIZES", &[1, 100, 1000, 10_000]);
+    let runs = env_list("WOL_BENCH_RUNS", &[7])[0].max(1);
+    virt::error::clear_error_callback();
+    // libvirtd forgets the test driver's state when its last client leaves:
+    // this connection holds it for the whole run.
+    let keeper = match Connect::open(Some(URI)) {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!(
+                "cannot connect to {URI}: {e}\nstart libvirtd first: sudo tests/e2e/setup-host.sh"
+            );
+            std::process::exit(1);
+        }
+    };
+    let bin = env!("CARGO_BIN_EXE_wol-libvirt-gateway");
+    let cache = tempfile::tempdir().expect("tempdir");
+    print_machine();
+    println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}\n");
+
+    let mut rows = Vec::new();
+    let mut defined = 0;
+    for &size in &sizes {
+        while defined < size {
+            define(&keeper, defined);
+            defined += 1;
+        }
+        eprintln!("[bench] {size} domains defined, measuring");
+        let target = size - 1;
+        let name = domain_name(target);
+        let dom = keeper.lookup_domain_by_name(&name).expect("target domain");
+        let mac = mac_of(target, 0);
+
+        let floor = measure(runs, || {
+            let started = Instant::now();
+            let conn = Connect::open(Some(URI)).expect("connect");
+            let d = conn.lookup_domain_by_name(&name).expect("lookup");
+            d.xml_desc(0).expect("xml");
+            d.create().expect("create");
+            let took = started.elapsed();
+            drop(conn);
+            dom.destroy().expect("destroy");
+            took.as_secs_f64()
+        });
+        let baseline = measure(runs.min(5), || {
+            let started = Instant::now();
+            let conn = Connect::open(Some(URI)).expect("connect");
+            for d in conn.list_all_domains(0).expect("list") {
+                d.xml_desc(0).expect("xml");
+            }
+            started.elapsed().as_secs_f64()
+        });
+
+        let (socket, addr) = held_socket();
+        // Prime the index file once, then every run finds it.
+        activation(bin, cache.path(), &socket, addr, &mac, &name, &dom);
+        let warm = measure(runs, || {
+            activation(bin, cache.path(), &socket, addr, &mac, &name, &dom).0
+        });
+        let (mut rss, mut anon) = (Vec::new(), Vec::new());
+        let cold = measure(runs.min(5), || {
+            for entry in std::fs::read_dir(cache.path()).expect("ls cache").flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            let (took, (hwm, private)) =
+                activation(bin, cache.path(), &socket, addr, &mac, &name, &dom);
+            rss.push(hwm);
+            anon.push(private);
+            took
+        });
+        let (rss, anon) = (summarize(rss), summarize(anon));
+
+        let (drain, bare) = junk_rates(bin, cache.path(), runs.min(3));
+        rows.push(Row {
+            size,
+            floor,
+            warm,
+            cold,
+            baseline,
+            drain,
+            bare,
+            rss,
+            anon,
+        });
+    }
+    print_table(&rows);
+    for i in 0..defined {
+        if let Ok(d) = keeper.lookup_domain_by_name(&domain_name(i)) {
+            let _ = d.undefine();
+        }
+    }
+}
+
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+struct Row {
+    size: usize,
+    floor: Stat,
+    warm: Stat,
+    cold: Stat,
+    baseline: Stat,
+    drain: Stat,
+    bare: Stat,
+    rss: Stat,
+    anon: Stat,
+}
+
+fn measure(runs: usize, mut once: impl FnMut() -> f64) -> Stat {
+    summarize((0..runs).map(|_| once()).collect())
+}
+
+fn summarize(mut samples: Vec<f64>) -> Stat {
+    samples.sort_by(f64::total_cmp);
+    Stat {
+        median: samples[samples.len() / 2],
+        min: samples[0],
+        max: samples[samples.len() - 1],
+    }
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().parse().expect("a number"))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+fn domain_name(i: usize) -> String {
+    format!("bench-{i:05}")
+}
+
+fn mac_of(i: usize, nic: u8) -> String {
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        nic + 1,
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
+}
+
+fn define(conn: &Connect, i: usize) {
+    let xml = format!(
+        "<domain type='test'><name>{}</name><memory>65536</memory>\
+         <os><type arch='x86_64'>hvm</type></os><devices>\
+         <interface type='network'><mac address='{}'/><source network='default'/></interface>\
+         <interface type='bridge'><mac address='{}'/><source bridge='br0'/></interface>\
+         </devices></domain>",
+        domain_name(i),
+        mac_of(i, 0),
+        mac_of(i, 1)
+    );
+    conn.define_domain_xml(&xml).expect("define domain");
+}
+
+fn held_socket() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
+fn magic(mac: &str) -> Vec<u8> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    let mut packet = vec![0xff; 6];
+    for _ in 0..16 {
+        packet.extend_from_slice(&bytes);
+    }
+    packet
+}
+
+fn spawn_gateway(bin: &str, cache: &Path, socket: &UdpSocket, idle: &str) -> Child {
+    let fd: OwnedFd = socket.try_clone().expect("dup").into();
+    let mut command = Command::new(bin);
+    command
+        .args(["--libvirt-uri", URI, "--idle-timeout", idle, "--cache-dir"])
+        .arg(cache)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CACHE_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+        .fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .expect("fd mapping");
+    command.spawn().expect("spawn gateway")
+}
+
+/// One socket activation: send the packet, start the process as systemd
+/// would, wait for its log line saying libvirt started the domain. Returns
+/// seconds and the process's peak RSS in KiB.
+fn activation(
+    bin: &str,
+    cache: &Path,
+    socket: &UdpSocket,
+    addr: SocketAddr,
+    mac: &str,
+    name: &str,
+    dom: &Domain,
+) -> (f64, (f64, f64)) {
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let started = Instant::now();
+    sender.send_to(&magic(mac), addr).expect("send");
+    let mut child = spawn_gateway(bin, cache, socket, "200ms");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let needle = format!("started {name}");
+    let mut log = String::new();
+    let took = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(&needle) => break started.elapsed(),
+            Some(Ok(line)) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            _ => panic!("gateway ended without starting {name}:\n{log}"),
+        }
+    };
+    let memory = memory_kib(child.id());
+    for _ in lines.by_ref() {}
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "gateway failed:\n{log}");
+    assert!(
+        dom.is_active().expect("is_active"),
+        "libvirt reports {name} active"
+    );
+    dom.destroy().expect("destroy");
+    (took.as_secs_f64(), memory)
+}
+
+/// VmHWM (peak resident set) and RssAnon (the private part: the rest is
+/// shared library pages) of a live process, in KiB.
+fn memory_kib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (field("VmHWM:"), field("RssAnon:"))
+}
+
+/// Fills a socket's queue with junk (128-byte pseudo-random datagrams: no
+/// sync stream, so the parser reads every byte).
+fn fill_with_junk(addr: SocketAddr) {
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let mut state: u32 = 0x1234_5678;
+    let mut payload = [0u8; 128];
+    for _ in 0..JUNK_DATAGRAMS {
+        for byte in payload.iter_mut() {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *byte = (state >> 24) as u8 & 0x7f;
+        }
+        sender.send_to(&payload, addr).expect("send junk");
+    }
+}
+
+fn junk_socket() -> (UdpSocket, SocketAddr) {
+    let (socket, addr) = held_socket();
+    // Room for the whole flood (root may exceed net.core.rmem_max).
+    let size = 512 << 20;
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, size).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, size);
+        eprintln!("[bench] not root: the junk queue is limited by net.core.rmem_max");
+    }
+    (socket, addr)
+}
+
+/// Datagrams per second: the gateway's drain and a bare recv loop.
+fn junk_rates(bin: &str, cache: &Path, runs: usize) -> (Stat, Stat) {
+    let (socket, addr) = junk_socket();
+    let gateway = measure(runs, || {
+        fill_with_junk(addr);
+        let child = spawn_gateway(bin, cache, &socket, "300ms");
+        let out = child.wait_with_output().expect("wait");
+        let log = String::from_utf8_lossy(&out.stderr);
+        let summary = log
+            .lines()
+            .find(|l| l.contains("exiting (idle timeout)"))
+            .unwrap_or_else(|| panic!("no summary:\n{log}"));
+        let count: f64 = number_before(summary, " datagrams");
+        let millis: f64 = number_before(summary, " ms spent reading");
+        count / (millis / 1e3)
+    });
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0u8; 65_536];
+    let bare = measure(runs, || {
+        fill_with_junk(addr);
+        let started = Instant::now();
+        let mut count = 0u64;
+        while socket.recv_from(&mut buf).is_ok() {
+            count += 1;
+        }
+        count as f64 / started.elapsed().as_secs_f64()
+    });
+    (gateway, bare)
+}
+
+fn number_before(text: &str, suffix: &str) -> f64 {
+    let end = text.find(suffix).expect("suffix present");
+    let start = text[..end]
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(0, |i| i + 1);
+    text[start..end].parse().expect("a number")
+}
+
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let libvirt = Command::new("libvirtd")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "machine: {cpu}, {cores} cores, Linux {}; {libvirt}; {URI}",
+        kernel.trim()
+    );
+}
+
+fn ms(s: &Stat) -> String {
+    format!(
+        "{:.2} ms ({:.2}-{:.2})",
+        s.median * 1e3,
+        s.min * 1e3,
+        s.max * 1e3
+    )
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| domains | floor | cold process, warm index | cold process, no index | full-scan baseline | junk drain (gateway) | bare recv | peak RSS | of it private |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} = {:.2}x floor | {} = {:.2}x baseline | {} | {:.0} k/s ({:.0}-{:.0}) = {:.2}x bare | {:.0} k/s ({:.0}-{:.0}) | {:.1} MiB ({:.1}-{:.1}) | {:.1} MiB |",
+            r.size,
+            ms(&r.floor),
+            ms(&r.warm),
+            r.warm.median / r.floor.median,
+            ms(&r.cold),
+            r.cold.median / r.baseline.median,
+            ms(&r.baseline),
+            r.drain.median / 1e3,
+            r.drain.min / 1e3,
+            r.drain.max / 1e3,
+            r.drain.median / r.bare.median,
+            r.bare.median / 1e3,
+            r.bare.min / 1e3,
+            r.bare.max / 1e3,
+            r.rss.median / 1024.0,
+            r.rss.min / 1024.0,
+            r.rss.max / 1024.0,
+            r.anon.median / 1024.0,
+        );
+    }
+}
