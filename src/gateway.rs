@@ -29,6 +29,8 @@ const MAX_DRAIN_BATCH: usize = 8_192;
 /// Recently handled MACs kept for de-duplication; bounds memory under a
 /// flood of distinct MACs (forgetting one only risks a harmless second try).
 const MAX_RECENT: usize = 4_096;
+/// Wake requests kept while libvirt is away; more are refused (and logged).
+const MAX_PENDING: usize = 4_096;
 /// Window and burst for rate-limited log lines (junk, unknown MACs).
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 const LOG_BURST: u32 = 10;
@@ -109,6 +111,8 @@ pub struct Stats {
     pub duplicates: u64,
     /// Wake requests decided (one log line each).
     pub handled: u64,
+    /// Wake requests refused because too many were waiting for libvirt.
+    pub dropped: u64,
     /// Time spent reading and parsing datagrams (for the drain-rate figure).
     pub drain_time: Duration,
 }
@@ -117,6 +121,46 @@ struct Request {
     mac: Mac,
     source: SocketAddr,
     repeats: u32,
+}
+
+/// Pending wake requests in arrival order, one per MAC, with O(1) lookup
+/// by MAC (a flood of distinct MACs must not make each enqueue a scan).
+#[derive(Default)]
+struct Pending {
+    order: VecDeque<Mac>,
+    requests: HashMap<Mac, Request>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn get_mut(&mut self, mac: Mac) -> Option<&mut Request> {
+        self.requests.get_mut(&mac)
+    }
+
+    fn push(&mut self, request: Request) {
+        self.order.push_back(request.mac);
+        self.requests.insert(request.mac, request);
+    }
+
+    fn front(&self) -> Option<&Request> {
+        self.order.front().and_then(|mac| self.requests.get(mac))
+    }
+
+    fn pop_front(&mut self) -> Option<Request> {
+        let mac = self.order.pop_front()?;
+        self.requests.remove(&mac)
+    }
+
+    fn macs(&self) -> impl Iterator<Item = &Mac> {
+        self.order.iter()
+    }
 }
 
 struct Recent {
@@ -138,8 +182,10 @@ pub struct Gateway<C: Connector> {
     config: Config,
     shutdown: Shutdown,
     notifier: Notifier,
-    pending: VecDeque<Request>,
+    pending: Pending,
     recent: HashMap<Mac, Recent>,
+    last_prune: Instant,
+    overflow: RateLimiter,
     rejections: RateLimiter,
     unknown_macs: RateLimiter,
     outage: Option<Outage>,
@@ -171,8 +217,10 @@ impl<C: Connector> Gateway<C> {
             config,
             shutdown,
             notifier,
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             recent: HashMap::new(),
+            last_prune: Instant::now(),
+            overflow: RateLimiter::new(LOG_WINDOW, 1),
             rejections: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             unknown_macs: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             outage: None,
@@ -307,7 +355,7 @@ impl<C: Connector> Gateway<C> {
     }
 
     fn enqueue(&mut self, mac: Mac, source: SocketAddr, now: Instant) {
-        if let Some(request) = self.pending.iter_mut().find(|r| r.mac == mac) {
+        if let Some(request) = self.pending.get_mut(mac) {
             // Part of the same burst: reported on the request's own line.
             request.repeats += 1;
             self.stats.duplicates += 1;
@@ -330,7 +378,16 @@ impl<C: Connector> Gateway<C> {
                 return;
             }
         }
-        self.pending.push_back(Request {
+        if self.pending.len() >= MAX_PENDING {
+            self.stats.dropped += 1;
+            if self.overflow.allow(now) {
+                warn!(mac = %mac, source = %source, action = "none", result = "dropped",
+                    "dropping wake request for {mac} from {source}: {MAX_PENDING} requests are \
+                     already waiting for libvirt (counted in the exit summary)");
+            }
+            return;
+        }
+        self.pending.push(Request {
             mac,
             source,
             repeats: 0,
@@ -367,10 +424,15 @@ impl<C: Connector> Gateway<C> {
 
     fn remember(&mut self, mac: Mac) {
         let now = Instant::now();
-        if self.recent.len() >= MAX_RECENT {
+        // Pruning walks the whole map: at most once a second, or a flood of
+        // distinct MACs would pay a full walk per request.
+        if self.recent.len() >= MAX_RECENT
+            && now.duration_since(self.last_prune) >= Duration::from_secs(1)
+        {
             let window = self.config.dedupe_window;
             self.recent
                 .retain(|_, recent| now.duration_since(recent.at) < window);
+            self.last_prune = now;
         }
         if self.recent.len() < MAX_RECENT {
             self.recent.insert(
@@ -550,7 +612,7 @@ impl<C: Connector> Gateway<C> {
     fn finish(&mut self, exit: Exit) {
         self.log_rejection_summary(Instant::now(), true);
         let uri = self.waker.uri().to_owned();
-        let unacted: Vec<String> = self.pending.iter().map(|r| r.mac.to_string()).collect();
+        let unacted: Vec<String> = self.pending.macs().map(Mac::to_string).collect();
         let why = match exit {
             Exit::Idle => "idle timeout",
             Exit::Signal => "signal",
@@ -573,11 +635,18 @@ impl<C: Connector> Gateway<C> {
             rejected,
             duplicates,
             handled,
+            dropped,
             drain_time,
         } = self.stats;
+        let dropped = match dropped {
+            0 => String::new(),
+            n => format!(", {n} dropped (too many pending)"),
+        };
         info!(
             "exiting ({why}): {datagrams} datagrams, {handled} wake requests handled, \
-             {duplicates} duplicates, {rejected} invalid; {:.1} ms spent reading datagrams",
+             {duplicates} duplicates, {rejected} invalid{dropped}; {} libvirt scans; \
+             {:.1} ms spent reading datagrams",
+            self.waker.scans(),
             drain_time.as_secs_f64() * 1e3
         );
         self.notifier
