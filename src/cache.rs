@@ -183,23 +183,27 @@ impl IndexFile {
     /// Writes the index atomically: a temporary file in the same directory,
     /// then a rename over the old one, so a reader never sees half a file.
     pub fn store<'a>(&self, entries: impl IntoIterator<Item = (Mac, &'a str)>) -> io::Result<()> {
-        let mut records: Vec<String> = entries
+        let mut records: Vec<(Mac, &str)> = entries
             .into_iter()
             // libvirt's UUIDs are canonical; anything else cannot be a record.
             .filter(|(_, uuid)| uuid.len() == UUID_LEN && uuid.is_ascii())
-            .map(|(mac, uuid)| format!("{mac} {uuid}\n"))
             .collect();
         records.sort_unstable();
         records.dedup();
-        let mut text = format!("{HEADER}\nuri {}\n", one_line(&self.uri));
-        text.reserve(records.len() * RECORD_LEN);
-        records.iter().for_each(|record| text.push_str(record));
         let tmp = self
             .path
             .with_extension(format!("tmp.{}", std::process::id()));
         // No fsync: after a crash a truncated file is only a corrupt hint,
         // which is ignored and rebuilt; the wake path should not wait on disk.
-        let written = fs::File::create(&tmp).and_then(|mut file| file.write_all(text.as_bytes()));
+        let written = fs::File::create(&tmp).and_then(|file| {
+            let mut out = io::BufWriter::new(file);
+            write!(out, "{HEADER}\nuri {}\n", one_line(&self.uri))?;
+            for (mac, uuid) in &records {
+                writeln!(out, "{mac} {uuid}")?;
+            }
+            out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            Ok(())
+        });
         match written.and_then(|()| fs::rename(&tmp, &self.path)) {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -1,6 +1,5 @@
 //! The MAC index: which domains own which MAC address.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::hypervisor::DomainRecord;
@@ -25,9 +24,14 @@ pub struct Skipped {
 }
 
 /// MAC address to owning domains, built from one scan of every domain's XML.
+///
+/// Each domain is stored once; the MACs are a sorted list of (MAC, domain
+/// number) pairs, looked up by binary search. At 10,000 domains with two
+/// NICs that is ~0.3 MB of pairs instead of 20,000 copies of names and UUIDs.
 #[derive(Debug, Clone)]
 pub struct MacIndex {
-    owners: HashMap<Mac, Vec<DomainRef>>,
+    domains: Vec<DomainRef>,
+    macs: Vec<(Mac, u32)>,
     built_at: Instant,
 }
 
@@ -36,20 +40,18 @@ impl MacIndex {
     /// not fetched, or not readable) is left out and reported in the second
     /// value; it never spoils the others.
     pub fn build(records: Vec<DomainRecord>) -> (MacIndex, Vec<Skipped>) {
-        let mut owners: HashMap<Mac, Vec<DomainRef>> = HashMap::new();
+        let mut domains = Vec::with_capacity(records.len());
+        let mut macs = Vec::with_capacity(records.len() * 2);
         let mut skipped = Vec::new();
         for record in records {
             match record.macs {
-                Ok(mut macs) => {
-                    // A domain with two NICs sharing a MAC is still one owner.
-                    macs.sort_unstable();
-                    macs.dedup();
-                    for mac in macs {
-                        owners.entry(mac).or_default().push(DomainRef {
-                            name: record.name.clone(),
-                            uuid: record.uuid.clone(),
-                        });
-                    }
+                Ok(nics) => {
+                    let number = domains.len() as u32;
+                    macs.extend(nics.into_iter().map(|mac| (mac, number)));
+                    domains.push(DomainRef {
+                        name: record.name,
+                        uuid: record.uuid,
+                    });
                 }
                 Err(reason) => skipped.push(Skipped {
                     name: record.name,
@@ -57,23 +59,32 @@ impl MacIndex {
                 }),
             }
         }
+        // Sorted for binary search; a domain with two NICs sharing a MAC is
+        // still one owner.
+        macs.sort_unstable();
+        macs.dedup();
         let index = MacIndex {
-            owners,
+            domains,
+            macs,
             built_at: Instant::now(),
         };
         (index, skipped)
     }
 
     /// The domains that had `mac` when the index was built.
-    pub fn owners(&self, mac: Mac) -> &[DomainRef] {
-        self.owners.get(&mac).map_or(&[], Vec::as_slice)
+    pub fn owners(&self, mac: Mac) -> impl Iterator<Item = &DomainRef> {
+        let first = self.macs.partition_point(|(m, _)| *m < mac);
+        self.macs[first..]
+            .iter()
+            .take_while(move |(m, _)| *m == mac)
+            .map(|(_, number)| &self.domains[*number as usize])
     }
 
-    /// Every (MAC, owner) pair, for writing the index file.
+    /// Every (MAC, owner) pair, sorted by MAC, for writing the index file.
     pub fn entries(&self) -> impl Iterator<Item = (Mac, &DomainRef)> {
-        self.owners
+        self.macs
             .iter()
-            .flat_map(|(mac, owners)| owners.iter().map(move |owner| (*mac, owner)))
+            .map(|(mac, number)| (*mac, &self.domains[*number as usize]))
     }
 
     /// When the scan behind this index finished.
@@ -112,8 +123,8 @@ mod tests {
             record("notxml", Ok("<<<")),
         ]);
         let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
-        assert_eq!(index.owners(mac).len(), 1);
-        assert_eq!(index.owners(mac)[0].name, "good");
+        let owners: Vec<_> = index.owners(mac).map(|d| d.name.as_str()).collect();
+        assert_eq!(owners, ["good"]);
         let names: Vec<_> = skipped.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["broken", "badmac", "notxml"]);
         assert!(skipped[0].reason.contains("domain vanished"));
@@ -125,11 +136,15 @@ mod tests {
         let xml = nic("52:54:00:00:00:02");
         let (index, _) = MacIndex::build(vec![record("a", Ok(&xml)), record("b", Ok(&xml))]);
         let mac: Mac = "52:54:00:00:00:02".parse().unwrap();
-        assert_eq!(index.owners(mac).len(), 2);
-        assert!(
-            index
-                .owners("52:54:00:00:00:03".parse().unwrap())
-                .is_empty()
+        let owners: Vec<_> = index.owners(mac).map(|d| d.name.as_str()).collect();
+        assert_eq!(owners, ["a", "b"]);
+        assert_eq!(
+            index.owners("52:54:00:00:00:03".parse().unwrap()).count(),
+            0
+        );
+        assert_eq!(
+            index.owners("52:54:00:00:00:01".parse().unwrap()).count(),
+            0
         );
     }
 }

@@ -316,7 +316,8 @@ impl<C: Connector> Waker<C> {
         let stale = match &self.index {
             None => true,
             Some(index) => {
-                index.owners(mac).is_empty() && index.built_at().elapsed() >= self.rescan_interval
+                index.owners(mac).next().is_none()
+                    && index.built_at().elapsed() >= self.rescan_interval
             }
         };
         if stale {
@@ -325,7 +326,7 @@ impl<C: Connector> Waker<C> {
         Ok(self
             .index
             .as_ref()
-            .map(|index| index.owners(mac).to_vec())
+            .map(|index| index.owners(mac).cloned().collect())
             .unwrap_or_default())
     }
 
