@@ -41,6 +41,17 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
+    /// Only these domains may be woken: a domain name, a UUID, or a MAC
+    /// (repeat the flag). Default: any domain with the MAC.
+    #[arg(long, value_name = "NAME|UUID|MAC")]
+    pub allow: Vec<crate::policy::AllowEntry>,
+
+    /// Only domains that opted in through their own libvirt metadata may be
+    /// woken: virsh metadata DOMAIN --uri https://wol-libvirt-gateway/xmlns/1
+    /// --key wol --set '<wake/>' --config
+    #[arg(long)]
+    pub require_opt_in: bool,
+
     /// Directory for the persistent MAC index. systemd's CacheDirectory=
     /// ($CACHE_DIRECTORY) takes precedence; without either, the XDG cache
     /// directory (~/.cache/wol-libvirt-gateway) is used.

@@ -37,10 +37,28 @@ impl fmt::Display for DomainXmlError {
 
 impl std::error::Error for DomainXmlError {}
 
+/// XML namespace of the gateway's element in a domain's `<metadata>`.
+pub const METADATA_NAMESPACE: &str = "https://wol-libvirt-gateway/xmlns/1";
+
+/// What the gateway reads from one domain's XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainNics {
+    /// Every interface's MAC, in document order.
+    pub macs: Vec<Mac>,
+    /// The domain carries `<metadata><wake xmlns="…/xmlns/1"/></metadata>`,
+    /// its owner's opt-in to be woken (see `--require-opt-in`).
+    pub wake_opt_in: bool,
+}
+
 /// Returns the MAC address of every interface in a domain's XML, in document
 /// order. Interfaces without a `<mac>` are skipped (libvirt generates one when
 /// the domain is defined, so only hand-written XML lacks it).
 pub fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
+    read(xml).map(|nics| nics.macs)
+}
+
+/// Reads the MACs and the wake opt-in from a domain's XML.
+pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
     let document =
         roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
     let domain = document.root_element();
@@ -58,7 +76,17 @@ pub fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
             .map_err(|_| DomainXmlError::BadMac(address.to_owned()))?;
         found.push(parsed);
     }
-    Ok(found)
+    let wake_opt_in = children(domain, "metadata")
+        .flat_map(|metadata| metadata.children())
+        .any(|child| {
+            child.is_element()
+                && child.tag_name().name() == "wake"
+                && child.tag_name().namespace() == Some(METADATA_NAMESPACE)
+        });
+    Ok(DomainNics {
+        macs: found,
+        wake_opt_in,
+    })
 }
 
 fn children<'a, 'input>(
@@ -128,6 +156,28 @@ mod tests {
         let missing =
             "<domain><devices><interface type='user'><mac/></interface></devices></domain>";
         assert_eq!(macs(missing), Err(DomainXmlError::BadMac(String::new())));
+    }
+
+    #[test]
+    fn wake_opt_in_needs_our_element_in_our_namespace() {
+        let with = |metadata: &str| {
+            read(&format!(
+                "<domain><metadata>{metadata}</metadata><devices/></domain>"
+            ))
+            .unwrap()
+            .wake_opt_in
+        };
+        // What `virsh metadata DOM --uri https://wol-libvirt-gateway/xmlns/1
+        // --key wol --set '<wake/>'` writes:
+        assert!(with(
+            "<wol:wake xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\"/>"
+        ));
+        assert!(!with("<wake/>"));
+        assert!(!with("<x:wake xmlns:x=\"https://example.org/other\"/>"));
+        assert!(!with(
+            "<wol:sleep xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\"/>"
+        ));
+        assert!(!read("<domain/>").unwrap().wake_opt_in);
     }
 
     #[test]

@@ -546,6 +546,11 @@ impl<C: Connector> Gateway<C> {
                 info!(mac = %mac, source = %source, domain = %domain, state = %state, action = "none", result = "already-up",
                     "{domain} is already up ({state}); nothing to do for {request}{also}{burst}");
             }
+            Outcome::Refused { domains, reason } => {
+                let names = domains.join(", ");
+                warn!(mac = %mac, source = %source, domain = %names, action = "none", result = "refused",
+                    "refused to wake {names} for {request}: {reason}{burst}");
+            }
             Outcome::Ambiguous { domains } => {
                 let names = domains.join(", ");
                 error!(mac = %mac, source = %source, domain = %names, action = "none", result = "ambiguous",

@@ -116,16 +116,24 @@ pub struct DomainRecord {
     pub uuid: String,
     /// The MACs of its interfaces, or why they are unknown.
     pub macs: Result<Vec<Mac>, String>,
+    /// Its `<metadata>` opts in to being woken (see `--require-opt-in`).
+    pub wake_opt_in: bool,
 }
 
 impl DomainRecord {
-    /// Reads the MACs from a fetched XML description.
+    /// Reads the MACs (and the opt-in) from a fetched XML description.
     pub fn from_xml(name: String, uuid: String, xml: Result<String, HvError>) -> Self {
-        let macs = match xml {
-            Ok(xml) => domain_xml::macs(&xml).map_err(|e| e.to_string()),
+        let nics = match xml {
+            Ok(xml) => domain_xml::read(&xml).map_err(|e| e.to_string()),
             Err(e) => Err(format!("cannot read its XML: {e}")),
         };
-        DomainRecord { name, uuid, macs }
+        let wake_opt_in = nics.as_ref().is_ok_and(|n| n.wake_opt_in);
+        DomainRecord {
+            name,
+            uuid,
+            macs: nics.map(|n| n.macs),
+            wake_opt_in,
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub struct DomainRef {
     pub name: String,
     /// The domain's UUID.
     pub uuid: String,
+    /// Its `<metadata>` opted in to being woken, when it was read.
+    pub wake_opt_in: bool,
 }
 
 /// A domain the scan had to leave out, and why.
@@ -51,6 +53,7 @@ impl MacIndex {
                     domains.push(DomainRef {
                         name: record.name,
                         uuid: record.uuid,
+                        wake_opt_in: record.wake_opt_in,
                     });
                 }
                 Err(reason) => skipped.push(Skipped {

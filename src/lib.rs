@@ -20,6 +20,7 @@ pub mod index;
 pub mod logging;
 pub mod notify;
 pub mod packet;
+pub mod policy;
 pub mod ratelimit;
 pub mod sockets;
 pub mod wake;
@@ -29,13 +30,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::cache::{CacheDirSource, IndexFile};
 use crate::cli::Args;
 use crate::gateway::{Config, Gateway, Shutdown};
 use crate::hypervisor::LibvirtConnector;
 use crate::notify::Notifier;
+use crate::policy::Policy;
 use crate::sockets::Origin;
 use crate::wake::Waker;
 
@@ -89,10 +91,29 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         (None, Origin::Activated) => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
         (None, Origin::Bound) => None,
     };
+    let policy = Policy {
+        allow: args.allow.clone(),
+        require_opt_in: args.require_opt_in,
+    };
+    if !policy.is_open() {
+        info!(
+            "restricted: {}{}",
+            match policy.allow.len() {
+                0 => "any domain".to_owned(),
+                n => format!("only the {n} domain(s) named by --allow"),
+            },
+            if policy.require_opt_in {
+                " with a wake opt-in in its <metadata>"
+            } else {
+                ""
+            }
+        );
+    }
     let mut waker = Waker::new(
         LibvirtConnector::new(args.libvirt_uri.clone()),
         args.rescan_interval,
-    );
+    )
+    .with_policy(policy);
     match CacheDirSource::from_env(args.cache_dir.as_deref()) {
         Some(source) => match IndexFile::open(&source, &args.libvirt_uri) {
             Ok(file) => waker = waker.with_cache(file),

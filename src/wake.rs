@@ -14,6 +14,7 @@ use crate::cache::IndexFile;
 use crate::hypervisor::{Action, Connector, DomainState, HvError, Hypervisor};
 use crate::index::{DomainRef, MacIndex};
 use crate::packet::Mac;
+use crate::policy::{Policy, Refusal};
 
 /// A domain that owns the requested MAC, with its current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,13 @@ pub enum Outcome {
         /// Other (inactive) domains that share the MAC.
         others: Vec<String>,
     },
+    /// The operator's policy refuses every domain with the MAC.
+    Refused {
+        /// The refused domains.
+        domains: Vec<String>,
+        /// Why (for the first of them).
+        reason: Refusal,
+    },
     /// Several shut-off domains share the MAC; none was started.
     Ambiguous {
         /// All of them.
@@ -146,6 +154,9 @@ impl Outcome {
             }
             Outcome::AlreadyUp { domain, .. } => format!("{domain} ({mac}) already up"),
             Outcome::Ambiguous { .. } => format!("{mac} is ambiguous, nothing started"),
+            Outcome::Refused { domains, .. } => {
+                format!("refused to wake {} ({mac})", domains.join(", "))
+            }
             Outcome::NoMatch => format!("no domain has {mac}"),
             Outcome::LookupFailed { .. } => format!("lookup of {mac} failed"),
         }
@@ -167,6 +178,7 @@ pub struct Waker<C: Connector> {
     cache: Option<IndexFile>,
     /// Until this process has scanned, the index file is worth asking.
     consult_file: bool,
+    policy: Policy,
     rescan_interval: Duration,
     scans: u64,
 }
@@ -181,9 +193,16 @@ impl<C: Connector> Waker<C> {
             index: None,
             cache: None,
             consult_file: true,
+            policy: Policy::default(),
             rescan_interval,
             scans: 0,
         }
+    }
+
+    /// Restricts which domains may be woken.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Keeps the MAC index in `file` across processes.
@@ -242,7 +261,23 @@ impl<C: Connector> Waker<C> {
     }
 
     fn try_wake(&mut self, mac: Mac) -> Result<Outcome, HvError> {
-        let owners = self.owners(mac)?;
+        let mut owners = self.owners(mac)?;
+        let mut refused = Vec::new();
+        owners.retain(|owner| match self.policy.check(owner, mac) {
+            Ok(()) => true,
+            Err(reason) => {
+                refused.push((owner.name.clone(), reason));
+                false
+            }
+        });
+        if owners.is_empty() {
+            if let Some((_, reason)) = refused.first() {
+                return Ok(Outcome::Refused {
+                    reason: *reason,
+                    domains: refused.into_iter().map(|(name, _)| name).collect(),
+                });
+            }
+        }
         let Some(hv) = self.connection.as_deref() else {
             return Err(HvError("not connected".into()));
         };
@@ -359,6 +394,7 @@ impl<C: Connector> Waker<C> {
                     .map(|_| DomainRef {
                         name: record.name,
                         uuid: record.uuid,
+                        wake_opt_in: record.wake_opt_in,
                     }),
                 Err(_) if hv.is_alive() => None,
                 Err(e) => return Err(e),

@@ -78,3 +78,26 @@ fn sigterm_exits_0_and_tells_systemd_it_is_stopping_and_the_watchdog_is_fed() {
     assert!(ready < stopping);
     assert_eq!(gateway.lines_with("exiting (signal)").len(), 1);
 }
+
+#[test]
+fn a_refused_wake_is_logged_with_its_reason() {
+    let node = NodeFile::new(&[
+        domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff),
+        domain("db01", "52:54:00:aa:bb:dd", RunState::ShutOff),
+    ]);
+    let gateway = Launch::new(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &node.uri(),
+        "--allow",
+        "db01",
+    ])
+    .spawn();
+    gateway.wait_for_log("only the 1 domain(s) named by --allow");
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
+    let line = gateway.wait_for_log("refused to wake web01");
+    assert!(line.contains("not named by any --allow"), "{line}");
+    wake(gateway.listen_addr(), "52:54:00:aa:bb:dd");
+    gateway.wait_for_log("started db01");
+}

@@ -9,6 +9,7 @@ use virt::connect::Connect;
 use wol_libvirt_gateway::hypervisor::{
     Action, Connector, DomainRecord, DomainState, HvError, Hypervisor,
 };
+use wol_libvirt_gateway::policy::{Policy, Refusal};
 use wol_libvirt_gateway::wake::{Outcome, Waker};
 
 use crate::util::{
@@ -317,6 +318,79 @@ fn unreadable_or_broken_domains_are_skipped_not_fatal_fake_hypervisor() {
     }
     let mut waker = Waker::new(fake.clone(), Duration::from_secs(5));
     let outcome = waker.wake(mac("52:54:00:00:00:60")).expect("reachable");
+    assert!(
+        matches!(outcome, Outcome::Done { ref domain, .. } if domain == "web01"),
+        "{outcome:?}"
+    );
+}
+
+/// What `virsh metadata DOM --uri https://wol-libvirt-gateway/xmlns/1 --key
+/// wol --set '<wake/>' --config` does, through the API.
+fn opt_in(conn: &Connect, name: &str) {
+    lookup(conn, name)
+        .set_metadata(
+            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some("<wake/>"),
+            Some("wol"),
+            Some(wol_libvirt_gateway::domain_xml::METADATA_NAMESPACE),
+            virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
+        )
+        .expect("set metadata");
+}
+
+#[test]
+fn allow_list_refuses_other_domains_and_says_why() {
+    let (_node, conn, waker) = setup(
+        &[
+            domain("web01", "52:54:00:00:00:70", RunState::ShutOff),
+            domain("db01", "52:54:00:00:00:71", RunState::ShutOff),
+        ],
+        Duration::from_secs(5),
+    );
+    let policy = Policy {
+        allow: vec!["web01".parse().expect("entry")],
+        require_opt_in: false,
+    };
+    let mut waker = waker.with_policy(policy);
+    assert_eq!(
+        waker.wake(mac("52:54:00:00:00:71")).expect("reachable"),
+        Outcome::Refused {
+            domains: vec!["db01".into()],
+            reason: Refusal::NotAllowed
+        }
+    );
+    assert_eq!(state_of(&conn, "db01"), DomainState::ShutOff);
+    let outcome = waker.wake(mac("52:54:00:00:00:70")).expect("reachable");
+    assert!(
+        matches!(outcome, Outcome::Done { ref domain, .. } if domain == "web01"),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn opt_in_metadata_is_required_when_asked_for() {
+    let (_node, conn, waker) = setup(
+        &[
+            domain("web01", "52:54:00:00:00:80", RunState::ShutOff),
+            domain("db01", "52:54:00:00:00:81", RunState::ShutOff),
+        ],
+        Duration::from_secs(5),
+    );
+    opt_in(&conn, "web01");
+    let policy = Policy {
+        allow: vec![],
+        require_opt_in: true,
+    };
+    let mut waker = waker.with_policy(policy);
+    assert_eq!(
+        waker.wake(mac("52:54:00:00:00:81")).expect("reachable"),
+        Outcome::Refused {
+            domains: vec!["db01".into()],
+            reason: Refusal::NoOptIn
+        }
+    );
+    assert_eq!(state_of(&conn, "db01"), DomainState::ShutOff);
+    let outcome = waker.wake(mac("52:54:00:00:00:80")).expect("reachable");
     assert!(
         matches!(outcome, Outcome::Done { ref domain, .. } if domain == "web01"),
         "{outcome:?}"

@@ -197,14 +197,9 @@ nspawn_log=$cache/nspawn.log
 # ---------------------------------------------------------------- 1. root
 # Debian packages of the libraries the binary links (for the root).
 binary_lib_packages() {
-    local lib pkgs=()
-    while read -r lib; do
-        local p
-        p=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null ||
-            dpkg -S "$(realpath "$lib")" 2>/dev/null || true)
-        [[ -z $p ]] || pkgs+=("${p%%:*}")
-    done < <(ldd "$bin" | awk '$3 ~ /^\// {print $3}')
-    ((${#pkgs[@]} == 0)) || printf '%s\n' "${pkgs[@]}" | sort -u
+    local libs
+    mapfile -t libs < <(ldd "$bin" | awk '$3 ~ /^\// {print $3; print "/usr" $3}')
+    ((${#libs[@]} == 0)) || { dpkg -S "${libs[@]}" 2>/dev/null || true; } | cut -d: -f1 | sort -u
 }
 
 # apt-get inside the root, in nspawn's private namespaces (nothing mounted on
@@ -262,7 +257,9 @@ if [[ -f $root/$stamp_file && $(cat "$root/$stamp_file") == "$stamp" ]]; then
     log "cached root is complete (stamp matches)"
 else
     if [[ -e $root ]]; then
-        log "cached root is incomplete or outdated: rebuilding"
+        log "cached root is incomplete or outdated (stamp): rebuilding"
+    elif [[ -e $cache/root.new ]]; then
+        log "discarding an interrupted build ($cache/root.new)"
     fi
     build_root
 fi

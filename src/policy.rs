@@ -1,0 +1,173 @@
+//! Who may wake what. WOL has no authentication, so by default any defined
+//! domain with the MAC may be woken (as in the original project); operators
+//! can narrow that to a list of domains and/or to domains that opted in
+//! through their own libvirt `<metadata>`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::index::DomainRef;
+use crate::packet::Mac;
+
+/// One `--allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    /// A domain by MAC: packets for this MAC may wake its domain.
+    Mac(Mac),
+    /// A domain by UUID (any letter case).
+    Uuid(String),
+    /// A domain by name (exact).
+    Name(String),
+}
+
+impl FromStr for AllowEntry {
+    type Err = String;
+
+    /// A MAC if it parses as one, a UUID if it has the canonical 8-4-4-4-12
+    /// hex form, otherwise a domain name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("expected a domain name, UUID or MAC".into());
+        }
+        if let Ok(mac) = s.parse::<Mac>() {
+            return Ok(AllowEntry::Mac(mac));
+        }
+        let groups: Vec<&str> = s.split('-').collect();
+        let is_uuid = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups
+                .iter()
+                .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+        Ok(if is_uuid {
+            AllowEntry::Uuid(s.to_ascii_lowercase())
+        } else {
+            AllowEntry::Name(s.to_owned())
+        })
+    }
+}
+
+/// Why a wake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--allow` was given and does not name the domain or the MAC.
+    NotAllowed,
+    /// `--require-opt-in` was given and the domain has no opt-in.
+    NoOptIn,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotAllowed => f.write_str("not named by any --allow"),
+            Refusal::NoOptIn => write!(
+                f,
+                "no wake opt-in in its <metadata> (--require-opt-in; see README, \
+                 \"Who may wake what\")"
+            ),
+        }
+    }
+}
+
+/// The operator's restrictions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// If non-empty, only these domains may be woken.
+    pub allow: Vec<AllowEntry>,
+    /// Only domains whose `<metadata>` opts in may be woken.
+    pub require_opt_in: bool,
+}
+
+impl Policy {
+    /// Whether a packet for `mac` may wake `domain`.
+    pub fn check(&self, domain: &DomainRef, mac: Mac) -> Result<(), Refusal> {
+        let listed = self.allow.is_empty()
+            || self.allow.iter().any(|entry| match entry {
+                AllowEntry::Mac(allowed) => *allowed == mac,
+                AllowEntry::Uuid(uuid) => domain.uuid.eq_ignore_ascii_case(uuid),
+                AllowEntry::Name(name) => domain.name == *name,
+            });
+        if !listed {
+            Err(Refusal::NotAllowed)
+        } else if self.require_opt_in && !domain.wake_opt_in {
+            Err(Refusal::NoOptIn)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True when no restriction is configured (the default).
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && !self.require_opt_in
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+
+    fn web01(opt_in: bool) -> DomainRef {
+        DomainRef {
+            name: "web01".into(),
+            uuid: UUID.into(),
+            wake_opt_in: opt_in,
+        }
+    }
+
+    fn entry(s: &str) -> AllowEntry {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn entries_are_told_apart() {
+        assert!(matches!(entry("52:54:00:AA:BB:CC"), AllowEntry::Mac(_)));
+        assert_eq!(entry(&UUID.to_uppercase()), AllowEntry::Uuid(UUID.into()));
+        assert_eq!(entry("web01"), AllowEntry::Name("web01".into()));
+        assert_eq!(
+            entry("6695eb01-f6a4"),
+            AllowEntry::Name("6695eb01-f6a4".into())
+        );
+        assert!("".parse::<AllowEntry>().is_err());
+    }
+
+    #[test]
+    fn default_policy_allows_everything() {
+        let mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        assert!(Policy::default().is_open());
+        assert_eq!(Policy::default().check(&web01(false), mac), Ok(()));
+    }
+
+    #[test]
+    fn allow_list_matches_name_uuid_or_mac() {
+        let mac: Mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        let other: Mac = "52:54:00:aa:bb:dd".parse().unwrap();
+        for allowed in ["web01", UUID, "52:54:00:aa:bb:cc"] {
+            let policy = Policy {
+                allow: vec![entry("db01"), entry(allowed)],
+                require_opt_in: false,
+            };
+            assert_eq!(policy.check(&web01(false), mac), Ok(()), "{allowed}");
+        }
+        let policy = Policy {
+            allow: vec![entry("52:54:00:aa:bb:cc")],
+            require_opt_in: false,
+        };
+        assert_eq!(policy.check(&web01(false), other), Err(Refusal::NotAllowed));
+        let policy = Policy {
+            allow: vec![entry("db01")],
+            require_opt_in: false,
+        };
+        assert_eq!(policy.check(&web01(true), mac), Err(Refusal::NotAllowed));
+    }
+
+    #[test]
+    fn opt_in_is_required_on_top_of_the_list() {
+        let mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        let policy = Policy {
+            allow: vec![],
+            require_opt_in: true,
+        };
+        assert_eq!(policy.check(&web01(false), mac), Err(Refusal::NoOptIn));
+        assert_eq!(policy.check(&web01(true), mac), Ok(()));
+    }
+}
