@@ -27,7 +27,14 @@ pub fn init() {
             Ok(layer) => Some(
                 layer
                     .with_field_prefix(None)
-                    .with_syslog_identifier(IDENTIFIER.to_owned()),
+                    .with_syslog_identifier(IDENTIFIER.to_owned())
+                    // tracing-journald maps INFO to NOTICE (5) by default;
+                    // syslog's levels map one to one: INFO is 6, DEBUG 7.
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        info: tracing_journald::Priority::Informational,
+                        debug: tracing_journald::Priority::Debug,
+                        ..tracing_journald::PriorityMappings::new()
+                    }),
             ),
             Err(e) => {
                 eprintln!("{IDENTIFIER}: cannot reach journald ({e}); logging to stderr");
