@@ -55,7 +55,17 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_wol-libvirt-gateway");
     let cache = tempfile::tempdir().expect("tempdir");
     print_machine();
-    println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}\n");
+    println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}");
+    // What every cold process pays before main(): exec and the dynamic
+    // loading of libvirt's client library and its dependencies.
+    let start_only = measure(runs * 3, || spawn_to_exit(bin, &["--version"]));
+    let bare_exec = measure(runs * 3, || spawn_to_exit("true", &[]));
+    println!(
+        "process start alone (`wol-libvirt-gateway --version`: exec + loading {} shared libraries): {}; `true`: {}\n",
+        shared_libraries(bin),
+        ms(&start_only),
+        ms(&bare_exec)
+    );
 
     let mut rows = Vec::new();
     let mut defined = 0;
@@ -159,6 +169,30 @@ fn summarize(mut samples: Vec<f64>) -> Stat {
         min: samples[0],
         max: samples[samples.len() - 1],
     }
+}
+
+fn spawn_to_exit(program: &str, args: &[&str]) -> f64 {
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("spawn");
+    assert!(status.success());
+    started.elapsed().as_secs_f64()
+}
+
+fn shared_libraries(bin: &str) -> usize {
+    Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(".so"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
