@@ -19,7 +19,19 @@ pub enum DomainXmlError {
     NotADomain(String),
     /// An interface's `<mac>` has no `address` or one that is not a MAC.
     BadMac(String),
+    /// Larger than [`MAX_XML_BYTES`]: not a plausible domain.
+    TooLarge(usize),
+    /// Nested deeper than [`MAX_DEPTH`]: not a plausible domain, and the
+    /// tree parser recurses per level.
+    TooDeep,
 }
+
+/// Domain XML larger than this is refused unread (real ones are a few KiB;
+/// libvirt's own RPC limit is 32 MiB).
+pub const MAX_XML_BYTES: usize = 2 << 20;
+/// Element nesting allowed (real domain XML nests about 6 deep; libxml2,
+/// which libvirt parses with, stops at 256).
+pub const MAX_DEPTH: usize = 128;
 
 impl fmt::Display for DomainXmlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,6 +42,13 @@ impl fmt::Display for DomainXmlError {
             }
             DomainXmlError::BadMac(address) => {
                 write!(f, "interface has a malformed MAC address '{address}'")
+            }
+            DomainXmlError::TooLarge(bytes) => write!(
+                f,
+                "domain XML is {bytes} bytes, more than the {MAX_XML_BYTES} a domain plausibly needs"
+            ),
+            DomainXmlError::TooDeep => {
+                write!(f, "domain XML nests elements more than {MAX_DEPTH} deep")
             }
         }
     }
@@ -59,6 +78,12 @@ pub fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
 
 /// Reads the MACs and the wake opt-in from a domain's XML.
 pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
+    if xml.len() > MAX_XML_BYTES {
+        return Err(DomainXmlError::TooLarge(xml.len()));
+    }
+    if nesting_exceeds(xml.as_bytes(), MAX_DEPTH) {
+        return Err(DomainXmlError::TooDeep);
+    }
     let document =
         roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
     let domain = document.root_element();
@@ -87,6 +112,61 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
         macs: found,
         wake_opt_in,
     })
+}
+
+/// True if elements nest deeper than `limit`. A linear pre-scan, so the
+/// recursive tree parser never sees input that could exhaust the stack. It
+/// skips comments, CDATA, processing instructions and declarations, and
+/// quoted attribute values; where it could err, it errs towards "deeper".
+fn nesting_exceeds(xml: &[u8], limit: usize) -> bool {
+    let find = |from: usize, pattern: &[u8]| {
+        xml[from..]
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .map_or(xml.len(), |p| from + p + pattern.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(offset) = memchr::memchr(b'<', &xml[i..]) {
+        i += offset;
+        let rest = &xml[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i, b"-->");
+            continue;
+        }
+        if rest.starts_with(b"<![CDATA[") {
+            i = find(i, b"]]>");
+            continue;
+        }
+        if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            i = find(i, b">");
+            continue;
+        }
+        // The tag runs to the first '>' outside a quoted attribute value.
+        let mut quote = None;
+        let mut end = rest.len();
+        for (j, &byte) in rest.iter().enumerate().skip(1) {
+            match (quote, byte) {
+                (None, b'"' | b'\'') => quote = Some(byte),
+                (Some(q), _) if byte == q => quote = None,
+                (None, b'>') => {
+                    end = j;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if rest.get(1) == Some(&b'/') {
+            depth = depth.saturating_sub(1);
+        } else if end == 0 || rest.get(end - 1) != Some(&b'/') {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+        }
+        i += end + 1;
+    }
+    false
 }
 
 fn children<'a, 'input>(
@@ -178,6 +258,21 @@ mod tests {
             "<wol:sleep xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\"/>"
         ));
         assert!(!read("<domain/>").unwrap().wake_opt_in);
+    }
+
+    #[test]
+    fn nesting_is_measured_past_comments_cdata_and_quotes() {
+        let nested = |n: usize| format!("{}{}", "<a>".repeat(n), "</a>".repeat(n));
+        assert!(!nesting_exceeds(nested(128).as_bytes(), 128));
+        assert!(nesting_exceeds(nested(129).as_bytes(), 128));
+        let tricky = "<domain><!-- </a></a> --><![CDATA[</b></b>]]><?pi </c>?><x a='>' b=\"/>\"/><y/></domain>";
+        assert!(!nesting_exceeds(tricky.as_bytes(), 1));
+        assert!(nesting_exceeds(b"<a><b a='x'><c>", 2));
+        assert_eq!(read(&nested(100_000)), Err(DomainXmlError::TooDeep));
+        assert_eq!(
+            read(&" ".repeat(MAX_XML_BYTES + 1)),
+            Err(DomainXmlError::TooLarge(MAX_XML_BYTES + 1))
+        );
     }
 
     #[test]

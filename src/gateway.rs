@@ -31,7 +31,8 @@ const MAX_DRAIN_BATCH: usize = 8_192;
 const MAX_RECENT: usize = 4_096;
 /// Wake requests kept while libvirt is away; more are refused (and logged).
 const MAX_PENDING: usize = 4_096;
-/// Window and burst for rate-limited log lines (junk, unknown MACs).
+/// Window and burst for rate-limited log lines (junk, duplicates, unknown
+/// MACs, overflow): a flood costs at most a few lines per window.
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 const LOG_BURST: u32 = 10;
 /// Retry backoff while libvirt is unreachable.
@@ -188,6 +189,7 @@ pub struct Gateway<C: Connector> {
     overflow: RateLimiter,
     rejections: RateLimiter,
     unknown_macs: RateLimiter,
+    duplicates: RateLimiter,
     outage: Option<Outage>,
     last_datagram: Instant,
     last_event: String,
@@ -223,6 +225,7 @@ impl<C: Connector> Gateway<C> {
             overflow: RateLimiter::new(LOG_WINDOW, 1),
             rejections: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             unknown_macs: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            duplicates: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             outage: None,
             last_datagram: Instant::now(),
             last_event: format!("listening on {}", addresses.join(", ")),
@@ -248,7 +251,7 @@ impl<C: Connector> Gateway<C> {
         let exit = loop {
             let now = Instant::now();
             self.notifier.watchdog(now);
-            self.log_rejection_summary(now, false);
+            self.log_summaries(now, false);
             if self.shutdown.requested() {
                 break Exit::Signal;
             }
@@ -289,8 +292,7 @@ impl<C: Connector> Gateway<C> {
             idle_deadline,
             retry,
             self.notifier.watchdog_due(),
-            self.rejections.summary_due(),
-            self.unknown_macs.summary_due(),
+            self.summary_due(),
         ]
         .into_iter()
         .flatten()
@@ -369,11 +371,14 @@ impl<C: Connector> Gateway<C> {
                     "duplicate wake request for {mac} from {source} ignored: handled {:.1} s ago",
                     ago.as_secs_f64()
                 );
-                // One line per MAC and window at info; the rest at debug.
-                if std::mem::replace(&mut recent.duplicate_logged, true) {
-                    debug!(mac = %mac, source = %source, action = "none", result = "duplicate", "{message}");
-                } else {
+                // At info: the first repeat of each MAC, and at most
+                // LOG_BURST per window in all (a flood of repeats is
+                // summarized); the rest at debug.
+                let first = !std::mem::replace(&mut recent.duplicate_logged, true);
+                if first && self.duplicates.allow(now) {
                     info!(mac = %mac, source = %source, action = "none", result = "duplicate", "{message}");
+                } else {
+                    debug!(mac = %mac, source = %source, action = "none", result = "duplicate", "{message}");
                 }
                 return;
             }
@@ -559,7 +564,7 @@ impl<C: Connector> Gateway<C> {
             }
             Outcome::NoMatch => {
                 let now = Instant::now();
-                self.log_unknown_summary(now, false);
+                self.log_summaries(now, false);
                 let message = format!(
                     "no domain on {uri} has MAC {mac} (from {source}); nothing to do{burst}"
                 );
@@ -576,25 +581,41 @@ impl<C: Connector> Gateway<C> {
         }
     }
 
-    fn log_rejection_summary(&mut self, now: Instant, force: bool) {
-        self.log_unknown_summary(now, force);
+    /// Logs what the rate limits held back, once each window closes (or
+    /// at exit, with `force`).
+    fn log_summaries(&mut self, now: Instant, force: bool) {
+        let window = LOG_WINDOW.as_secs();
         if let Some(n) = self.rejections.close_window(now, force) {
             info!(
-                "ignored {n} more invalid datagrams in the last {} s (not magic packets; \
-                 RUST_LOG=debug shows the first {LOG_BURST} of each window)",
-                self.rejections.window().as_secs()
+                "ignored {n} more invalid datagrams in the last {window} s (not magic packets; \
+                 RUST_LOG=debug shows the first {LOG_BURST} of each window)"
             );
+        }
+        if let Some(n) = self.duplicates.close_window(now, force) {
+            info!("ignored {n} more duplicate wake requests in the last {window} s");
+        }
+        if let Some(n) = self.unknown_macs.close_window(now, force) {
+            warn!(
+                "{n} more wake requests for MACs no domain on {} has in the last {window} s",
+                self.waker.uri()
+            );
+        }
+        if let Some(n) = self.overflow.close_window(now, force) {
+            warn!("dropped {n} more wake requests in the last {window} s: too many pending");
         }
     }
 
-    fn log_unknown_summary(&mut self, now: Instant, force: bool) {
-        if let Some(n) = self.unknown_macs.close_window(now, force) {
-            warn!(
-                "{n} more wake requests for MACs no domain on {} has in the last {} s",
-                self.waker.uri(),
-                self.unknown_macs.window().as_secs()
-            );
-        }
+    /// When the next rate-limit summary is due, if any.
+    fn summary_due(&self) -> Option<Instant> {
+        [
+            &self.rejections,
+            &self.duplicates,
+            &self.unknown_macs,
+            &self.overflow,
+        ]
+        .into_iter()
+        .filter_map(RateLimiter::summary_due)
+        .min()
     }
 
     fn status_line(&self, now: Instant) -> String {
@@ -615,7 +636,7 @@ impl<C: Connector> Gateway<C> {
     }
 
     fn finish(&mut self, exit: Exit) {
-        self.log_rejection_summary(Instant::now(), true);
+        self.log_summaries(Instant::now(), true);
         let uri = self.waker.uri().to_owned();
         let unacted: Vec<String> = self.pending.macs().map(Mac::to_string).collect();
         let why = match exit {

@@ -244,18 +244,27 @@ impl<C: Connector> Waker<C> {
     /// reached, or the connection died mid-request. Every other result,
     /// including libvirt refusing the action, is an [`Outcome`].
     pub fn wake(&mut self, mac: Mac) -> Result<Outcome, Unreachable> {
-        self.connect()?;
-        match self.try_wake(mac) {
-            Ok(outcome) => Ok(outcome),
-            Err(error) if self.connection.as_ref().is_some_and(|c| c.is_alive()) => {
-                Ok(Outcome::LookupFailed { error })
-            }
-            Err(error) => {
-                // Dead connection: drop it (and the index, which may be stale
-                // after a daemon restart) and let the caller retry.
-                self.connection = None;
-                self.index = None;
-                Err(Unreachable(error))
+        // A connection that died since the last request (libvirtd restarted)
+        // gets one immediate reconnect before libvirt counts as unreachable.
+        let mut reconnected = false;
+        loop {
+            self.connect()?;
+            match self.try_wake(mac) {
+                Ok(outcome) => return Ok(outcome),
+                Err(error) if self.connection.as_ref().is_some_and(|c| c.is_alive()) => {
+                    return Ok(Outcome::LookupFailed { error });
+                }
+                Err(error) => {
+                    // Dead connection: drop it (and the index, which may be
+                    // stale after a daemon restart).
+                    self.connection = None;
+                    self.index = None;
+                    if reconnected {
+                        return Err(Unreachable(error));
+                    }
+                    debug!("connection to {} lost ({error}); reconnecting", self.uri());
+                    reconnected = true;
+                }
             }
         }
     }

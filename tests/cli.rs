@@ -182,3 +182,16 @@ fn a_port_in_use_is_one_clear_line() {
     assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
     assert!(log.contains("in use"), "{log}");
 }
+
+#[test]
+fn a_closed_fd_number_is_refused() {
+    // LISTEN_FDS=1 with nothing at fd 3.
+    let mut gateway = Launch::new(&["--libvirt-uri", "test:///default"])
+        .env("LISTEN_FDS", "1")
+        .spawn();
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "{}", gateway.log());
+    let log = gateway.log();
+    assert!(log.contains("fd 3 (LISTEN_FDS) is not a socket"), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+}

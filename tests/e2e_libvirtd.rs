@@ -18,11 +18,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{DEADLINE, Gateway, Launch, systemd_socket, wait_until};
+use crate::util::{DEADLINE, Gateway, Launch, libvirtd_shared, systemd_socket, wait_until};
 
-const URI: &str = "qemu:///system";
+pub(crate) const URI: &str = "qemu:///system";
 
-fn virsh(args: &[&str]) -> (bool, String) {
+pub(crate) fn virsh(args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")
         .arg("-c")
         .arg(URI)
@@ -37,20 +37,25 @@ fn virsh(args: &[&str]) -> (bool, String) {
     (out.status.success(), text.trim().to_owned())
 }
 
-fn virsh_ok(args: &[&str]) -> String {
+pub(crate) fn virsh_ok(args: &[&str]) -> String {
     let (ok, text) = virsh(args);
     assert!(ok, "virsh {args:?} failed: {text}");
     text
 }
 
 /// A throwaway guest, destroyed and undefined on drop.
-struct Guest {
-    name: String,
-    mac: String,
+pub(crate) struct Guest {
+    pub(crate) name: String,
+    pub(crate) mac: String,
 }
 
 impl Guest {
-    fn define(test: &str, mac: &str) -> Guest {
+    pub(crate) fn define(test: &str, mac: &str) -> Guest {
+        Guest::define_with(test, mac, "")
+    }
+
+    /// A guest with `extra` devices (e.g. a disk) besides its NIC.
+    pub(crate) fn define_with(test: &str, mac: &str, extra: &str) -> Guest {
         let name = format!("wolgw-e2e-{test}-{}", std::process::id());
         let virt_type = if std::path::Path::new("/dev/kvm").exists() {
             "kvm"
@@ -60,7 +65,7 @@ impl Guest {
         let xml = format!(
             "<domain type='{virt_type}'><name>{name}</name><memory unit='MiB'>32</memory>\
              <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-             <devices><interface type='user'><mac address='{mac}'/><model type='virtio'/>\
+             <devices>{extra}<interface type='user'><mac address='{mac}'/><model type='virtio'/>\
              <rom enabled='no'/></interface>\
              <graphics type='vnc' port='-1' listen='127.0.0.1'/></devices></domain>"
         );
@@ -77,11 +82,11 @@ impl Guest {
         guest
     }
 
-    fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         virsh_ok(&["domstate", &self.name, "--reason"])
     }
 
-    fn wait_state(&self, prefix: &str) -> String {
+    pub(crate) fn wait_state(&self, prefix: &str) -> String {
         let mut last = String::new();
         let reached = wait_until(DEADLINE, || {
             last = self.state();
@@ -95,7 +100,7 @@ impl Guest {
         last
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         virsh_ok(&["start", &self.name]);
         self.wait_state("running");
     }
@@ -113,7 +118,7 @@ impl Drop for Guest {
 }
 
 /// Sends a magic packet with Debian's `wakeonlan`.
-fn wakeonlan(addr: SocketAddr, mac: &str) {
+pub(crate) fn wakeonlan(addr: SocketAddr, mac: &str) {
     let status = Command::new("wakeonlan")
         .args([
             "-i",
@@ -142,6 +147,7 @@ fn activate_and_wait(socket: &UdpSocket) -> Gateway {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_shut_off_guest_is_started() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("off", "52:54:00:e2:00:01");
     assert!(guest.state().starts_with("shut off"));
     let (socket, addr) = systemd_socket();
@@ -155,6 +161,7 @@ fn e2e_libvirtd_shut_off_guest_is_started() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_paused_guest_is_resumed() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("paused", "52:54:00:e2:00:02");
     guest.start();
     virsh_ok(&["suspend", &guest.name]);
@@ -175,6 +182,7 @@ fn e2e_libvirtd_paused_guest_is_resumed() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_managed_saved_guest_is_restored_from_its_image() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("saved", "52:54:00:e2:00:03");
     guest.start();
     virsh_ok(&["managedsave", &guest.name]);
@@ -204,6 +212,7 @@ fn e2e_libvirtd_managed_saved_guest_is_restored_from_its_image() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_running_guest_is_left_alone() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("running", "52:54:00:e2:00:04");
     guest.start();
     let before = guest.state();
@@ -218,6 +227,7 @@ fn e2e_libvirtd_running_guest_is_left_alone() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_unknown_mac_changes_nothing_and_warns_once() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("bystander", "52:54:00:e2:00:05");
     let (socket, addr) = systemd_socket();
     wakeonlan(addr, "52:54:00:e2:ff:ff");
@@ -236,6 +246,7 @@ fn e2e_libvirtd_unknown_mac_changes_nothing_and_warns_once() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_burst_of_five_is_one_start() {
+    let _libvirtd = libvirtd_shared();
     let guest = Guest::define("burst", "52:54:00:e2:00:06");
     let (socket, addr) = systemd_socket();
     for _ in 0..5 {
@@ -265,6 +276,7 @@ fn e2e_libvirtd_burst_of_five_is_one_start() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_two_guests_queued_before_activation_both_run() {
+    let _libvirtd = libvirtd_shared();
     let first = Guest::define("two-a", "52:54:00:e2:00:07");
     let second = Guest::define("two-b", "52:54:00:e2:00:08");
     let (socket, addr) = systemd_socket();

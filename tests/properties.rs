@@ -142,7 +142,10 @@ fn long_property_run() {
                 }
                 near.resize(near.len().max(packet::MIN_PACKET_LEN), 0);
                 let result = packet::parse(&near);
-                assert!(result.is_err(), "case {case}: near miss accepted: {result:?}");
+                assert!(
+                    result.is_err(),
+                    "case {case}: near miss accepted: {result:?}"
+                );
             }
         }
     }

@@ -5,6 +5,7 @@ mod util;
 
 mod activation;
 mod cli;
+mod e2e_faults;
 mod e2e_libvirtd;
 mod index_cache;
 mod properties;

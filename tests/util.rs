@@ -262,6 +262,25 @@ impl Launch {
 }
 
 impl Gateway {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A field of /proc/PID/status in KiB (VmHWM, VmRSS, ...).
+    pub fn memory_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
@@ -445,4 +464,23 @@ pub fn redefine(conn: &Connect, name: &str, macs: &[&str]) {
         uuid_for(name)
     );
     conn.define_domain_xml(&xml).expect("redefine domain");
+}
+
+/// Tests that need libvirtd take this lock: most share it, the ones that
+/// stop or restart the daemon take it alone, so they never pull the daemon
+/// out from under another test.
+static LIBVIRTD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Shared use of libvirtd.
+pub fn libvirtd_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    LIBVIRTD
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sole use of libvirtd (the test may stop and start it).
+pub fn libvirtd_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LIBVIRTD
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

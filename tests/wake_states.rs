@@ -396,3 +396,46 @@ fn opt_in_metadata_is_required_when_asked_for() {
         "{outcome:?}"
     );
 }
+
+#[test]
+fn huge_deeply_nested_or_non_xml_domains_are_skipped_fake_hypervisor() {
+    let fake = Fake::default();
+    {
+        let mut state = fake.0.borrow_mut();
+        let mut huge = String::from("<domain><devices>");
+        while huge.len() < 8 << 20 {
+            huge.push_str("<interface type='user'><mac address='52:54:00:00:00:99'/></interface>");
+        }
+        huge.push_str("</devices></domain>");
+        let deep = format!(
+            "<domain><devices>{}<interface type='user'><mac address='52:54:00:00:00:98'/></interface>{}</devices></domain>",
+            "<x>".repeat(200_000),
+            "</x>".repeat(200_000)
+        );
+        for (name, xml) in [
+            ("huge", huge),
+            ("deep", deep),
+            ("binary", "\u{0}\u{1}\u{2}PK\u{3}\u{4}".into()),
+        ] {
+            state
+                .domains
+                .push((name.into(), Ok(xml), DomainState::ShutOff));
+        }
+        state.domains.push((
+            "web01".into(),
+            nic("52:54:00:00:00:90"),
+            DomainState::ShutOff,
+        ));
+    }
+    let mut waker = Waker::new(fake.clone(), Duration::from_secs(5));
+    let outcome = waker.wake(mac("52:54:00:00:00:90")).expect("reachable");
+    assert!(
+        matches!(outcome, Outcome::Done { ref domain, .. } if domain == "web01"),
+        "{outcome:?}"
+    );
+    // The huge one is refused for its size, not searched.
+    assert_eq!(
+        waker.wake(mac("52:54:00:00:00:99")).expect("reachable"),
+        Outcome::NoMatch
+    );
+}

@@ -1,0 +1,300 @@
+//! Floods and faults through libvirtd with real QEMU guests: what the network
+//! and the host can throw at the gateway. Like `e2e_libvirtd`, these need
+//! root, libvirtd and QEMU:
+//!
+//! ```sh
+//! sudo tests/e2e/setup-host.sh
+//! sudo cargo test -- --ignored e2e_faults
+//! ```
+//!
+//! Tests that stop or restart libvirtd hold the daemon alone (see
+//! `util::libvirtd_exclusive`) and always leave it running.
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wol_libvirt_gateway::packet::{Mac, magic_packet};
+
+use crate::e2e_libvirtd::{Guest, URI, wakeonlan};
+use crate::util::{
+    DEADLINE, Launch, libvirtd_exclusive, libvirtd_shared, systemd_socket, wait_until,
+};
+
+fn libvirtd_answers() -> bool {
+    Command::new("virsh")
+        .args(["-c", URI, "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn libvirtd_running() -> bool {
+    Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn stop_libvirtd() {
+    let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+    assert!(
+        wait_until(DEADLINE, || !libvirtd_running()),
+        "libvirtd did not stop"
+    );
+}
+
+fn start_libvirtd() {
+    if !libvirtd_running() {
+        let status = Command::new("libvirtd")
+            .arg("-d")
+            .status()
+            .expect("run libvirtd");
+        assert!(status.success(), "libvirtd -d failed");
+    }
+    assert!(
+        wait_until(DEADLINE, libvirtd_answers),
+        "libvirtd does not answer"
+    );
+}
+
+/// Starts libvirtd again when dropped, so a failing test cannot leave the
+/// daemon down for the others.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if !libvirtd_running() {
+            let _ = Command::new("libvirtd").arg("-d").status();
+            let _ = wait_until(DEADLINE, libvirtd_answers);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_libvirtd_down_at_first_packet_then_started_within_the_idle_timeout() {
+    let _libvirtd = libvirtd_exclusive();
+    let guest = Guest::define("late-daemon", "52:54:00:e2:00:40");
+    let _restart = RestartOnDrop;
+    stop_libvirtd();
+
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "20s"])
+        .pass_fd(socket.into())
+        .spawn();
+    let waiting = gateway.wait_for_log("cannot reach libvirt at qemu:///system");
+    assert!(
+        waiting.contains("Keeping 1 wake request(s) and retrying"),
+        "{waiting}"
+    );
+    // The scenario: the daemon comes up 3 s after the packet.
+    std::thread::sleep(Duration::from_secs(3));
+    start_libvirtd();
+    gateway.wait_for_log(&format!("started {}", guest.name));
+    guest.wait_state("running");
+    let back = gateway.wait_for_log("reachable again after");
+    assert!(back.contains("acting on 1 pending wake request"), "{back}");
+    assert_eq!(
+        gateway.lines_with("cannot reach libvirt").len(),
+        1,
+        "{}",
+        gateway.log()
+    );
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_libvirtd_restarted_while_the_gateway_runs() {
+    let _libvirtd = libvirtd_exclusive();
+    let first = Guest::define("before-restart", "52:54:00:e2:00:41");
+    let second = Guest::define("after-restart", "52:54:00:e2:00:42");
+    let _restart = RestartOnDrop;
+    let (socket, addr) = systemd_socket();
+    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "30s"])
+        .pass_fd(socket.into())
+        .spawn();
+    wakeonlan(addr, &first.mac);
+    gateway.wait_for_log(&format!("started {}", first.name));
+
+    stop_libvirtd();
+    start_libvirtd();
+    wakeonlan(addr, &second.mac);
+    gateway.wait_for_log(&format!("started {}", second.name));
+    second.wait_state("running");
+    // The dead connection is replaced at once: no outage is reported.
+    assert!(
+        gateway.lines_with("cannot reach libvirt").is_empty(),
+        "{}",
+        gateway.log()
+    );
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_a_failing_start_names_the_domain_and_the_next_wake_still_works() {
+    let _libvirtd = libvirtd_shared();
+    let broken = Guest::define_with(
+        "missing-disk",
+        "52:54:00:e2:00:43",
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='/nonexistent/wolgw-missing.img'/><target dev='vda' bus='virtio'/></disk>",
+    );
+    let fine = Guest::define("after-failure", "52:54:00:e2:00:44");
+    let (socket, addr) = systemd_socket();
+    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "30s"])
+        .pass_fd(socket.into())
+        .spawn();
+    wakeonlan(addr, &broken.mac);
+    let error = gateway.wait_for_log(&format!("cannot start {}", broken.name));
+    assert!(error.contains("ERROR"), "{error}");
+    assert!(
+        error.contains("/nonexistent/wolgw-missing.img"),
+        "libvirt's message: {error}"
+    );
+    assert!(broken.state().starts_with("shut off"));
+    wakeonlan(addr, &fine.mac);
+    gateway.wait_for_log(&format!("started {}", fine.name));
+    fine.wait_state("running");
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+}
+
+/// A pseudo-random generator for the flood (deterministic, no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_flood_of_200000_datagrams_with_one_real_wake() {
+    const DATAGRAMS: usize = 200_000;
+    const SPREAD: Duration = Duration::from_millis(2500);
+    let _libvirtd = libvirtd_shared();
+    let guest = Guest::define("flood", "52:54:00:e2:00:50");
+    let (socket, addr) = systemd_socket();
+    // Room to queue the flood while the gateway waits for QEMU to start (as
+    // systemd's ReceiveBuffer= would give): a datagram the kernel drops never
+    // reaches the gateway, and this test counts every one.
+    rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, 256 << 20)
+        .expect("SO_RCVBUFFORCE (needs root)");
+    let mut gateway = Launch::new(&[
+        "--libvirt-uri",
+        URI,
+        "--idle-timeout",
+        "3s",
+        "--rescan-interval",
+        "1s",
+    ])
+    .pass_fd(socket.try_clone().expect("dup").into())
+    .spawn();
+    gateway.wait_for_log("listening on");
+
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let target: Mac = guest.mac.parse().expect("mac");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut junk = [0u8; 300];
+    let started = Instant::now();
+    let mut rss_mid = 0;
+    for i in 0..DATAGRAMS {
+        if i == DATAGRAMS / 2 {
+            sender
+                .send_to(&magic_packet(target), addr)
+                .expect("send wake");
+            rss_mid = gateway.memory_kib("VmRSS").unwrap_or(0);
+        }
+        let r = rng.next();
+        match i % 3 {
+            0 => {
+                let len = 1 + (r % 299) as usize;
+                for byte in junk[..len].iter_mut() {
+                    *byte = rng.next() as u8;
+                }
+                sender.send_to(&junk[..len], addr).expect("send junk");
+            }
+            1 => {
+                let packet = magic_packet(Mac([0x52, 0x54, 0, 0xf1, (r >> 8) as u8, r as u8]));
+                sender.send_to(&packet[..60], addr).expect("send truncated");
+            }
+            _ => {
+                let unknown = Mac([0x52, 0x54, 0, 0xf0, (r >> 8) as u8, r as u8]);
+                sender
+                    .send_to(&magic_packet(unknown), addr)
+                    .expect("send unknown");
+            }
+        }
+        // Spread over a few seconds, as a flood from the LAN would be.
+        if i % 1000 == 999 {
+            let due = SPREAD.mul_f64((i + 1) as f64 / DATAGRAMS as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+    let flood_time = started.elapsed();
+    assert!(
+        gateway.alive(),
+        "gateway died during the flood:\n{}",
+        gateway.log()
+    );
+    guest.wait_state("running");
+    let rss_end = gateway.memory_kib("VmRSS").unwrap_or(0);
+    let peak = gateway.memory_kib("VmHWM").unwrap_or(0);
+    let status = gateway.wait_exit(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+    let run_time = started.elapsed();
+
+    let log = gateway.log();
+    let lines = log.lines().count();
+    assert_eq!(
+        gateway.lines_with(&format!("started {}", guest.name)).len(),
+        1,
+        "{log}"
+    );
+    let summary = gateway.lines_with("exiting (idle timeout)");
+    assert_eq!(summary.len(), 1, "{log}");
+    let summary = &summary[0];
+    // Nothing lost: every datagram sent was read (the flood plus the wake).
+    assert!(
+        summary.contains(&format!("{} datagrams", DATAGRAMS + 1)),
+        "{summary}"
+    );
+    let scans: u64 = summary
+        .split("; ")
+        .find_map(|part| part.strip_suffix(" libvirt scans"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no scan count in {summary}"));
+    // At most one scan per rescan interval (1 s) while requests came in.
+    let allowed = flood_time.as_secs() + 2;
+    assert!(
+        scans <= allowed,
+        "{scans} scans in {flood_time:?}: {summary}"
+    );
+    assert!(lines <= 100, "{lines} log lines for the flood:\n{log}");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    assert!(
+        rss_end < rss_mid + 16 * 1024,
+        "RSS grew from {rss_mid} KiB to {rss_end} KiB during the second half"
+    );
+    eprintln!(
+        "flood: {} datagrams in {:.2} s; gateway exited after {:.2} s with {lines} log lines, \
+         {scans} scans; VmRSS {} KiB at half-time, {} KiB at the end, peak {} KiB\n{summary}",
+        DATAGRAMS + 1,
+        flood_time.as_secs_f64(),
+        run_time.as_secs_f64(),
+        rss_mid,
+        rss_end,
+        peak
+    );
+}
