@@ -164,7 +164,7 @@ fn nesting_exceeds(xml: &[u8], limit: usize) -> bool {
                 return true;
             }
         }
-        i += end + 1;
+        i = (i + end + 1).min(xml.len());
     }
     false
 }
@@ -268,6 +268,12 @@ mod tests {
         let tricky = "<domain><!-- </a></a> --><![CDATA[</b></b>]]><?pi </c>?><x a='>' b=\"/>\"/><y/></domain>";
         assert!(!nesting_exceeds(tricky.as_bytes(), 1));
         assert!(nesting_exceeds(b"<a><b a='x'><c>", 2));
+        for unterminated in ["<", "<<<", "<a", "<!--", "<![CDATA[", "<?", "<a b='", "</"] {
+            assert!(
+                !nesting_exceeds(unterminated.as_bytes(), 2),
+                "{unterminated}"
+            );
+        }
         assert_eq!(read(&nested(100_000)), Err(DomainXmlError::TooDeep));
         assert_eq!(
             read(&" ".repeat(MAX_XML_BYTES + 1)),

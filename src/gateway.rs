@@ -251,6 +251,7 @@ impl<C: Connector> Gateway<C> {
         let exit = loop {
             let now = Instant::now();
             self.notifier.watchdog(now);
+            self.notifier.flush_status(now);
             self.log_summaries(now, false);
             if self.shutdown.requested() {
                 break Exit::Signal;
@@ -292,6 +293,7 @@ impl<C: Connector> Gateway<C> {
             idle_deadline,
             retry,
             self.notifier.watchdog_due(),
+            self.notifier.status_due(),
             self.summary_due(),
         ]
         .into_iter()
@@ -423,8 +425,9 @@ impl<C: Connector> Gateway<C> {
                 }
             }
         }
-        let status = self.status_line(Instant::now());
-        self.notifier.status(&status);
+        let now = Instant::now();
+        let status = self.status_line(now);
+        self.notifier.status(&status, now);
     }
 
     fn remember(&mut self, mac: Mac) {

@@ -6,12 +6,20 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
+/// `STATUS=` updates are sent at most this often. A flood changes the status
+/// with every batch; sd_notify's send blocks once the manager's queue is
+/// full, so an unthrottled stream could stall the gateway.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Sends `sd_notify` messages; a no-op when `NOTIFY_SOCKET` is unset.
 #[derive(Debug)]
 pub struct Notifier {
     warned: bool,
     watchdog_interval: Option<Duration>,
     next_watchdog: Option<Instant>,
+    status_sent: String,
+    status_sent_at: Option<Instant>,
+    status_held: Option<String>,
 }
 
 impl Notifier {
@@ -22,6 +30,9 @@ impl Notifier {
             warned: false,
             watchdog_interval,
             next_watchdog: watchdog_interval.map(|_| Instant::now()),
+            status_sent: String::new(),
+            status_sent_at: None,
+            status_held: None,
         }
     }
 
@@ -39,11 +50,40 @@ impl Notifier {
     /// `READY=1` with a status line.
     pub fn ready(&mut self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        self.status_sent = status.to_owned();
+        self.status_sent_at = Some(Instant::now());
     }
 
-    /// `STATUS=…`, shown by `systemctl status`.
-    pub fn status(&mut self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+    /// `STATUS=…`, shown by `systemctl status`: sent if it changed, at most
+    /// once per second; a newer one held back is sent by
+    /// [`Notifier::flush_status`].
+    pub fn status(&mut self, status: &str, now: Instant) {
+        if status == self.status_sent {
+            self.status_held = None;
+            return;
+        }
+        match self.status_sent_at {
+            Some(at) if now < at + STATUS_INTERVAL => self.status_held = Some(status.to_owned()),
+            _ => {
+                self.send(&[NotifyState::Status(status)]);
+                self.status_sent = status.to_owned();
+                self.status_sent_at = Some(now);
+                self.status_held = None;
+            }
+        }
+    }
+
+    /// Sends a held-back status once its turn has come.
+    pub fn flush_status(&mut self, now: Instant) {
+        if let Some(status) = self.status_held.take() {
+            self.status(&status, now);
+        }
+    }
+
+    /// When a held-back status is due.
+    pub fn status_due(&self) -> Option<Instant> {
+        self.status_held.as_ref()?;
+        self.status_sent_at.map(|at| at + STATUS_INTERVAL)
     }
 
     /// `STOPPING=1` with a status line.

@@ -56,7 +56,14 @@ proptest! {
 
     #[test]
     fn domain_xml_reader_never_panics(text in ".{0,400}") {
-        let _ = domain_xml::macs(&text);
+        let _ = domain_xml::read(&text);
+    }
+
+    #[test]
+    fn domain_xml_reader_never_panics_on_markup_soup(
+        text in r#"([<>/!?\[\]'"= -]|domain|devices|interface|mac|address|CDATA|--|52:54:00:aa:bb:cc){0,120}"#
+    ) {
+        let _ = domain_xml::read(&text);
     }
 }
 
