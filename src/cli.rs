@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Wake-on-LAN gateway for libvirt: a magic packet for a VM's MAC address
 /// starts (or resumes, or wakes) that VM.
@@ -16,6 +16,10 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wol-libvirt-gateway", version, about, long_about)]
 pub struct Args {
+    /// Without a command, the gateway serves magic packets.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// UDP address to listen on when systemd passes no socket. Repeat the flag
     /// for several addresses, e.g. 0.0.0.0:9 and [::]:9.
     #[arg(
@@ -26,9 +30,28 @@ pub struct Args {
     )]
     pub listen_address: Vec<SocketAddr>,
 
-    /// libvirt connection URI whose domains may be woken.
-    #[arg(long, value_name = "URI", default_value = "qemu:///system")]
-    pub libvirt_uri: String,
+    /// libvirt connection URI whose domains may be woken. Repeat the flag
+    /// for several hosts (e.g. qemu+ssh://host2/system): a MAC is looked up
+    /// on all of them, and one that cannot be reached does not block the
+    /// others.
+    #[arg(
+        long,
+        value_name = "URI",
+        default_value = "qemu:///system",
+        global = true
+    )]
+    pub libvirt_uri: Vec<String>,
+
+    /// Log what a magic packet would do, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also listen for raw Ethernet Wake-on-LAN frames (ethertype 0x0842, as
+    /// sent by etherwake and many routers) on this interface; needs
+    /// CAP_NET_RAW and runs until stopped (see
+    /// wol-libvirt-gateway-raw@.service). Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub raw_interface: Vec<String>,
 
     /// Exit after this long without a datagram (e.g. 30s, 2m; 0 = never).
     /// Default: 30s when started by systemd with a socket, never when the
@@ -43,13 +66,13 @@ pub struct Args {
 
     /// Only these domains may be woken: a domain name, a UUID, or a MAC
     /// (repeat the flag). Default: any domain with the MAC.
-    #[arg(long, value_name = "NAME|UUID|MAC")]
+    #[arg(long, value_name = "NAME|UUID|MAC", global = true)]
     pub allow: Vec<crate::policy::AllowEntry>,
 
     /// Only domains that opted in through their own libvirt metadata may be
     /// woken: virsh metadata DOMAIN --uri https://wol-libvirt-gateway/xmlns/1
     /// --key wol --set '<wake/>' --config
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub require_opt_in: bool,
 
     /// Directory for the persistent MAC index. systemd's CacheDirectory=
@@ -61,6 +84,14 @@ pub struct Args {
     /// Re-read every domain's XML for an unknown MAC at most this often.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
+}
+
+/// Commands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// List every domain of the configured URI(s): its state, its MACs, and
+    /// what a magic packet would do to it now.
+    List,
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {

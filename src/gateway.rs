@@ -20,7 +20,7 @@ use crate::hypervisor::{Action, Connector};
 use crate::notify::Notifier;
 use crate::packet::{self, Mac};
 use crate::ratelimit::RateLimiter;
-use crate::wake::{Outcome, Unreachable, Waker};
+use crate::wake::{Fleet, Outcome, Unreachable};
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
 const MAX_DATAGRAM: usize = 65_536;
@@ -179,7 +179,7 @@ struct Outage {
 /// The gateway: sockets in, wake requests out.
 pub struct Gateway<C: Connector> {
     sockets: Vec<UdpSocket>,
-    waker: Waker<C>,
+    waker: Fleet<C>,
     config: Config,
     shutdown: Shutdown,
     notifier: Notifier,
@@ -201,7 +201,7 @@ impl<C: Connector> Gateway<C> {
     /// A gateway serving `sockets` (non-blocking) with `waker`.
     pub fn new(
         sockets: Vec<UdpSocket>,
-        waker: Waker<C>,
+        waker: Fleet<C>,
         config: Config,
         shutdown: Shutdown,
         notifier: Notifier,
@@ -240,7 +240,7 @@ impl<C: Connector> Gateway<C> {
         info!(
             "{}; libvirt {}; {}",
             self.last_event,
-            self.waker.uri(),
+            self.waker.uris(),
             match self.config.idle_timeout {
                 Some(t) => format!("exiting after {} s without packets", t.as_secs_f64()),
                 None => "running until stopped".into(),
@@ -455,7 +455,7 @@ impl<C: Connector> Gateway<C> {
 
     fn begin_or_extend_outage(&mut self, error: String) {
         let now = Instant::now();
-        let uri = self.waker.uri().to_owned();
+        let uri = self.waker.uris().to_owned();
         let pending = self.pending.len();
         let outage = self.outage.get_or_insert_with(|| {
             error!(
@@ -491,7 +491,7 @@ impl<C: Connector> Gateway<C> {
         if let Some(outage) = self.outage.take() {
             info!(
                 "libvirt at {} is reachable again after {:.1} s; acting on {} pending wake request(s)",
-                self.waker.uri(),
+                self.waker.uris(),
                 outage.since.elapsed().as_secs_f64(),
                 self.pending.len() + 1
             );
@@ -501,7 +501,7 @@ impl<C: Connector> Gateway<C> {
     /// One log line per decision, with the journal fields MAC, SOURCE,
     /// DOMAIN, STATE, ACTION and RESULT.
     fn report(&mut self, mac: Mac, source: SocketAddr, repeats: u32, outcome: &Outcome) {
-        let uri = self.waker.uri().to_owned();
+        let uri = self.waker.uris().to_owned();
         let burst = match repeats {
             0 => String::new(),
             1 => " (1 duplicate packet in this burst ignored)".into(),
@@ -577,6 +577,20 @@ impl<C: Connector> Gateway<C> {
                     debug!(mac = %mac, source = %source, action = "none", result = "no-match", "{message}");
                 }
             }
+            Outcome::DryRun {
+                domain,
+                state,
+                action,
+                restored,
+            } => {
+                let verb = if *restored {
+                    "restore"
+                } else {
+                    action.as_str()
+                };
+                info!(mac = %mac, source = %source, domain = %domain, state = %state, action = verb, result = "dry-run",
+                    "dry run: would {verb} {domain} (is {state}) for {request}{burst}");
+            }
             Outcome::LookupFailed { error } => {
                 error!(mac = %mac, source = %source, action = "none", result = "failed",
                     "cannot look up {request} on {uri}: {error}{burst}");
@@ -600,7 +614,7 @@ impl<C: Connector> Gateway<C> {
         if let Some(n) = self.unknown_macs.close_window(now, force) {
             warn!(
                 "{n} more wake requests for MACs no domain on {} has in the last {window} s",
-                self.waker.uri()
+                self.waker.uris()
             );
         }
         if let Some(n) = self.overflow.close_window(now, force) {
@@ -640,7 +654,7 @@ impl<C: Connector> Gateway<C> {
 
     fn finish(&mut self, exit: Exit) {
         self.log_summaries(Instant::now(), true);
-        let uri = self.waker.uri().to_owned();
+        let uri = self.waker.uris().to_owned();
         let unacted: Vec<String> = self.pending.macs().map(Mac::to_string).collect();
         let why = match exit {
             Exit::Idle => "idle timeout",

@@ -17,11 +17,13 @@ pub mod domain_xml;
 pub mod gateway;
 pub mod hypervisor;
 pub mod index;
+pub mod list;
 pub mod logging;
 pub mod notify;
 pub mod packet;
 pub mod policy;
 pub mod ratelimit;
+pub mod raw;
 pub mod sockets;
 pub mod wake;
 
@@ -33,13 +35,13 @@ use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
 use crate::cache::{CacheDirSource, IndexFile};
-use crate::cli::Args;
+use crate::cli::{Args, Command};
 use crate::gateway::{Config, Gateway, Shutdown};
 use crate::hypervisor::LibvirtConnector;
 use crate::notify::Notifier;
 use crate::policy::Policy;
 use crate::sockets::Origin;
-use crate::wake::Waker;
+use crate::wake::{Fleet, Waker};
 
 /// Idle timeout when systemd passed the socket and none was given.
 pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,6 +69,10 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             return 2;
         }
     };
+    if let Some(Command::List) = args.command {
+        logging::init();
+        return list(&args);
+    }
     // Claim the passed sockets before anything else opens a file descriptor:
     // with a wrong LISTEN_FDS count, fd 3+n could otherwise be one of ours
     // (the journal socket, the signal pipe) and be taken for a passed one.
@@ -84,6 +90,9 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
 fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
     use anyhow::Context;
 
+    if !args.raw_interface.is_empty() {
+        anyhow::bail!("--raw-interface is not available in this build yet");
+    }
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let idle_timeout = match (args.idle_timeout, listeners.origin) {
         (Some(Duration::ZERO), _) => None,
@@ -91,10 +100,7 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         (None, Origin::Activated) => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
         (None, Origin::Bound) => None,
     };
-    let policy = Policy {
-        allow: args.allow.clone(),
-        require_opt_in: args.require_opt_in,
-    };
+    let policy = policy(args);
     if !policy.is_open() {
         info!(
             "restricted: {}{}",
@@ -109,31 +115,63 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
             }
         );
     }
-    let mut waker = Waker::new(
-        LibvirtConnector::new(args.libvirt_uri.clone()),
-        args.rescan_interval,
-    )
-    .with_policy(policy);
-    match CacheDirSource::from_env(args.cache_dir.as_deref()) {
-        Some(source) => match IndexFile::open(&source, &args.libvirt_uri) {
-            Ok(file) => waker = waker.with_cache(file),
-            Err(e) => {
-                warn!("MAC index cache disabled: {e}; every activation will read all domains' XML")
-            }
-        },
-        None => warn!("MAC index cache disabled: no cache directory (set --cache-dir)"),
+    if args.dry_run {
+        info!("dry run: wake requests are decided and logged, nothing is started");
     }
+    let fleet = Fleet::new(hosts(args, &policy), args.dry_run);
     let config = Config {
         idle_timeout,
         dedupe_window: args.dedupe_window,
     };
     let gateway = Gateway::new(
         listeners.sockets,
-        waker,
+        fleet,
         config,
         shutdown,
         Notifier::from_env(),
     );
     let (exit, _stats) = gateway.run();
     Ok(exit.code())
+}
+
+fn policy(args: &Args) -> Policy {
+    Policy {
+        allow: args.allow.clone(),
+        require_opt_in: args.require_opt_in,
+    }
+}
+
+/// One waker per `--libvirt-uri`, each with its own index file.
+fn hosts(args: &Args, policy: &Policy) -> Vec<Waker<LibvirtConnector>> {
+    let cache_dir = CacheDirSource::from_env(args.cache_dir.as_deref());
+    if cache_dir.is_none() {
+        warn!("MAC index cache disabled: no cache directory (set --cache-dir)");
+    }
+    args.libvirt_uri
+        .iter()
+        .map(|uri| {
+            let waker = Waker::new(LibvirtConnector::new(uri.clone()), args.rescan_interval)
+                .with_policy(policy.clone());
+            match cache_dir.as_ref().map(|dir| IndexFile::open(dir, uri)) {
+                Some(Ok(file)) => waker.with_cache(file),
+                Some(Err(e)) => {
+                    warn!("MAC index cache disabled for {uri}: {e}; every activation will read all domains' XML");
+                    waker
+                }
+                None => waker,
+            }
+        })
+        .collect()
+}
+
+/// `list`: the table on stdout, unreachable hosts on stderr (status 1).
+fn list(args: &Args) -> i32 {
+    let policy = policy(args);
+    let mut hosts = hosts(args, &policy);
+    let (table, problems) = list::list(&mut hosts, &policy);
+    print!("{table}");
+    for problem in &problems {
+        error!("{problem}");
+    }
+    i32::from(!problems.is_empty())
 }

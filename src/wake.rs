@@ -25,6 +25,8 @@ pub struct Candidate {
     pub uuid: String,
     /// Its state right now.
     pub state: DomainState,
+    /// Which host (position in the list of URIs) it is on.
+    pub host: usize,
 }
 
 /// The decision for one MAC.
@@ -131,6 +133,17 @@ pub enum Outcome {
     },
     /// No domain on the hypervisor has the MAC.
     NoMatch,
+    /// A dry run: `action` would have been done to `domain`.
+    DryRun {
+        /// The domain that would be acted on.
+        domain: String,
+        /// Its state.
+        state: DomainState,
+        /// What would be done.
+        action: Action,
+        /// The start would restore a managed-save image.
+        restored: bool,
+    },
     /// Listing domains failed although the connection is alive.
     LookupFailed {
         /// libvirt's error.
@@ -158,6 +171,9 @@ impl Outcome {
                 format!("refused to wake {} ({mac})", domains.join(", "))
             }
             Outcome::NoMatch => format!("no domain has {mac}"),
+            Outcome::DryRun { domain, action, .. } => {
+                format!("dry run: would {} {domain} ({mac})", action.as_str())
+            }
             Outcome::LookupFailed { .. } => format!("lookup of {mac} failed"),
         }
     }
@@ -167,6 +183,190 @@ impl Outcome {
 /// restarted); the request should be kept and retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable(pub HvError);
+
+/// Every configured libvirt URI, searched together for each MAC.
+pub struct Fleet<C: Connector> {
+    hosts: Vec<Waker<C>>,
+    dry_run: bool,
+    uris: String,
+}
+
+impl<C: Connector> Fleet<C> {
+    /// The hosts, in `--libvirt-uri` order; with `dry_run` nothing is changed.
+    pub fn new(hosts: Vec<Waker<C>>, dry_run: bool) -> Self {
+        let uris = hosts.iter().map(Waker::uri).collect::<Vec<_>>().join(", ");
+        Fleet {
+            hosts,
+            dry_run,
+            uris,
+        }
+    }
+
+    /// Finds the domain owning `mac` on any host and brings it up.
+    pub fn wake(&mut self, mac: Mac) -> Result<Outcome, Unreachable> {
+        wake_across(&mut self.hosts, mac, self.dry_run)
+    }
+
+    /// The URIs, for messages.
+    pub fn uris(&self) -> &str {
+        &self.uris
+    }
+
+    /// Full domain scans made so far, on all hosts.
+    pub fn scans(&self) -> u64 {
+        self.hosts.iter().map(Waker::scans).sum()
+    }
+
+    /// The hosts.
+    pub fn hosts_mut(&mut self) -> &mut [Waker<C>] {
+        &mut self.hosts
+    }
+}
+
+/// What one host knows about a MAC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// Domains with the MAC that the policy permits, with their state.
+    pub candidates: Vec<Candidate>,
+    /// Domains with the MAC that the policy refuses, and why.
+    pub refused: Vec<(String, Refusal)>,
+}
+
+/// Why a host could not answer a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// Not reachable (or the connection died): retry later.
+    Unreachable(HvError),
+    /// Reachable, but listing its domains failed.
+    Failed(HvError),
+}
+
+/// A successful (or, in a dry run, planned) action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// A start that restores (or would restore) a managed-save image.
+    pub restored: bool,
+}
+
+/// Decides and acts for `mac` across every host: the candidates of all
+/// reachable hosts go through one [`plan`], so the ambiguity rule spans
+/// hosts. A host that cannot be reached does not block the others; only
+/// when no host answered is the request `Unreachable` (to be retried). With
+/// `dry_run` nothing is changed and the outcome says what would have been.
+pub fn wake_across<C: Connector>(
+    hosts: &mut [Waker<C>],
+    mac: Mac,
+    dry_run: bool,
+) -> Result<Outcome, Unreachable> {
+    let several = hosts.len() > 1;
+    let label = |host: &Waker<C>, name: &str| {
+        if several {
+            format!("{name} on {}", host.uri())
+        } else {
+            name.to_owned()
+        }
+    };
+    let mut candidates = Vec::new();
+    let mut refused = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut failed = None;
+    for (i, host) in hosts.iter_mut().enumerate() {
+        let result = host.lookup(mac);
+        if several {
+            // With one host the gateway reports the outage itself; with
+            // several, each host's outage is reported once here, since the
+            // others carry on.
+            match &result {
+                Err(HostError::Unreachable(e)) if !host.reported_down => {
+                    warn!(
+                        "cannot reach libvirt at {}: {e}; searching the other hosts until it answers",
+                        host.uri()
+                    );
+                    host.reported_down = true;
+                }
+                Ok(_) if host.reported_down => {
+                    info!("libvirt at {} is reachable again", host.uri());
+                    host.reported_down = false;
+                }
+                _ => {}
+            }
+        }
+        match result {
+            Ok(lookup) => {
+                candidates.extend(lookup.candidates.into_iter().map(|c| Candidate {
+                    name: label(host, &c.name),
+                    host: i,
+                    ..c
+                }));
+                refused.extend(
+                    lookup
+                        .refused
+                        .into_iter()
+                        .map(|(n, r)| (label(host, &n), r)),
+                );
+            }
+            Err(HostError::Unreachable(e)) => {
+                let error = if several {
+                    HvError(format!("{}: {e}", host.uri()))
+                } else {
+                    e
+                };
+                unreachable.push(error);
+            }
+            Err(HostError::Failed(e)) => failed = Some(e),
+        }
+    }
+    if !unreachable.is_empty() && unreachable.len() == hosts.len() {
+        let messages: Vec<String> = unreachable.iter().map(|e| e.0.clone()).collect();
+        return Err(Unreachable(HvError(messages.join("; "))));
+    }
+    for error in &unreachable {
+        debug!("not searched for {mac}: {error}");
+    }
+    let outcome = match plan(&candidates) {
+        Plan::NoMatch => match (failed, refused.first()) {
+            (Some(error), _) => Outcome::LookupFailed { error },
+            (None, Some((_, reason))) => Outcome::Refused {
+                reason: *reason,
+                domains: refused.into_iter().map(|(name, _)| name).collect(),
+            },
+            (None, None) => Outcome::NoMatch,
+        },
+        Plan::Ambiguous => Outcome::Ambiguous {
+            domains: candidates.iter().map(|c| c.name.clone()).collect(),
+        },
+        Plan::AlreadyUp { domain } => Outcome::AlreadyUp {
+            domain: domain.name.clone(),
+            state: domain.state,
+            others: candidates
+                .iter()
+                .filter(|c| (c.host, &c.uuid) != (domain.host, &domain.uuid))
+                .map(|c| c.name.clone())
+                .collect(),
+        },
+        Plan::Act { domain, action } => match hosts[domain.host].act(domain, action, dry_run)? {
+            Ok(Started { restored }) if dry_run => Outcome::DryRun {
+                domain: domain.name.clone(),
+                state: domain.state,
+                action,
+                restored,
+            },
+            Ok(Started { restored }) => Outcome::Done {
+                domain: domain.name.clone(),
+                state: domain.state,
+                action,
+                restored,
+            },
+            Err(error) => Outcome::Failed {
+                domain: domain.name.clone(),
+                state: domain.state,
+                action,
+                error,
+            },
+        },
+    };
+    Ok(outcome)
+}
 
 /// Runs wake requests against one libvirt URI.
 pub struct Waker<C: Connector> {
@@ -179,6 +379,8 @@ pub struct Waker<C: Connector> {
     /// Until this process has scanned, the index file is worth asking.
     consult_file: bool,
     policy: Policy,
+    /// Reported as unreachable (with several hosts), until it answers again.
+    reported_down: bool,
     rescan_interval: Duration,
     scans: u64,
 }
@@ -194,6 +396,7 @@ impl<C: Connector> Waker<C> {
             cache: None,
             consult_file: true,
             policy: Policy::default(),
+            reported_down: false,
             rescan_interval,
             scans: 0,
         }
@@ -238,29 +441,33 @@ impl<C: Connector> Waker<C> {
         }
     }
 
-    /// Finds the domain owning `mac` and brings it up.
-    ///
-    /// `Err(Unreachable)` means nothing was decided: libvirt could not be
-    /// reached, or the connection died mid-request. Every other result,
-    /// including libvirt refusing the action, is an [`Outcome`].
+    /// Finds the domain owning `mac` on this host and brings it up (see
+    /// [`wake_across`], of which this is the one-host case).
     pub fn wake(&mut self, mac: Mac) -> Result<Outcome, Unreachable> {
-        // A connection that died since the last request (libvirtd restarted)
-        // gets one immediate reconnect before libvirt counts as unreachable.
+        wake_across(std::slice::from_mut(self), mac, false)
+    }
+
+    /// The domains on this host that own `mac`, with their current state,
+    /// and those the policy refuses.
+    ///
+    /// A connection that died since the last request (libvirtd restarted)
+    /// gets one immediate reconnect before the host counts as unreachable.
+    pub fn lookup(&mut self, mac: Mac) -> Result<Lookup, HostError> {
         let mut reconnected = false;
         loop {
-            self.connect()?;
-            match self.try_wake(mac) {
-                Ok(outcome) => return Ok(outcome),
+            self.connect()
+                .map_err(|Unreachable(e)| HostError::Unreachable(e))?;
+            match self.try_lookup(mac) {
+                Ok(lookup) => return Ok(lookup),
                 Err(error) if self.connection.as_ref().is_some_and(|c| c.is_alive()) => {
-                    return Ok(Outcome::LookupFailed { error });
+                    return Err(HostError::Failed(error));
                 }
                 Err(error) => {
                     // Dead connection: drop it (and the index, which may be
                     // stale after a daemon restart).
-                    self.connection = None;
-                    self.index = None;
+                    self.drop_connection();
                     if reconnected {
-                        return Err(Unreachable(error));
+                        return Err(HostError::Unreachable(error));
                     }
                     debug!("connection to {} lost ({error}); reconnecting", self.uri());
                     reconnected = true;
@@ -269,7 +476,12 @@ impl<C: Connector> Waker<C> {
         }
     }
 
-    fn try_wake(&mut self, mac: Mac) -> Result<Outcome, HvError> {
+    fn drop_connection(&mut self) {
+        self.connection = None;
+        self.index = None;
+    }
+
+    fn try_lookup(&mut self, mac: Mac) -> Result<Lookup, HvError> {
         let mut owners = self.owners(mac)?;
         let mut refused = Vec::new();
         owners.retain(|owner| match self.policy.check(owner, mac) {
@@ -279,14 +491,6 @@ impl<C: Connector> Waker<C> {
                 false
             }
         });
-        if owners.is_empty() {
-            if let Some((_, reason)) = refused.first() {
-                return Ok(Outcome::Refused {
-                    reason: *reason,
-                    domains: refused.into_iter().map(|(name, _)| name).collect(),
-                });
-            }
-        }
         let Some(hv) = self.connection.as_deref() else {
             return Err(HvError("not connected".into()));
         };
@@ -297,6 +501,7 @@ impl<C: Connector> Waker<C> {
                     name: owner.name,
                     uuid: owner.uuid,
                     state,
+                    host: 0,
                 }),
                 Err(e) if hv.is_alive() => {
                     // Undefined since the scan: forget the index so the next
@@ -307,43 +512,66 @@ impl<C: Connector> Waker<C> {
                 Err(e) => return Err(e),
             }
         }
-        let outcome = match plan(&candidates) {
-            Plan::NoMatch => Outcome::NoMatch,
-            Plan::Ambiguous => Outcome::Ambiguous {
-                domains: candidates.iter().map(|c| c.name.clone()).collect(),
-            },
-            Plan::AlreadyUp { domain } => Outcome::AlreadyUp {
-                domain: domain.name.clone(),
-                state: domain.state,
-                others: candidates
-                    .iter()
-                    .filter(|c| c.uuid != domain.uuid)
-                    .map(|c| c.name.clone())
-                    .collect(),
-            },
-            Plan::Act { domain, action } => {
-                // Only a start can restore an image; a failing query just
-                // means the log will not mention it.
-                let restored =
-                    action == Action::Start && hv.has_managed_save(&domain.uuid).unwrap_or(false);
-                match hv.perform(&domain.uuid, action) {
-                    Ok(()) => Outcome::Done {
-                        domain: domain.name.clone(),
-                        state: domain.state,
-                        action,
-                        restored,
-                    },
-                    Err(e) if !hv.is_alive() => return Err(e),
-                    Err(error) => Outcome::Failed {
-                        domain: domain.name.clone(),
-                        state: domain.state,
-                        action,
-                        error,
-                    },
-                }
-            }
+        Ok(Lookup {
+            candidates,
+            refused,
+        })
+    }
+
+    /// Performs `action` on `domain` (or only says what it would do, with
+    /// `dry_run`). The outer `Err` means the connection died.
+    pub fn act(
+        &mut self,
+        domain: &Candidate,
+        action: Action,
+        dry_run: bool,
+    ) -> Result<Result<Started, HvError>, Unreachable> {
+        let Some(hv) = self.connection.as_deref() else {
+            return Err(Unreachable(HvError("not connected".into())));
         };
-        Ok(outcome)
+        // Only a start can restore an image; a failing query just means the
+        // log will not mention it.
+        let restored =
+            action == Action::Start && hv.has_managed_save(&domain.uuid).unwrap_or(false);
+        if dry_run {
+            return Ok(Ok(Started { restored }));
+        }
+        match hv.perform(&domain.uuid, action) {
+            Ok(()) => Ok(Ok(Started { restored })),
+            Err(e) if !hv.is_alive() => {
+                self.drop_connection();
+                Err(Unreachable(e))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Every domain of this host with its MACs, state and managed-save image,
+    /// for `list`.
+    pub fn inventory(&mut self) -> Result<Vec<crate::list::Entry>, HostError> {
+        let hv = self
+            .connect()
+            .map_err(|Unreachable(e)| HostError::Unreachable(e))?;
+        let records = hv.domains().map_err(HostError::Failed)?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let state = hv.state(&record.uuid).ok();
+                let managed_save = state == Some(DomainState::ShutOff)
+                    && hv.has_managed_save(&record.uuid).unwrap_or(false);
+                crate::list::Entry {
+                    host: 0,
+                    domain: DomainRef {
+                        name: record.name,
+                        uuid: record.uuid,
+                        wake_opt_in: record.wake_opt_in,
+                    },
+                    macs: record.macs,
+                    state,
+                    managed_save,
+                }
+            })
+            .collect())
     }
 
     /// The domains the index says own `mac`. Until this process has scanned,
@@ -465,6 +693,7 @@ mod tests {
             name: name.into(),
             uuid: format!("uuid-{name}"),
             state,
+            host: 0,
         }
     }
 
