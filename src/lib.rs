@@ -23,7 +23,6 @@ pub mod notify;
 pub mod packet;
 pub mod policy;
 pub mod ratelimit;
-pub mod raw;
 pub mod sockets;
 pub mod wake;
 
