@@ -47,6 +47,21 @@ proptest! {
     }
 
     #[test]
+    fn a_sync_stream_of_five_bytes_is_rejected(
+        mac in unicast_mac(),
+        broken in 0usize..6,
+        prefix in proptest::collection::vec(0u8..0xff, 0..50),
+    ) {
+        // Random bytes before it, but never 0xff, so the sync cannot be
+        // completed from the prefix.
+        let mut datagram = prefix;
+        let mut packet = magic_packet(mac);
+        packet[broken] = 0x00;
+        datagram.extend(packet);
+        prop_assert!(packet::parse(&datagram).is_err());
+    }
+
+    #[test]
     fn fifteen_repetitions_are_rejected(mac in unicast_mac()) {
         let mut datagram = magic_packet(mac);
         datagram.truncate(96);
