@@ -2,7 +2,7 @@
 //!
 //! One thread polls the sockets (and a signal pipe), drains every queued
 //! datagram into a list of pending wake requests (one per MAC: repeats are
-//! duplicates), then acts on them through the [`Waker`]. When libvirt is
+//! duplicates), then acts on them through the [`Fleet`]. When libvirt is
 //! unreachable the requests stay pending and are retried with backoff. After
 //! `idle_timeout` without a datagram the process exits; the socket stays with
 //! systemd, which starts us again for the next packet.
@@ -179,7 +179,7 @@ struct Outage {
 /// The gateway: sockets in, wake requests out.
 pub struct Gateway<C: Connector> {
     sockets: Vec<UdpSocket>,
-    waker: Fleet<C>,
+    fleet: Fleet<C>,
     config: Config,
     shutdown: Shutdown,
     notifier: Notifier,
@@ -198,10 +198,10 @@ pub struct Gateway<C: Connector> {
 }
 
 impl<C: Connector> Gateway<C> {
-    /// A gateway serving `sockets` (non-blocking) with `waker`.
+    /// A gateway serving `sockets` (non-blocking), waking through `fleet`.
     pub fn new(
         sockets: Vec<UdpSocket>,
-        waker: Fleet<C>,
+        fleet: Fleet<C>,
         config: Config,
         shutdown: Shutdown,
         notifier: Notifier,
@@ -215,7 +215,7 @@ impl<C: Connector> Gateway<C> {
             .collect();
         Gateway {
             sockets,
-            waker,
+            fleet,
             config,
             shutdown,
             notifier,
@@ -240,7 +240,7 @@ impl<C: Connector> Gateway<C> {
         info!(
             "{}; libvirt {}; {}",
             self.last_event,
-            self.waker.uris(),
+            self.fleet.uris(),
             match self.config.idle_timeout {
                 Some(t) => format!("exiting after {} s without packets", t.as_secs_f64()),
                 None => "running until stopped".into(),
@@ -410,7 +410,7 @@ impl<C: Connector> Gateway<C> {
                 return;
             }
             let (mac, source, repeats) = (request.mac, request.source, request.repeats);
-            match self.waker.wake(mac) {
+            match self.fleet.wake(mac) {
                 Ok(outcome) => {
                     self.pending.pop_front();
                     self.end_outage();
@@ -455,7 +455,7 @@ impl<C: Connector> Gateway<C> {
 
     fn begin_or_extend_outage(&mut self, error: String) {
         let now = Instant::now();
-        let uri = self.waker.uris().to_owned();
+        let uri = self.fleet.uris().to_owned();
         let pending = self.pending.len();
         let outage = self.outage.get_or_insert_with(|| {
             error!(
@@ -491,7 +491,7 @@ impl<C: Connector> Gateway<C> {
         if let Some(outage) = self.outage.take() {
             info!(
                 "libvirt at {} is reachable again after {:.1} s; acting on {} pending wake request(s)",
-                self.waker.uris(),
+                self.fleet.uris(),
                 outage.since.elapsed().as_secs_f64(),
                 self.pending.len() + 1
             );
@@ -501,7 +501,7 @@ impl<C: Connector> Gateway<C> {
     /// One log line per decision, with the journal fields MAC, SOURCE,
     /// DOMAIN, STATE, ACTION and RESULT.
     fn report(&mut self, mac: Mac, source: SocketAddr, repeats: u32, outcome: &Outcome) {
-        let uri = self.waker.uris().to_owned();
+        let uri = self.fleet.uris().to_owned();
         let burst = match repeats {
             0 => String::new(),
             1 => " (1 duplicate packet in this burst ignored)".into(),
@@ -614,7 +614,7 @@ impl<C: Connector> Gateway<C> {
         if let Some(n) = self.unknown_macs.close_window(now, force) {
             warn!(
                 "{n} more wake requests for MACs no domain on {} has in the last {window} s",
-                self.waker.uris()
+                self.fleet.uris()
             );
         }
         if let Some(n) = self.overflow.close_window(now, force) {
@@ -654,7 +654,7 @@ impl<C: Connector> Gateway<C> {
 
     fn finish(&mut self, exit: Exit) {
         self.log_summaries(Instant::now(), true);
-        let uri = self.waker.uris().to_owned();
+        let uri = self.fleet.uris().to_owned();
         let unacted: Vec<String> = self.pending.macs().map(Mac::to_string).collect();
         let why = match exit {
             Exit::Idle => "idle timeout",
@@ -689,7 +689,7 @@ impl<C: Connector> Gateway<C> {
             "exiting ({why}): {datagrams} datagrams, {handled} wake requests handled, \
              {duplicates} duplicates, {rejected} invalid{dropped}; {} libvirt scans; \
              {:.1} ms spent reading datagrams",
-            self.waker.scans(),
+            self.fleet.scans(),
             drain_time.as_secs_f64() * 1e3
         );
         self.notifier
