@@ -21,11 +21,11 @@ pub struct Args {
     pub command: Option<Command>,
 
     /// UDP address to listen on when systemd passes no socket. Repeat the flag
-    /// for several addresses, e.g. 0.0.0.0:9 and [::]:9.
+    /// for several addresses, e.g. 0.0.0.0:9 and [::]:9. Default: 127.0.0.1:9,
+    /// unless --raw-interface is given (then no UDP socket).
     #[arg(
         long = "listen-address",
         value_name = "IP:PORT",
-        default_value = "127.0.0.1:9",
         value_parser = parse_socket_addr
     )]
     pub listen_address: Vec<SocketAddr>,

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::net::{SocketAddr, UdpSocket};
+
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::hypervisor::{Action, Connector};
 use crate::notify::Notifier;
 use crate::packet::{self, Mac};
 use crate::ratelimit::RateLimiter;
+use crate::sockets::{Listener, Source};
 use crate::wake::{Fleet, Outcome, Unreachable};
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
@@ -57,6 +58,8 @@ pub enum Exit {
     Signal,
     /// Idle timeout passed while libvirt stayed unreachable; requests were lost.
     GaveUp,
+    /// A raw listener's interface disappeared.
+    ListenerLost,
 }
 
 impl Exit {
@@ -64,7 +67,7 @@ impl Exit {
     pub fn code(self) -> i32 {
         match self {
             Exit::Idle | Exit::Signal => 0,
-            Exit::GaveUp => 1,
+            Exit::GaveUp | Exit::ListenerLost => 1,
         }
     }
 }
@@ -120,7 +123,7 @@ pub struct Stats {
 
 struct Request {
     mac: Mac,
-    source: SocketAddr,
+    source: Source,
     repeats: u32,
 }
 
@@ -178,7 +181,7 @@ struct Outage {
 
 /// The gateway: sockets in, wake requests out.
 pub struct Gateway<C: Connector> {
-    sockets: Vec<UdpSocket>,
+    listeners: Vec<Listener>,
     fleet: Fleet<C>,
     config: Config,
     shutdown: Shutdown,
@@ -192,6 +195,7 @@ pub struct Gateway<C: Connector> {
     duplicates: RateLimiter,
     outage: Option<Outage>,
     last_datagram: Instant,
+    listener_lost: bool,
     last_event: String,
     stats: Stats,
     buf: Vec<u8>,
@@ -200,21 +204,15 @@ pub struct Gateway<C: Connector> {
 impl<C: Connector> Gateway<C> {
     /// A gateway serving `sockets` (non-blocking), waking through `fleet`.
     pub fn new(
-        sockets: Vec<UdpSocket>,
+        listeners: Vec<Listener>,
         fleet: Fleet<C>,
         config: Config,
         shutdown: Shutdown,
         notifier: Notifier,
     ) -> Self {
-        let addresses: Vec<String> = sockets
-            .iter()
-            .map(|s| {
-                s.local_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string())
-            })
-            .collect();
+        let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
         Gateway {
-            sockets,
+            listeners,
             fleet,
             config,
             shutdown,
@@ -228,6 +226,7 @@ impl<C: Connector> Gateway<C> {
             duplicates: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             outage: None,
             last_datagram: Instant::now(),
+            listener_lost: false,
             last_event: format!("listening on {}", addresses.join(", ")),
             stats: Stats::default(),
             buf: vec![0; MAX_DATAGRAM],
@@ -255,6 +254,9 @@ impl<C: Connector> Gateway<C> {
             self.log_summaries(now, false);
             if self.shutdown.requested() {
                 break Exit::Signal;
+            }
+            if self.listener_lost {
+                break Exit::ListenerLost;
             }
             if self.retry_due(now) {
                 self.act_on_pending();
@@ -307,7 +309,7 @@ impl<C: Connector> Gateway<C> {
             }
         });
         let mut fds: Vec<PollFd<'_>> = self
-            .sockets
+            .listeners
             .iter()
             .map(|s| PollFd::new(s, PollFlags::IN))
             .collect();
@@ -328,14 +330,22 @@ impl<C: Connector> Gateway<C> {
         // a few milliseconds, far below every window it feeds.
         let now = Instant::now();
         let mut read = 0;
-        for i in 0..self.sockets.len() {
+        for i in 0..self.listeners.len() {
             while read < MAX_DRAIN_BATCH {
-                let (len, source) = match self.sockets[i].recv_from(&mut self.buf) {
+                let (len, source) = match self.listeners[i].recv(&mut self.buf) {
                     Ok(received) => received,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        // A raw interface was deleted: its socket can never
+                        // receive again. Exit (status 1) so the unit's
+                        // Restart= opens it anew once the interface is back.
+                        error!("{}: {e}; exiting", self.listeners[i].describe());
+                        self.listener_lost = true;
+                        break;
+                    }
                     Err(e) => {
-                        debug!("recv failed: {e}");
+                        warn!("{}: {e}", self.listeners[i].describe());
                         break;
                     }
                 };
@@ -358,7 +368,7 @@ impl<C: Connector> Gateway<C> {
         self.stats.drain_time += now.elapsed();
     }
 
-    fn enqueue(&mut self, mac: Mac, source: SocketAddr, now: Instant) {
+    fn enqueue(&mut self, mac: Mac, source: Source, now: Instant) {
         if let Some(request) = self.pending.get_mut(mac) {
             // Part of the same burst: reported on the request's own line.
             request.repeats += 1;
@@ -409,7 +419,7 @@ impl<C: Connector> Gateway<C> {
             if self.shutdown.requested() {
                 return;
             }
-            let (mac, source, repeats) = (request.mac, request.source, request.repeats);
+            let (mac, source, repeats) = (request.mac, request.source.clone(), request.repeats);
             match self.fleet.wake(mac) {
                 Ok(outcome) => {
                     self.pending.pop_front();
@@ -500,7 +510,7 @@ impl<C: Connector> Gateway<C> {
 
     /// One log line per decision, with the journal fields MAC, SOURCE,
     /// DOMAIN, STATE, ACTION and RESULT.
-    fn report(&mut self, mac: Mac, source: SocketAddr, repeats: u32, outcome: &Outcome) {
+    fn report(&mut self, mac: Mac, source: Source, repeats: u32, outcome: &Outcome) {
         let uri = self.fleet.uris().to_owned();
         let burst = match repeats {
             0 => String::new(),
@@ -660,6 +670,7 @@ impl<C: Connector> Gateway<C> {
             Exit::Idle => "idle timeout",
             Exit::Signal => "signal",
             Exit::GaveUp => "idle timeout with libvirt unreachable",
+            Exit::ListenerLost => "a listened-on interface disappeared",
         };
         if !unacted.is_empty() {
             let error = self

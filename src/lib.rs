@@ -23,6 +23,7 @@ pub mod notify;
 pub mod packet;
 pub mod policy;
 pub mod ratelimit;
+pub mod raw;
 pub mod sockets;
 pub mod wake;
 
@@ -75,7 +76,7 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     // Claim the passed sockets before anything else opens a file descriptor:
     // with a wrong LISTEN_FDS count, fd 3+n could otherwise be one of ours
     // (the journal socket, the signal pipe) and be taken for a passed one.
-    let listeners = sockets::acquire(&args.listen_address);
+    let listeners = sockets::acquire(&args.listen_address, &args.raw_interface);
     logging::init();
     match listeners.and_then(|listeners| serve(&args, listeners)) {
         Ok(code) => code,
@@ -89,15 +90,15 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
 fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
     use anyhow::Context;
 
-    if !args.raw_interface.is_empty() {
-        anyhow::bail!("--raw-interface is not available in this build yet");
-    }
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
-    let idle_timeout = match (args.idle_timeout, listeners.origin) {
-        (Some(Duration::ZERO), _) => None,
-        (Some(timeout), _) => Some(timeout),
-        (None, Origin::Activated) => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
-        (None, Origin::Bound) => None,
+    // Only a socket systemd holds for us survives our exit; raw listeners
+    // and our own sockets would close, so those run until stopped.
+    let always_on = listeners.origin == Origin::Bound || !args.raw_interface.is_empty();
+    let idle_timeout = match args.idle_timeout {
+        Some(Duration::ZERO) => None,
+        Some(timeout) => Some(timeout),
+        None if always_on => None,
+        None => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
     };
     let policy = policy(args);
     if !policy.is_open() {
@@ -123,7 +124,7 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         dedupe_window: args.dedupe_window,
     };
     let gateway = Gateway::new(
-        listeners.sockets,
+        listeners.listeners,
         fleet,
         config,
         shutdown,

@@ -1,10 +1,78 @@
-//! Socket acquisition: the UDP sockets systemd passed in, or our own.
+//! Socket acquisition: the UDP sockets systemd passed in, or our own, and
+//! the raw Ethernet listeners of `--raw-interface`.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result, bail};
 use listenfd::ListenFd;
+
+use crate::raw::{RawListener, RawSource};
+
+/// Where a wake request came from: a UDP sender, or a raw Ethernet frame's
+/// sender on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A UDP datagram's source address.
+    Udp(SocketAddr),
+    /// A raw frame's source MAC and interface.
+    Raw(RawSource),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Udp(addr) => addr.fmt(f),
+            Source::Raw(raw) => raw.fmt(f),
+        }
+    }
+}
+
+/// Something the gateway reads wake requests from.
+#[derive(Debug)]
+pub enum Listener {
+    /// A UDP socket (passed by systemd or bound by us).
+    Udp(UdpSocket),
+    /// An AF_PACKET socket for ethertype 0x0842 on one interface.
+    Raw(RawListener),
+}
+
+impl Listener {
+    /// Reads one datagram or frame payload into `buf` (non-blocking).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Source)> {
+        match self {
+            Listener::Udp(socket) => socket
+                .recv_from(buf)
+                .map(|(len, addr)| (len, Source::Udp(addr))),
+            Listener::Raw(raw) => raw.recv(buf).map(|(len, from)| (len, Source::Raw(from))),
+        }
+    }
+
+    /// What it listens on, for the log (`127.0.0.1:9`, `raw eth0`).
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Udp(socket) => socket
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
+            Listener::Raw(raw) => format!("raw Ethernet on {}", raw.interface()),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Udp(socket) => socket.as_fd(),
+            Listener::Raw(raw) => raw.as_fd(),
+        }
+    }
+}
+
+/// The address bound when neither systemd passes a socket nor
+/// `--listen-address` or `--raw-interface` is given.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9";
 
 /// Where the sockets came from; decides the default idle timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,18 +84,20 @@ pub enum Origin {
     Bound,
 }
 
-/// The non-blocking UDP sockets the gateway serves.
+/// The non-blocking listeners the gateway serves.
 #[derive(Debug)]
 pub struct Listeners {
-    /// The sockets, in `LISTEN_FDS` or `--listen-address` order.
-    pub sockets: Vec<UdpSocket>,
-    /// Where they came from.
+    /// UDP sockets in `LISTEN_FDS` or `--listen-address` order, then the raw
+    /// listeners in `--raw-interface` order.
+    pub listeners: Vec<Listener>,
+    /// Where the UDP sockets came from.
     pub origin: Origin,
 }
 
 /// Takes every socket systemd passed, or, with none passed, binds each of
-/// `listen_addresses`.
-pub fn acquire(listen_addresses: &[SocketAddr]) -> Result<Listeners> {
+/// `listen_addresses` (the default address if there are none and no raw
+/// interface either); then opens each raw interface.
+pub fn acquire(listen_addresses: &[SocketAddr], raw_interfaces: &[String]) -> Result<Listeners> {
     let mut passed = ListenFd::from_env();
     let (sockets, origin) = if passed.len() > 0 {
         let sockets = (0..passed.len())
@@ -35,18 +105,28 @@ pub fn acquire(listen_addresses: &[SocketAddr]) -> Result<Listeners> {
             .collect::<Result<Vec<_>>>()?;
         (sockets, Origin::Activated)
     } else {
+        let default: Vec<SocketAddr> = match (listen_addresses, raw_interfaces) {
+            ([], []) => DEFAULT_LISTEN_ADDRESS.parse().into_iter().collect(),
+            _ => Vec::new(),
+        };
         let sockets = listen_addresses
             .iter()
+            .chain(&default)
             .map(|addr| bind(*addr))
             .collect::<Result<Vec<_>>>()?;
         (sockets, Origin::Bound)
     };
-    for socket in &sockets {
+    let mut listeners = Vec::with_capacity(sockets.len() + raw_interfaces.len());
+    for socket in sockets {
         socket
             .set_nonblocking(true)
             .context("cannot make a listening socket non-blocking")?;
+        listeners.push(Listener::Udp(socket));
     }
-    Ok(Listeners { sockets, origin })
+    for interface in raw_interfaces {
+        listeners.push(Listener::Raw(RawListener::open(interface)?));
+    }
+    Ok(Listeners { listeners, origin })
 }
 
 /// Takes passed socket `i`, explaining what it is when it is not UDP.

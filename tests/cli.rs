@@ -22,7 +22,9 @@ fn help_documents_every_flag_with_its_default() {
     let help = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "--listen-address <IP:PORT>",
-        "[default: 127.0.0.1:9]",
+        "127.0.0.1:9",
+        "--raw-interface <IFACE>",
+        "--dry-run",
         "--libvirt-uri <URI>",
         "[default: qemu:///system]",
         "--idle-timeout <DURATION>",
