@@ -70,6 +70,23 @@ if problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then
 fi
 echo "check-units: systemd-analyze verify: ok ($socket, $service)"
 
+# 1b. The raw-Ethernet template unit, verified as an instance (a template
+#     itself cannot be loaded). It is always on and needs CAP_NET_RAW and the
+#     real network, so it is not held to the socket-activated unit's score.
+raw=systemd/$name-raw@.service
+if [[ -f $raw ]]; then
+    sed "s|^ExecStart=[^ ]*|ExecStart=$bin|" "$raw" >"$tmp/$name-raw@.service"
+    if ! out=$(systemd-analyze verify --man=no "$tmp/$name-raw@eth0.service" 2>&1) ||
+        problems=$(grep -F -e "$tmp" -e "$name-raw" <<<"$out"); then
+        echo "$out" >&2
+        fail "systemd-analyze verify failed for $raw"
+    fi
+    grep -qx "User=$name" "$raw" || fail "$raw must run as User=$name"
+    raw_score=$(systemd-analyze security --offline=yes --root=/ --no-pager "$tmp/$name-raw@eth0.service" 2>&1 |
+        sed -n 's/.*Overall exposure level for .*: \([0-9][0-9]*\.[0-9]*\).*/\1/p' | tail -n 1)
+    echo "check-units: systemd-analyze verify: ok ($raw); offline exposure ${raw_score:-?}"
+fi
+
 # 2. sysusers syntax.
 mkdir "$tmp/root"
 # (An absolute path: a relative one is looked up under --root.)

@@ -16,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan)
+packages=(libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
