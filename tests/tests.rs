@@ -4,6 +4,7 @@
 mod util;
 
 mod activation;
+mod assets;
 mod cli;
 mod e2e_faults;
 mod e2e_journald;
