@@ -216,11 +216,6 @@ impl<C: Connector> Fleet<C> {
     pub fn scans(&self) -> u64 {
         self.hosts.iter().map(Waker::scans).sum()
     }
-
-    /// The hosts.
-    pub fn hosts_mut(&mut self) -> &mut [Waker<C>] {
-        &mut self.hosts
-    }
 }
 
 /// What one host knows about a MAC.
@@ -422,11 +417,6 @@ impl<C: Connector> Waker<C> {
     /// How many full domain scans this waker has made.
     pub fn scans(&self) -> u64 {
         self.scans
-    }
-
-    /// The open connection, if any (tests inspect `test:///` state through it).
-    pub fn connection(&self) -> Option<&dyn Hypervisor> {
-        self.connection.as_deref()
     }
 
     /// Connects now if not connected.
