@@ -75,15 +75,7 @@ fn bad_flag_values_exit_2_with_one_line_naming_the_flag() {
 fn unreachable_uri_exits_1_after_the_idle_timeout_naming_the_uri() {
     let missing = NodeFile::missing();
     let uri = missing.uri();
-    let mut gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &uri,
-        "--idle-timeout",
-        "1s",
-    ])
-    .spawn();
+    let mut gateway = Launch::by_hand(&uri, &["--idle-timeout", "1s"]).spawn();
     wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
     let status = gateway.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "log:\n{}", gateway.log());
@@ -99,15 +91,7 @@ fn unreachable_uri_exits_1_after_the_idle_timeout_naming_the_uri() {
 #[test]
 fn junk_does_not_make_the_gateway_contact_libvirt() {
     let missing = NodeFile::missing();
-    let mut gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &missing.uri(),
-        "--idle-timeout",
-        "500ms",
-    ])
-    .spawn();
+    let mut gateway = Launch::by_hand(&missing.uri(), &["--idle-timeout", "500ms"]).spawn();
     crate::util::send(gateway.listen_addr(), b"not a magic packet");
     let status = gateway.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(0), "{}", gateway.log());

@@ -412,14 +412,9 @@ fn with_journal_stream_naming_another_fd_it_writes_readable_lines_to_stderr() {
     // A real, live journal stream, inherited as a variable only: stderr is
     // the harness's pipe, as for a child of a service that redirected it.
     let (_stream, other) = journal_stream(IDENTIFIER);
-    let gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ])
-    .env("JOURNAL_STREAM", other)
-    .spawn();
+    let gateway = Launch::by_hand(&node.uri(), &[])
+        .env("JOURNAL_STREAM", other)
+        .spawn();
     crate::util::wake(gateway.listen_addr(), WEB01_MAC);
     let line = gateway.wait_for_log("started web01");
     assert!(

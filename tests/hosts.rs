@@ -24,16 +24,10 @@ fn two_nodes() -> (NodeFile, NodeFile) {
 fn a_mac_is_looked_up_on_every_host_and_a_stopped_daemon_blocks_nothing() {
     let (a, b) = two_nodes();
     let (uri_a, uri_b) = (a.uri(), b.uri());
-    let gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
+    let gateway = Launch::by_hand(
         &uri_a,
-        "--libvirt-uri",
-        STOPPED_DAEMON,
-        "--libvirt-uri",
-        &uri_b,
-    ])
+        &["--libvirt-uri", STOPPED_DAEMON, "--libvirt-uri", &uri_b],
+    )
     .spawn();
     let addr = gateway.listen_addr();
     wake(addr, "52:54:00:0a:00:01");
@@ -131,16 +125,7 @@ fn list_shows_each_domain_and_what_a_packet_would_do() {
 #[test]
 fn dry_run_logs_the_decision_and_changes_nothing() {
     let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
-    let gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-        "--dry-run",
-        "--dedupe-window",
-        "0",
-    ])
-    .spawn();
+    let gateway = Launch::by_hand(&node.uri(), &["--dry-run", "--dedupe-window", "0"]).spawn();
     let addr = gateway.listen_addr();
     wake(addr, "52:54:00:aa:bb:cc");
     gateway.wait_for_log("dry run: would start web01 (is shut off)");

@@ -5,13 +5,7 @@ use crate::util::{DEADLINE, Launch, NodeFile, NotifySocket, RunState, domain, wa
 #[test]
 fn run_by_hand_it_starts_the_domain_and_says_so() {
     let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
-    let gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ])
-    .spawn();
+    let gateway = Launch::by_hand(&node.uri(), &[]).spawn();
     wake(gateway.listen_addr(), "52:54:00:AA:BB:CC");
     let line = gateway.wait_for_log("started web01");
     assert!(line.contains("52:54:00:aa:bb:cc from 127.0.0.1:"), "{line}");
@@ -27,16 +21,9 @@ fn libvirt_coming_back_before_the_idle_timeout_gets_the_pending_wake_done() {
     // exactly like a stopped libvirtd: the request must wait, not vanish.
     let node = NodeFile::missing();
     let mut notify = NotifySocket::new();
-    let mut gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-        "--idle-timeout",
-        "4s",
-    ])
-    .env("NOTIFY_SOCKET", notify.path())
-    .spawn();
+    let mut gateway = Launch::by_hand(&node.uri(), &["--idle-timeout", "4s"])
+        .env("NOTIFY_SOCKET", notify.path())
+        .spawn();
     wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
     gateway.wait_for_log("cannot reach libvirt");
     notify.wait_for("STATUS=waiting for libvirt");
@@ -57,15 +44,10 @@ fn libvirt_coming_back_before_the_idle_timeout_gets_the_pending_wake_done() {
 fn sigterm_exits_0_and_tells_systemd_it_is_stopping_and_the_watchdog_is_fed() {
     let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
     let mut notify = NotifySocket::new();
-    let mut gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ])
-    .env("NOTIFY_SOCKET", notify.path())
-    .env("WATCHDOG_USEC", "200000")
-    .spawn();
+    let mut gateway = Launch::by_hand(&node.uri(), &[])
+        .env("NOTIFY_SOCKET", notify.path())
+        .env("WATCHDOG_USEC", "200000")
+        .spawn();
     let ready = notify.wait_for("READY=1");
     // WatchdogSec=: pings at half the interval, even while idle.
     assert!(notify.wait_for("WATCHDOG=1") > ready);
@@ -85,15 +67,7 @@ fn a_refused_wake_is_logged_with_its_reason() {
         domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff),
         domain("db01", "52:54:00:aa:bb:dd", RunState::ShutOff),
     ]);
-    let gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-        "--allow",
-        "db01",
-    ])
-    .spawn();
+    let gateway = Launch::by_hand(&node.uri(), &["--allow", "db01"]).spawn();
     gateway.wait_for_log("only the 1 domain(s) named by --allow");
     wake(gateway.listen_addr(), "52:54:00:aa:bb:cc");
     let line = gateway.wait_for_log("refused to wake web01");
@@ -106,14 +80,9 @@ fn a_refused_wake_is_logged_with_its_reason() {
 fn sigterm_in_the_middle_of_a_flood_exits_0_with_no_request_unaccounted() {
     let node = NodeFile::new(&[domain("web01", "52:54:00:aa:bb:cc", RunState::ShutOff)]);
     let mut notify = NotifySocket::new();
-    let mut gateway = Launch::new(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ])
-    .env("NOTIFY_SOCKET", notify.path())
-    .spawn();
+    let mut gateway = Launch::by_hand(&node.uri(), &[])
+        .env("NOTIFY_SOCKET", notify.path())
+        .spawn();
     let addr = gateway.listen_addr();
     notify.wait_for("READY=1");
     // Junk with wake requests for unknown MACs and web01 mixed in, then

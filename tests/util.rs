@@ -218,6 +218,14 @@ impl Launch {
         }
     }
 
+    /// The binary run by hand: its own socket on an ephemeral loopback port
+    /// (see [`Gateway::listen_addr`]), libvirt at `uri`, then `args`.
+    pub fn by_hand(uri: &str, args: &[&str]) -> Launch {
+        let mut all = vec!["--listen-address", "127.0.0.1:0", "--libvirt-uri", uri];
+        all.extend_from_slice(args);
+        Launch::new(&all)
+    }
+
     /// Passes `fd` as systemd passes a socket: at fd 3 + index, with LISTEN_FDS.
     pub fn pass_fd(mut self, fd: OwnedFd) -> Launch {
         let child_fd = 3 + self.fds.len() as i32;
