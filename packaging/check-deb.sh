@@ -34,15 +34,7 @@ fail() {
 }
 
 install_tools() {
-    local packages=(dpkg-dev binutils gzip) missing=() p
-    for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    .ci/ensure-packages.sh dpkg-dev binutils gzip
     if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
         local start=$SECONDS
         cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked

@@ -16,16 +16,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# etherwake: the raw Ethernet tests (tests/raw.rs) send with it.
+"$(dirname "$0")/../../.ci/ensure-packages.sh" libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake
 
 # What libvirt-daemon-system would do (it drags in systemd packages we do not
 # want on a machine whose PID 1 is not systemd).

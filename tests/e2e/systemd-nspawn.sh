@@ -177,15 +177,7 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- 0. host
 phase "host packages"
-missing=()
-for p in debootstrap systemd-container systemd; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+.ci/ensure-packages.sh debootstrap systemd-container systemd
 log "debootstrap, systemd-container present"
 
 mkdir -p "$cache"
