@@ -1,15 +1,18 @@
 //! wol-libvirt-gateway: Wake-on-LAN magic packets in, libvirt domains up.
 //!
 //! A newcomer's map:
-//! - packets enter in [`gateway`] (`Gateway::drain`) and are parsed by
-//!   [`packet::parse`];
-//! - the VM is chosen in [`wake`] ([`wake::plan`], using the MAC index built by
-//!   [`index`] from [`domain_xml::macs`]);
+//! - packets enter in [`gateway`] (`Gateway::drain`), from the [`sockets`]
+//!   (UDP, passed by systemd or bound; raw Ethernet from [`raw`]), and are
+//!   parsed by [`packet::parse`];
+//! - the VM is chosen in [`wake`] ([`wake::plan`] over the candidates of every
+//!   host, filtered by [`policy`]; found through the MAC index of [`index`]
+//!   and [`cache`], read by [`domain_xml::macs`]);
 //! - it is started through [`hypervisor`] (the only module that talks to libvirt);
-//! - sockets come from [`sockets`], systemd notifications go through
-//!   [`notify`], logging is set up in [`logging`].
+//! - systemd notifications go through [`notify`], logging is set up in
+//!   [`logging`]; [`list`] is the `list` command, [`cli`] the flags.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cache;
 pub mod cli;
