@@ -15,6 +15,9 @@ use clap::{Parser, Subcommand};
 /// Verbosity comes from RUST_LOG (default: info; e.g. RUST_LOG=debug).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wol-libvirt-gateway", version, about, long_about)]
+// These doc comments are the --help text (plain, not Markdown): `[::]:9`
+// and `<wake/>` are meant literally.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 pub struct Args {
     /// Without a command, the gateway serves magic packets.
     #[command(subcommand)]
