@@ -27,35 +27,14 @@ machine=wol-e2e-deb
 domain=wol-e2e-deb-guest
 mac=52:54:00:e2:e0:02
 
-t0=${EPOCHREALTIME/./}
-phase_name=""
-phase_t0=$t0
-ms_since() { echo $(((${EPOCHREALTIME/./} - $1) / 1000)); }
-fmt_ms() { printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); }
-end_phase() {
-    [[ -z $phase_name ]] || echo "<== $phase_name: $(fmt_ms "$(ms_since "$phase_t0")")"
-    phase_name=""
-}
-phase() {
-    end_phase
-    phase_name=$1
-    phase_t0=${EPOCHREALTIME/./}
-    echo "==> $(date +%T) $phase_name"
-}
-log() { echo "    $*"; }
-fail() {
-    echo "check-deb-systemd.sh: FAIL${phase_name:+ ($phase_name)}: $*" >&2
-    exit 1
-}
+script=check-deb-systemd.sh
+# shellcheck source=tests/e2e/nspawn-lib.sh
+source "$(dirname "$0")/../tests/e2e/nspawn-lib.sh"
+nspawn_log=$cache/nspawn-deb.log
 
 [[ $(id -u) -eq 0 ]] || fail "run as root (systemd-nspawn, nsenter)"
 [[ -f Cargo.toml && -x packaging/build-deb.sh ]] || fail "run from the repository root"
 
-nspawn_pid="" ct_pid=""
-ct() {
-    nsenter -t "$ct_pid" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        LANG=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0 DEBIAN_FRONTEND=noninteractive "$@"
-}
 # ctx CMD...: run in the container, output indented; fail with it on error.
 ctx() {
     local out rc=0
@@ -63,62 +42,6 @@ ctx() {
     [[ -z $out ]] || sed 's/^/    /' <<<"$out"
     ((rc == 0)) || fail "'$*' exited with $rc"
 }
-pid_alive() {
-    local s
-    s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $s && $s != Z && $s != X ]]
-}
-# wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...
-wait_for() {
-    local desc=$1 timeout=$2 start=${EPOCHREALTIME/./}
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        [[ -z $nspawn_pid ]] || pid_alive "$nspawn_pid" || fail "systemd-nspawn exited; see $cache/nspawn-deb.log"
-        (($(ms_since "$start") < timeout * 1000)) || fail "timed out after $timeout s waiting for: $desc"
-        sleep 0.2
-    done
-    log "ok: $desc ($(fmt_ms "$(ms_since "$start")"))"
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if ((rc != 0)) && [[ -n $ct_pid ]] && pid_alive "$ct_pid"; then
-        echo "---- diagnostics ----" >&2
-        ct systemctl --no-pager status $name.socket $name.service >&2
-        ct journalctl -b --no-pager -o short-precise -n 60 -u $name.service -u $name.socket -u libvirtd.service >&2
-    fi
-    if [[ -n $nspawn_pid ]] && pid_alive "$nspawn_pid"; then
-        phase "poweroff"
-        if [[ -n $ct_pid ]] && pid_alive "$ct_pid"; then
-            ct virsh -q -c qemu:///system destroy $domain >/dev/null 2>&1
-            ct systemctl poweroff >/dev/null 2>&1
-        else
-            kill -TERM "$nspawn_pid"
-        fi
-        local start=${EPOCHREALTIME/./}
-        while pid_alive "$nspawn_pid" && (($(ms_since "$start") < 30000)); do sleep 0.2; done
-        if pid_alive "$nspawn_pid"; then
-            echo "container did not power off in 30 s; killing nspawn $nspawn_pid" >&2
-            [[ -z $ct_pid ]] || kill -KILL "$ct_pid"
-            kill -KILL "$nspawn_pid"
-            ((rc != 0)) || rc=1
-        fi
-        wait "$nspawn_pid" 2>/dev/null
-        log "container stopped"
-    fi
-    end_phase
-    if ((rc == 0)); then
-        echo "check-deb-systemd.sh: PASS in $(fmt_ms "$(ms_since "$t0")")"
-    else
-        echo "check-deb-systemd.sh: FAILED (exit $rc) after $(fmt_ms "$(ms_since "$t0")")" >&2
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- 1. package
 phase "package"
@@ -163,7 +86,7 @@ $udp9"
 setsid systemd-nspawn --register=no --keep-unit --volatile=overlay -q \
     -D "$root" -b -M "$machine" --console=pipe "${kvm_args[@]}" \
     --bind-ro="$(dirname "$deb")":/mnt/deb \
-    >"$cache/nspawn-deb.log" 2>&1 </dev/null &
+    >"$nspawn_log" 2>&1 </dev/null &
 nspawn_pid=$!
 container_init() {
     local p

@@ -25,29 +25,9 @@
 # Environment: WOL_E2E_CACHE (cache dir), WOL_E2E_MAX_EXPOSURE (default 1.0).
 set -euo pipefail
 
-t0=${EPOCHREALTIME/./}
-phase_name=""
-phase_t0=$t0
-
-ms_since() { echo $(((${EPOCHREALTIME/./} - $1) / 1000)); }
-fmt_ms() { printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); }
-end_phase() {
-    if [[ -n $phase_name ]]; then
-        echo "<== $phase_name: $(fmt_ms "$(ms_since "$phase_t0")")"
-        phase_name=""
-    fi
-}
-phase() {
-    end_phase
-    phase_name=$1
-    phase_t0=${EPOCHREALTIME/./}
-    echo "==> $phase_name"
-}
-log() { echo "    $*"; }
-fail() {
-    echo "e2e: FAIL${phase_name:+ ($phase_name)}: $*" >&2
-    exit 1
-}
+script=e2e
+# shellcheck source=tests/e2e/nspawn-lib.sh
+source "$(dirname "$0")/nspawn-lib.sh"
 
 [[ $(id -u) -eq 0 ]] || fail "needs root (debootstrap, systemd-nspawn, nsenter)"
 [[ -f systemd/wol-libvirt-gateway.service ]] || fail "run from the repo root"
@@ -73,107 +53,8 @@ root_packages=(libvirt-daemon-system libvirt-clients polkitd qemu-system-x86 wak
 root_format=2 # bump when the build steps below change
 stamp="format=$root_format suite=$suite include=${bootstrap_include[*]} packages=${root_packages[*]}"
 
-nspawn_pid=""
-ct_pid=""
 errors=() # failures that do not stop the later checks
-nspawn_log=""
 
-# ---------------------------------------------------------------- helpers
-# Run a command inside the booted container, with a clean environment.
-ct() {
-    nsenter -t "$ct_pid" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        LANG=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
-}
-
-# wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every 0.2 s
-# until it succeeds; fails with DESCRIPTION after the deadline. Before each
-# try it runs $poll_guard (if set), which fails fast on a known dead end.
-poll_guard=""
-wait_for() {
-    local desc=$1 timeout=$2
-    shift 2
-    local start=${EPOCHREALTIME/./}
-    while true; do
-        [[ -z $poll_guard ]] || $poll_guard
-        if "$@" >/dev/null 2>&1; then
-            log "ok: $desc ($(fmt_ms "$(ms_since "$start")"))"
-            return 0
-        fi
-        (($(ms_since "$start") < timeout * 1000)) || fail "timed out after $timeout s waiting for: $desc"
-        sleep 0.2
-    done
-}
-
-# Alive and not a zombie.
-pid_alive() {
-    local state
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z && $state != X ]]
-}
-
-dump_diagnostics() {
-    echo "---- diagnostics ----" >&2
-    if [[ -n $ct_pid ]] && pid_alive "$ct_pid"; then
-        ct systemctl --no-pager status $name.socket $name.service >&2 || true
-        echo "---- journalctl -u $name.service -u $name.socket ----" >&2
-        ct journalctl -b --no-pager -o short-precise -u $name.service -u $name.socket >&2 || true
-        echo "---- journalctl -u libvirtd (last 30) ----" >&2
-        ct journalctl -b --no-pager -n 30 -u libvirtd.service >&2 || true
-        echo "---- failed units ----" >&2
-        ct systemctl --no-pager --failed >&2 || true
-    fi
-    if [[ -n $nspawn_log && -f $nspawn_log ]]; then
-        echo "---- tail of $nspawn_log ----" >&2
-        tail -n 30 "$nspawn_log" >&2 || true
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if ((rc != 0)); then
-        dump_diagnostics
-    fi
-    if [[ -n $nspawn_pid ]] && pid_alive "$nspawn_pid"; then
-        end_phase
-        phase "poweroff"
-        if [[ -n $ct_pid ]] && pid_alive "$ct_pid"; then
-            ct virsh -q -c qemu:///system destroy $domain >/dev/null 2>&1
-            ct systemctl poweroff >/dev/null 2>&1
-        else
-            kill -TERM "$nspawn_pid" 2>/dev/null
-        fi
-        local start=${EPOCHREALTIME/./}
-        while pid_alive "$nspawn_pid" && (($(ms_since "$start") < 30000)); do sleep 0.2; done
-        if pid_alive "$nspawn_pid"; then
-            echo "e2e: container did not power off within 30 s; sending SIGTERM to nspawn $nspawn_pid" >&2
-            kill -TERM "$nspawn_pid" 2>/dev/null
-            start=${EPOCHREALTIME/./}
-            while pid_alive "$nspawn_pid" && (($(ms_since "$start") < 10000)); do sleep 0.2; done
-        fi
-        if pid_alive "$nspawn_pid"; then
-            echo "e2e: killing nspawn $nspawn_pid and container init ${ct_pid:-?}" >&2
-            [[ -z $ct_pid ]] || kill -KILL "$ct_pid" 2>/dev/null
-            kill -KILL "$nspawn_pid" 2>/dev/null
-            ((rc != 0)) || rc=1
-        fi
-        wait "$nspawn_pid" 2>/dev/null
-        log "container stopped"
-    fi
-    end_phase
-    local total
-    total=$(fmt_ms "$(ms_since "$t0")")
-    if ((rc == 0)); then
-        echo "e2e: PASS in $total"
-    else
-        echo "e2e: FAILED (exit $rc) after $total" >&2
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- 0. host
 phase "host packages"
@@ -330,8 +211,6 @@ container_init() {
     done
     return 1
 }
-nspawn_guard() { pid_alive "$nspawn_pid" || fail "systemd-nspawn exited; see $nspawn_log"; }
-poll_guard=nspawn_guard
 wait_for "container systemd (child of nspawn)" 20 container_init
 log "container PID 1 is host pid $ct_pid"
 system_up() {
@@ -363,7 +242,6 @@ log "socket active, service inactive before any packet"
 # Dead ends: a failing service re-triggered by its queued datagram until the
 # start limit trips and the socket fails too.
 units_guard() {
-    nspawn_guard
     if ct systemctl is-failed -q $name.service || ct systemctl is-failed -q $name.socket; then
         fail "$name.service or .socket failed (journal below)"
     fi
