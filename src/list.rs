@@ -138,3 +138,79 @@ pub fn list<C: Connector>(hosts: &mut [Waker<C>], policy: &Policy) -> (String, V
     }
     (table, problems)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AllowEntry;
+
+    const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+
+    fn entry(host: usize, name: &str, state: DomainState) -> Entry {
+        Entry {
+            host,
+            domain: DomainRef {
+                name: name.into(),
+                uuid: format!("uuid-{name}"),
+                wake_opt_in: false,
+            },
+            macs: Ok(vec![MAC]),
+            state: Some(state),
+            managed_save: false,
+        }
+    }
+
+    #[test]
+    fn the_answer_follows_the_state_and_the_managed_save() {
+        let open = Policy::default();
+        let mut off = entry(0, "web01", DomainState::ShutOff);
+        assert_eq!(on_wake(&off, MAC, &[off.clone()], &open), "start");
+        off.managed_save = true;
+        assert_eq!(
+            on_wake(&off, MAC, &[off.clone()], &open),
+            "start (restores its managed save)"
+        );
+        let paused = entry(0, "db01", DomainState::Paused);
+        assert_eq!(on_wake(&paused, MAC, &[paused.clone()], &open), "resume");
+        let running = entry(0, "ci", DomainState::Running);
+        assert_eq!(
+            on_wake(&running, MAC, &[running.clone()], &open),
+            "nothing: already up (running)"
+        );
+    }
+
+    #[test]
+    fn a_shared_mac_is_judged_across_hosts() {
+        let open = Policy::default();
+        let a = entry(0, "twin", DomainState::ShutOff);
+        let b = entry(1, "twin", DomainState::ShutOff);
+        let all = [a.clone(), b.clone()];
+        assert_eq!(
+            on_wake(&a, MAC, &all, &open),
+            "nothing: ambiguous MAC (also on twin)"
+        );
+        let up = entry(1, "twin", DomainState::Running);
+        let all = [a.clone(), up];
+        assert_eq!(
+            on_wake(&a, MAC, &all, &open),
+            "nothing: twin has the same MAC and is up"
+        );
+    }
+
+    #[test]
+    fn the_policy_decides_first() {
+        let only_db = Policy {
+            allow: vec![AllowEntry::Name("db01".into())],
+            require_opt_in: false,
+        };
+        let web = entry(0, "web01", DomainState::ShutOff);
+        let db = entry(0, "db01", DomainState::ShutOff);
+        let all = [web.clone(), db.clone()];
+        assert_eq!(
+            on_wake(&web, MAC, &all, &only_db),
+            "nothing: refused (not named by any --allow)"
+        );
+        // The refused twin does not make db01's MAC ambiguous.
+        assert_eq!(on_wake(&db, MAC, &all, &only_db), "start");
+    }
+}
