@@ -164,17 +164,23 @@ mod tests {
     fn the_answer_follows_the_state_and_the_managed_save() {
         let open = Policy::default();
         let mut off = entry(0, "web01", DomainState::ShutOff);
-        assert_eq!(on_wake(&off, MAC, &[off.clone()], &open), "start");
+        assert_eq!(
+            on_wake(&off, MAC, std::slice::from_ref(&off), &open),
+            "start"
+        );
         off.managed_save = true;
         assert_eq!(
-            on_wake(&off, MAC, &[off.clone()], &open),
+            on_wake(&off, MAC, std::slice::from_ref(&off), &open),
             "start (restores its managed save)"
         );
         let paused = entry(0, "db01", DomainState::Paused);
-        assert_eq!(on_wake(&paused, MAC, &[paused.clone()], &open), "resume");
+        assert_eq!(
+            on_wake(&paused, MAC, std::slice::from_ref(&paused), &open),
+            "resume"
+        );
         let running = entry(0, "ci", DomainState::Running);
         assert_eq!(
-            on_wake(&running, MAC, &[running.clone()], &open),
+            on_wake(&running, MAC, std::slice::from_ref(&running), &open),
             "nothing: already up (running)"
         );
     }
