@@ -13,7 +13,7 @@
 #   completions/        bash, zsh and fish completions (same)
 #   units/              every systemd/*.service and *.socket, with
 #                       ExecStart=/usr/local/bin/… rewritten to /usr/bin/… (the
-#                       repository's units are for `cargo install --root /usr/local`)
+#                       repository's units are for a binary installed in /usr/local/bin)
 #   debian/             maintainer scripts from packaging/debian/, @UNITS@
 #                       replaced by the shipped unit names
 set -euo pipefail
