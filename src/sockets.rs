@@ -159,8 +159,9 @@ fn bind(addr: SocketAddr) -> Result<UdpSocket> {
     UdpSocket::bind(addr).map_err(|e| {
         let hint = match e.kind() {
             io::ErrorKind::AddrInUse => {
-                " (another WOL listener, or the wol-libvirt-gateway.socket unit, holds it; \
-                 pick another --listen-address or stop that one)"
+                " (another WOL listener, or the wol-libvirt-gateway.socket \
+                 unit, holds it, or a [::] address given too, which on Linux also takes \
+                 IPv4; pick another --listen-address or stop that one)"
                     .to_owned()
             }
             io::ErrorKind::PermissionDenied => format!(
