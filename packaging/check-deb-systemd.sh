@@ -140,21 +140,7 @@ log "units loaded from /usr/lib/systemd/system, socket disabled + inactive, ${#f
 phase "admin: enable --now, wake a guest"
 ctx systemctl enable --now $name.socket
 [[ $(svc socket ActiveState) == active ]] || fail "$name.socket is not active after enable --now"
-wait_for "libvirtd answers on qemu:///system" 30 ct virsh -c qemu:///system version
-cat >"/proc/$ct_pid/root/tmp/$domain.xml" <<XML
-<domain type='$virt_type'>
-  <name>$domain</name>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices>
-    <interface type='user'><mac address='$mac'/><model type='virtio'/><rom enabled='no'/></interface>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>
-XML
-ctx virsh -q -c qemu:///system define /tmp/$domain.xml
-domstate() { ct virsh -c qemu:///system domstate $domain 2>/dev/null | head -n1; }
+define_guest
 svc_active() { [[ $(svc service ActiveState) == active ]]; }
 ctx wakeonlan -i 127.0.0.1 $mac
 wait_for "$name.service active" 20 svc_active

@@ -248,27 +248,7 @@ units_guard() {
 }
 
 phase "define guest"
-wait_for "libvirtd answers on qemu:///system" 30 ct virsh -c qemu:///system version
-cat >"/proc/$ct_pid/root/tmp/$domain.xml" <<XML
-<domain type='$virt_type'>
-  <name>$domain</name>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices>
-    <interface type='user'>
-      <mac address='$mac'/>
-      <model type='virtio'/>
-      <rom enabled='no'/>
-    </interface>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>
-XML
-ct virsh -q -c qemu:///system define /tmp/$domain.xml | sed 's/^/    /'
-domstate() { ct virsh -c qemu:///system domstate $domain 2>/dev/null | head -n1; }
-[[ $(domstate) == "shut off" ]] || fail "guest $domain is '$(domstate)', expected 'shut off'"
-log "guest $domain ($virt_type, $mac) defined, shut off"
+define_guest
 
 # ---------------------------------------------------------------- checks
 poll_guard=units_guard
