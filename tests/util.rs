@@ -11,6 +11,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -181,6 +182,9 @@ pub fn systemd_socket() -> (UdpSocket, SocketAddr) {
 pub struct Gateway {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// The thread copying stderr into `log`; it ends at end of file, when
+    /// the process (and any child holding the pipe) has exited.
+    reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
     _cache: TempDir,
 }
@@ -252,7 +256,7 @@ impl Launch {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().expect("log lock");
@@ -263,6 +267,7 @@ impl Launch {
         Gateway {
             child,
             log,
+            reader: Some(reader),
             status: None,
             _cache: self.cache,
         }
@@ -348,8 +353,11 @@ impl Gateway {
         }
         let status = status.expect("exited");
         self.status = Some(status);
-        // Let the reader thread collect the last lines.
-        let _ = wait_until(Duration::from_secs(2), || self.log().contains("exiting"));
+        // The log is complete once the reader reaches end of file, whatever
+        // the last line says (a failed start never logs "exiting").
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader thread");
+        }
         status
     }
 
