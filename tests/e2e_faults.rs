@@ -14,6 +14,8 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use proptest::prelude::RngCore;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use wol_libvirt_gateway::packet::{Mac, magic_packet};
 
 use crate::e2e_libvirtd::{Guest, URI, wakeonlan};
@@ -164,18 +166,6 @@ fn e2e_faults_a_failing_start_names_the_domain_and_the_next_wake_still_works() {
     assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
 }
 
-/// A pseudo-random generator for the flood (deterministic, no dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
 fn e2e_faults_flood_of_200000_datagrams_with_one_real_wake() {
@@ -203,7 +193,7 @@ fn e2e_faults_flood_of_200000_datagrams_with_one_real_wake() {
 
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let target: Mac = guest.mac.parse().expect("mac");
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = TestRng::deterministic_rng(RngAlgorithm::XorShift);
     let mut junk = [0u8; 300];
     let started = Instant::now();
     let mut rss_mid = 0;
@@ -214,13 +204,11 @@ fn e2e_faults_flood_of_200000_datagrams_with_one_real_wake() {
                 .expect("send wake");
             rss_mid = gateway.memory_kib("VmRSS").unwrap_or(0);
         }
-        let r = rng.next();
+        let r = rng.next_u64();
         match i % 3 {
             0 => {
                 let len = 1 + (r % 299) as usize;
-                for byte in junk[..len].iter_mut() {
-                    *byte = rng.next() as u8;
-                }
+                rng.fill_bytes(&mut junk[..len]);
                 sender.send_to(&junk[..len], addr).expect("send junk");
             }
             1 => {
