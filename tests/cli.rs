@@ -5,6 +5,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::Duration;
 
+use clap::CommandFactory;
+use wol_libvirt_gateway::cli::Args;
+
 use crate::util::{DEADLINE, Launch, NodeFile, bin, wake};
 
 fn output(args: &[&str]) -> std::process::Output {
@@ -42,6 +45,14 @@ fn help_documents_every_flag_with_its_default() {
             "--help lacks {expected:?}:\n{help}"
         );
     }
+}
+
+/// clap checks the definition itself (unique names and flags, references
+/// to arguments that exist, ...) only when a debug build parses with it,
+/// and a subcommand only when it is used: this checks the whole tree.
+#[test]
+fn the_clap_definition_is_consistent() {
+    Args::command().debug_assert();
 }
 
 #[test]
