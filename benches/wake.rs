@@ -33,6 +33,7 @@ use std::time::Instant;
 use command_fds::{CommandFdExt, FdMapping};
 use virt::connect::Connect;
 use virt::domain::Domain;
+use wol_libvirt_gateway::packet::{Mac, magic_packet};
 
 const URI: &str = "test+unix:///default";
 const JUNK_DATAGRAMS: usize = 100_000;
@@ -239,18 +240,6 @@ fn held_socket() -> (UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-fn magic(mac: &str) -> Vec<u8> {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    let mut packet = vec![0xff; 6];
-    for _ in 0..16 {
-        packet.extend_from_slice(&bytes);
-    }
-    packet
-}
-
 fn spawn_gateway(bin: &str, cache: &Path, socket: &UdpSocket, idle: &str) -> Child {
     let fd: OwnedFd = socket.try_clone().expect("dup").into();
     let mut command = Command::new(bin);
@@ -286,9 +275,10 @@ fn activation(
     name: &str,
     dom: &Domain,
 ) -> (f64, (f64, f64)) {
+    let packet = magic_packet(mac.parse::<Mac>().expect("bench MAC"));
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let started = Instant::now();
-    sender.send_to(&magic(mac), addr).expect("send");
+    sender.send_to(&packet, addr).expect("send");
     let mut child = spawn_gateway(bin, cache, socket, "200ms");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
