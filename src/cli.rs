@@ -84,9 +84,20 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
 
-    /// Re-read every domain's XML for an unknown MAC at most this often.
+    /// For a MAC the index does not know, list the domains (and read the XML
+    /// of new ones) at most this often.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
+
+    /// Re-read every domain's XML (to find an interface added to a known
+    /// domain) for an unknown MAC at most this often.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub full_rescan_interval: Duration,
+
+    /// A libvirt host that answers no call for this long counts as not
+    /// answering: requests that need it wait, the others go on without it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub libvirt_timeout: Duration,
 }
 
 /// Commands besides serving.
@@ -100,6 +111,14 @@ pub enum Command {
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| "expected IP:PORT such as 127.0.0.1:9 or [::]:9 (IPv6 in brackets)".to_owned())
+}
+
+/// A duration that is not zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("must be longer than 0".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.

@@ -6,23 +6,26 @@
 //! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
 //! never mistaken for a NIC.
 
-use std::fmt;
-
 use crate::packet::Mac;
 
 /// Why a domain's XML yielded no trustworthy list of MACs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainXmlError {
     /// The text is not well-formed XML.
+    #[error("domain XML is not well-formed: {0}")]
     NotXml(String),
     /// The root element is not `<domain>`.
+    #[error("root element is <{0}>, not <domain>")]
     NotADomain(String),
     /// An interface's `<mac>` has no `address` or one that is not a MAC.
+    #[error("interface has a malformed MAC address '{0}'")]
     BadMac(String),
     /// Larger than [`MAX_XML_BYTES`]: not a plausible domain.
+    #[error("domain XML is {0} bytes, more than the {MAX_XML_BYTES} a domain plausibly needs")]
     TooLarge(usize),
     /// Nested deeper than [`MAX_DEPTH`]: not a plausible domain, and the
     /// tree parser recurses per level.
+    #[error("domain XML nests elements more than {MAX_DEPTH} deep")]
     TooDeep,
 }
 
@@ -32,29 +35,6 @@ pub const MAX_XML_BYTES: usize = 2 << 20;
 /// Element nesting allowed (real domain XML nests about 6 deep; libxml2,
 /// which libvirt parses with, stops at 256).
 pub const MAX_DEPTH: usize = 128;
-
-impl fmt::Display for DomainXmlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DomainXmlError::NotXml(e) => write!(f, "domain XML is not well-formed: {e}"),
-            DomainXmlError::NotADomain(root) => {
-                write!(f, "root element is <{root}>, not <domain>")
-            }
-            DomainXmlError::BadMac(address) => {
-                write!(f, "interface has a malformed MAC address '{address}'")
-            }
-            DomainXmlError::TooLarge(bytes) => write!(
-                f,
-                "domain XML is {bytes} bytes, more than the {MAX_XML_BYTES} a domain plausibly needs"
-            ),
-            DomainXmlError::TooDeep => {
-                write!(f, "domain XML nests elements more than {MAX_DEPTH} deep")
-            }
-        }
-    }
-}
-
-impl std::error::Error for DomainXmlError {}
 
 /// XML namespace of the gateway's element in a domain's `<metadata>`.
 pub const METADATA_NAMESPACE: &str = "https://wol-libvirt-gateway/xmlns/1";

@@ -2,16 +2,23 @@
 //! trait so the wake logic can be driven by the real libvirt (`test:///` in
 //! tests, `qemu:///system` in production) and, only where libvirt's test driver
 //! cannot go (it has no PM wake-up), by a fake.
+//!
+//! Every call here blocks until libvirt answers, which may be never (a
+//! stopped daemon, a silent network): they run on worker threads, never on
+//! the gateway's loop (see [`crate::fleet`]).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
+use virt::error::ErrorNumber;
 
-use crate::domain_xml;
+use crate::domain_xml::{self, DomainXmlError};
 use crate::packet::Mac;
 
 /// A domain's run state, as libvirt reports it.
@@ -42,7 +49,7 @@ impl DomainState {
         !matches!(self, DomainState::ShutOff | DomainState::Crashed)
     }
 
-    /// The word `virsh domstate` would print.
+    /// The word `virsh domstate` would print (also the `STATE` journal field).
     pub fn as_str(self) -> &'static str {
         match self {
             DomainState::Running => "running",
@@ -63,7 +70,7 @@ impl fmt::Display for DomainState {
     }
 }
 
-/// What the gateway does to a domain to bring it up.
+/// The libvirt call that brings a domain up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// `virDomainCreate`: boot a shut-off domain, or restore its managed-save image.
@@ -74,36 +81,70 @@ pub enum Action {
     PmWakeup,
 }
 
-impl Action {
-    /// The verb used in logs and the `ACTION` journal field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Resume => "resume",
-            Action::PmWakeup => "pm-wakeup",
+/// What kind of failure a libvirt call had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvErrorKind {
+    /// The domain does not exist (any more).
+    NoDomain,
+    /// Anything else; whether the connection is still usable is asked
+    /// separately ([`Hypervisor::is_alive`]).
+    Other,
+}
+
+/// A libvirt error, carrying libvirt's own message (one line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HvError {
+    /// What kind of failure.
+    pub kind: HvErrorKind,
+    /// libvirt's message.
+    pub message: String,
+}
+
+impl HvError {
+    /// An error of kind [`HvErrorKind::Other`] with this message.
+    pub fn other(message: impl Into<String>) -> Self {
+        HvError {
+            kind: HvErrorKind::Other,
+            message: message.into(),
         }
     }
 }
-
-/// A libvirt error, carrying libvirt's own message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HvError(pub String);
-
-impl fmt::Display for HvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for HvError {}
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {
         // libvirt messages can span lines (an XML parser's caret diagram);
         // our log lines are one line each.
         let lines: Vec<&str> = e.message().lines().map(str::trim).collect();
-        HvError(lines.join(" "))
+        let kind = match e.code() {
+            Enum::Known(ErrorNumber::NoDomain) => HvErrorKind::NoDomain,
+            _ => HvErrorKind::Other,
+        };
+        HvError {
+            kind,
+            message: lines.join(" "),
+        }
     }
+}
+
+/// Why a domain's MACs are unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// Its XML could not be fetched.
+    #[error("cannot read its XML: {0}")]
+    Fetch(HvError),
+    /// Its XML was fetched but is not a usable domain description.
+    #[error(transparent)]
+    Xml(#[from] DomainXmlError),
+}
+
+/// A domain as a listing names it (no XML read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The domain's UUID, the stable handle used for every later call.
+    pub uuid: String,
+    /// The domain's name.
+    pub name: String,
 }
 
 /// One defined domain and the MACs of its interfaces (or why they are
@@ -112,10 +153,10 @@ impl From<virt::error::Error> for HvError {
 pub struct DomainRecord {
     /// The domain's name.
     pub name: String,
-    /// The domain's UUID, the stable handle used for every later call.
+    /// The domain's UUID.
     pub uuid: String,
     /// The MACs of its interfaces, or why they are unknown.
-    pub macs: Result<Vec<Mac>, String>,
+    pub macs: Result<Vec<Mac>, Unreadable>,
     /// Its `<metadata>` opts in to being woken (see `--require-opt-in`).
     pub wake_opt_in: bool,
 }
@@ -124,8 +165,8 @@ impl DomainRecord {
     /// Reads the MACs (and the opt-in) from a fetched XML description.
     pub fn from_xml(name: String, uuid: String, xml: Result<String, HvError>) -> Self {
         let nics = match xml {
-            Ok(xml) => domain_xml::read(&xml).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("cannot read its XML: {e}")),
+            Ok(xml) => domain_xml::read(&xml).map_err(Unreadable::from),
+            Err(e) => Err(Unreadable::Fetch(e)),
         };
         let wake_opt_in = nics.as_ref().is_ok_and(|n| n.wake_opt_in);
         DomainRecord {
@@ -137,13 +178,49 @@ impl DomainRecord {
     }
 }
 
-/// An open connection to one hypervisor.
-pub trait Hypervisor {
-    /// Every domain, persistent and transient, active and inactive, with
-    /// its MACs.
-    fn domains(&self) -> Result<Vec<DomainRecord>, HvError>;
-    /// One domain and its current MACs, by UUID (to confirm a hint from the
-    /// index file).
+/// When a connection last got an answer from libvirt: how the gateway tells
+/// a slow daemon (a scan of many domains, still answering) from a silent one.
+/// Shared by every thread using one host; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<AtomicU64>);
+
+/// The instant heartbeats count from (monotonic, process-wide).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Heartbeat {
+    /// Records an answer now.
+    pub fn beat(&self) {
+        let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+        // +1: zero means "never".
+        self.0
+            .fetch_max(micros.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// When the last answer came, if any.
+    pub fn last(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(epoch() + Duration::from_micros(micros - 1)),
+        }
+    }
+}
+
+/// An open connection to one hypervisor. Implementations are shared by the
+/// worker threads of one host, so they must be thread-safe (libvirt's
+/// connections are).
+pub trait Hypervisor: Send + Sync {
+    /// Every domain, persistent and transient, active and inactive, by UUID
+    /// and name: one call, no XML.
+    fn list(&self) -> Result<Vec<Listed>, HvError>;
+    /// The records of these domains (their XML read), fetched concurrently.
+    /// A domain that vanished is returned with its error; `progress` is
+    /// called after each answer, so a long scan is seen to be alive.
+    fn records(&self, domains: &[Listed], progress: &(dyn Fn() + Sync)) -> Vec<DomainRecord>;
+    /// One domain and its current MACs, by UUID (to confirm what an index
+    /// says before acting).
     fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
     fn state(&self, uuid: &str) -> Result<DomainState, HvError>;
@@ -151,17 +228,19 @@ pub trait Hypervisor {
     fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError>;
     /// Performs `action` on the domain.
     fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError>;
+    /// One round trip to libvirt that changes nothing (is it answering?).
+    fn ping(&self) -> Result<(), HvError>;
     /// False once the connection is known to be dead (daemon restarted, ...).
     fn is_alive(&self) -> bool;
 }
 
-/// Opens hypervisor connections; the seam that lets tests simulate an
-/// unreachable libvirt.
-pub trait Connector {
+/// Opens hypervisor connections; the seam that lets tests share one
+/// in-process `test:///` connection or simulate an unreachable libvirt.
+pub trait Connector: Send + Sync {
     /// The URI connections go to, for messages.
     fn uri(&self) -> &str;
     /// Opens a new connection.
-    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError>;
+    fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError>;
 }
 
 /// Connects to libvirt through the `virt` bindings.
@@ -185,8 +264,8 @@ impl Connector for LibvirtConnector {
         &self.uri
     }
 
-    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
-        Ok(Box::new(Libvirt::open(&self.uri)?))
+    fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
+        Ok(Arc::new(Libvirt::open(&self.uri)?))
     }
 }
 
@@ -200,12 +279,17 @@ const SCAN_THREADS: usize = 5;
 const DOMAINS_PER_THREAD: usize = 32;
 
 /// A live libvirt connection.
-#[derive(Debug)]
 pub struct Libvirt {
     conn: Connect,
-    /// Domains looked up by UUID in this connection: a wake asks for the
-    /// same domain's XML, state and action, one lookup serves all three.
-    handles: RefCell<HashMap<String, Domain>>,
+    /// Domain handles by UUID, from the last listing or lookup: a handle
+    /// carries name and UUID, so reusing it saves a lookup round trip.
+    handles: Mutex<HashMap<String, Domain>>,
+}
+
+impl fmt::Debug for Libvirt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Libvirt").finish_non_exhaustive()
+    }
 }
 
 impl Libvirt {
@@ -220,57 +304,102 @@ impl Libvirt {
     pub fn from_connection(conn: Connect) -> Self {
         Libvirt {
             conn,
-            handles: RefCell::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
         }
     }
 
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Domain>> {
+        // A panic while holding the map leaves it consistent (inserts only).
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lookup(&self, uuid: &str) -> Result<Domain, HvError> {
-        if let Some(domain) = self.handles.borrow().get(uuid) {
+        if let Some(domain) = self.handles().get(uuid) {
             return Ok(domain.clone());
         }
         let domain = self.conn.lookup_domain_by_uuid_string(uuid)?;
-        self.handles
-            .borrow_mut()
-            .insert(uuid.to_owned(), domain.clone());
+        self.handles().insert(uuid.to_owned(), domain.clone());
         Ok(domain)
     }
 }
 
 /// Fetches and reads one domain's XML. Runs in the scan threads, so parsing
 /// overlaps the other threads' round trips to libvirtd.
-fn record(domain: &Domain) -> Option<DomainRecord> {
-    // A domain undefined between the listing and here is simply gone.
-    let uuid = domain.uuid_string().ok()?;
-    let name = domain.name().unwrap_or_else(|_| uuid.clone());
-    let xml = domain.xml_desc(0).map_err(HvError::from);
-    Some(DomainRecord::from_xml(name, uuid, xml))
+fn record(listed: &Listed, domain: Option<Domain>) -> DomainRecord {
+    let xml = match domain {
+        Some(domain) => domain.xml_desc(0).map_err(HvError::from),
+        None => Err(HvError {
+            kind: HvErrorKind::NoDomain,
+            message: "domain not found".into(),
+        }),
+    };
+    DomainRecord::from_xml(listed.name.clone(), listed.uuid.clone(), xml)
 }
 
 impl Hypervisor for Libvirt {
-    fn domains(&self) -> Result<Vec<DomainRecord>, HvError> {
+    fn list(&self) -> Result<Vec<Listed>, HvError> {
         let domains = self.conn.list_all_domains(0)?;
+        let mut listed = Vec::with_capacity(domains.len());
+        let mut handles = HashMap::with_capacity(domains.len());
+        for domain in domains {
+            // Name and UUID travel with the listing: no round trip here.
+            let (Ok(uuid), Ok(name)) = (domain.uuid_string(), domain.name()) else {
+                continue;
+            };
+            listed.push(Listed {
+                uuid: uuid.clone(),
+                name,
+            });
+            handles.insert(uuid, domain);
+        }
+        *self.handles() = handles;
+        Ok(listed)
+    }
+
+    fn records(&self, domains: &[Listed], progress: &(dyn Fn() + Sync)) -> Vec<DomainRecord> {
+        let with_handles: Vec<(&Listed, Option<Domain>)> = {
+            let handles = self.handles();
+            domains
+                .iter()
+                .map(|listed| (listed, handles.get(&listed.uuid).cloned()))
+                .collect()
+        };
+        let fetch = |part: &[(&Listed, Option<Domain>)]| {
+            part.iter()
+                .map(|(listed, domain)| {
+                    let record = record(listed, domain.clone());
+                    progress();
+                    record
+                })
+                .collect::<Vec<_>>()
+        };
         let threads = (domains.len() / DOMAINS_PER_THREAD).clamp(1, SCAN_THREADS);
         if threads == 1 {
-            return Ok(domains.iter().filter_map(record).collect());
+            return fetch(&with_handles);
         }
-        let chunk = domains.len().div_ceil(threads);
-        let records = std::thread::scope(|scope| {
-            let workers: Vec<_> = domains
+        let chunk = with_handles.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = with_handles
                 .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().filter_map(record).collect::<Vec<_>>()))
+                .map(|part| scope.spawn(move || fetch(part)))
                 .collect();
             workers
                 .into_iter()
                 .flat_map(|worker| worker.join().unwrap_or_default())
                 .collect()
-        });
-        Ok(records)
+        })
     }
 
     fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
         let domain = self.lookup(uuid)?;
         let name = domain.name()?;
         let xml = domain.xml_desc(0).map_err(HvError::from);
+        if let Err(e) = &xml {
+            if e.kind == HvErrorKind::NoDomain {
+                self.handles().remove(uuid);
+                return Err(e.clone());
+            }
+        }
         Ok(DomainRecord::from_xml(name, uuid.to_owned(), xml))
     }
 
@@ -302,7 +431,29 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
+    fn ping(&self) -> Result<(), HvError> {
+        self.conn.lib_version()?;
+        Ok(())
+    }
+
     fn is_alive(&self) -> bool {
         self.conn.is_alive().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_remembers_the_latest_answer() {
+        let beat = Heartbeat::default();
+        assert_eq!(beat.last(), None);
+        let before = Instant::now();
+        beat.beat();
+        let first = beat.last().expect("beaten");
+        assert!(first + Duration::from_millis(1) >= before);
+        beat.clone().beat();
+        assert!(beat.last().expect("beaten") >= first, "clones share it");
     }
 }

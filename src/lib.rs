@@ -1,34 +1,46 @@
 //! wol-libvirt-gateway: Wake-on-LAN magic packets in, libvirt domains up.
 //!
 //! A newcomer's map:
-//! - packets enter in [`gateway`] (`Gateway::drain`), from the [`sockets`]
-//!   (UDP, passed by systemd or bound; raw Ethernet from [`raw`]), and are
-//!   parsed by [`packet::parse`];
-//! - the VM is chosen in [`wake`] ([`wake::plan`] over the candidates of every
-//!   host, filtered by [`policy`]; found through the MAC index of [`index`]
-//!   and [`cache`], read by [`domain_xml::macs`]);
-//! - it is started through [`hypervisor`] (the only module that talks to libvirt);
-//! - systemd notifications go through [`notify`], logging is set up in
-//!   [`logging`]; [`list`] is the `list` command, [`cli`] the flags.
+//! - packets enter in [`gateway`] (the loop: `Gateway::drain`), from the
+//!   [`sockets`] (UDP, passed by systemd or bound; raw Ethernet from [`raw`]),
+//!   are parsed by [`packet::parse`] and become requests in the [`book`]
+//!   (de-duplication, retries, backoff: pure, clock passed in);
+//! - each due request runs on a worker thread in [`fleet`] (`Fleet::wake`),
+//!   which asks every [`host`] in parallel; a host finds the MAC's domains
+//!   through its [`index`] (and index file), confirmed by their XML
+//!   ([`domain_xml`]), filtered by the [`policy`]; the VM is chosen by the
+//!   pure [`plan`];
+//! - it is started in `Host::act`, through [`hypervisor`] (the only module
+//!   that talks to libvirt);
+//! - what came of it ([`outcome`]) is put into words, journal fields and
+//!   `STATUS=` by [`report`], and nowhere else.
+//!
+//! Also: [`notify`] (sd_notify), [`logging`] (journald or stderr),
+//! [`backoff`], [`ratelimit`], [`list`] (the `list` command), [`cli`] (flags).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod cache;
+pub mod backoff;
+pub mod book;
 pub mod cli;
 pub mod domain_xml;
+pub mod fleet;
 pub mod gateway;
+pub mod host;
 pub mod hypervisor;
 pub mod index;
 pub mod list;
 pub mod logging;
 pub mod notify;
+pub mod outcome;
 pub mod packet;
+pub mod plan;
 pub mod policy;
 pub mod ratelimit;
 pub mod raw;
+pub mod report;
 pub mod sockets;
-pub mod wake;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -37,17 +49,24 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
-use crate::cache::{CacheDirSource, IndexFile};
+use crate::book::Rules;
 use crate::cli::{Args, Command};
+use crate::fleet::{Fleet, Timing};
 use crate::gateway::{Config, Gateway, Shutdown};
+use crate::host::Host;
 use crate::hypervisor::LibvirtConnector;
+use crate::index::Rescan;
+use crate::index::file::{CacheDirSource, IndexFile};
 use crate::notify::Notifier;
 use crate::policy::Policy;
+use crate::report::Reporter;
 use crate::sockets::Origin;
-use crate::wake::{Fleet, Waker};
 
 /// Idle timeout when systemd passed the socket and none was given.
 pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wake requests handled at once; more wait their turn. Each holds a thread
+/// and a libvirt call; libvirtd serves 5 calls of one client at a time.
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Runs the gateway with the process's arguments; returns the exit status
 /// (0 done, 1 runtime error, 2 bad usage).
@@ -121,10 +140,17 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
     if args.dry_run {
         info!("dry run: wake requests are decided and logged, nothing is started");
     }
-    let fleet = Fleet::new(hosts(args, &policy), args.dry_run);
+    let hosts = hosts(args, &policy);
+    let reporter = Reporter::new(hosts.len() > 1);
+    let fleet = Fleet::new(
+        hosts,
+        args.dry_run,
+        Timing::with_deadline(args.libvirt_timeout),
+    );
     let config = Config {
         idle_timeout,
-        dedupe_window: args.dedupe_window,
+        rules: Rules::with_dedupe_window(args.dedupe_window),
+        max_in_flight: MAX_IN_FLIGHT,
     };
     let gateway = Gateway::new(
         listeners.listeners,
@@ -132,7 +158,9 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         config,
         shutdown,
         Notifier::from_env(),
-    );
+        reporter,
+    )
+    .context("cannot set up the event loop")?;
     let (exit, _stats) = gateway.run();
     Ok(exit.code())
 }
@@ -144,24 +172,29 @@ fn policy(args: &Args) -> Policy {
     }
 }
 
-/// One waker per `--libvirt-uri`, each with its own index file.
-fn hosts(args: &Args, policy: &Policy) -> Vec<Waker<LibvirtConnector>> {
+/// One host per `--libvirt-uri`, each with its own index file.
+fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
     let cache_dir = CacheDirSource::from_env(args.cache_dir.as_deref());
     if cache_dir.is_none() {
         warn!("MAC index cache disabled: no cache directory (set --cache-dir)");
     }
+    let rescan = Rescan {
+        interval: args.rescan_interval,
+        full_interval: args.full_rescan_interval,
+    };
     args.libvirt_uri
         .iter()
-        .map(|uri| {
-            let waker = Waker::new(LibvirtConnector::new(uri.clone()), args.rescan_interval)
-                .with_policy(policy.clone());
+        .enumerate()
+        .map(|(position, uri)| {
+            let connector = Box::new(LibvirtConnector::new(uri.clone()));
+            let host = Host::new(connector, position, rescan).with_policy(policy.clone());
             match cache_dir.as_ref().map(|dir| IndexFile::open(dir, uri)) {
-                Some(Ok(file)) => waker.with_cache(file),
+                Some(Ok(file)) => host.with_index_file(file),
                 Some(Err(e)) => {
                     warn!("MAC index cache disabled for {uri}: {e}; every activation will read all domains' XML");
-                    waker
+                    host
                 }
-                None => waker,
+                None => host,
             }
         })
         .collect()
@@ -170,8 +203,8 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Waker<LibvirtConnector>> {
 /// `list`: the table on stdout, unreachable hosts on stderr (status 1).
 fn list(args: &Args) -> i32 {
     let policy = policy(args);
-    let mut hosts = hosts(args, &policy);
-    let (table, problems) = list::list(&mut hosts, &policy);
+    let hosts = hosts(args, &policy);
+    let (table, problems) = list::list(&hosts, &policy);
     print!("{table}");
     for problem in &problems {
         error!("{problem}");

@@ -1,92 +1,76 @@
 //! `wol-libvirt-gateway list`: every domain, its state, its MACs, and what a
 //! magic packet would do to it now, decided by the same [`plan`] and policy
-//! as a real wake. It replaces "find your VM's MAC with virsh domiflist".
+//! as a real wake, in the same words as the log. It replaces "find your VM's
+//! MAC with virsh domiflist".
 
 use std::fmt::Write as _;
 
-use crate::hypervisor::{Action, Connector, DomainState};
-use crate::index::DomainRef;
+use crate::host::{DomainInfo, Host};
+use crate::outcome::Verb;
 use crate::packet::Mac;
+use crate::plan::{Candidate, Plan, plan};
 use crate::policy::Policy;
-use crate::wake::{Candidate, HostError, Plan, Waker, plan};
+use crate::report::{self, Effect};
 
 /// One domain as the listing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Which host (position in the URI list).
     pub host: usize,
-    /// Name, UUID and opt-in.
-    pub domain: DomainRef,
-    /// Its MACs, or why they are unknown.
-    pub macs: Result<Vec<Mac>, String>,
-    /// Its state, if libvirt told.
-    pub state: Option<DomainState>,
-    /// It has a managed-save image (a start restores it).
-    pub managed_save: bool,
+    /// What the host told about it.
+    pub info: DomainInfo,
 }
 
 /// What a magic packet for `mac` would do to `entry` now, among all
 /// `entries` of all hosts.
-pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> String {
-    if let Err(reason) = policy.check(&entry.domain, mac) {
-        return format!("nothing: refused ({reason})");
+pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> Effect {
+    if let Err(reason) = policy.check(&entry.info.domain, mac) {
+        return Effect::Refused(reason);
     }
-    let others: Vec<&Entry> = entries
+    let candidates: Vec<Candidate> = entries
         .iter()
-        .filter(|e| e.macs.as_ref().is_ok_and(|m| m.contains(&mac)))
-        .filter(|e| policy.check(&e.domain, mac).is_ok())
-        .collect();
-    let candidates: Vec<Candidate> = others
-        .iter()
+        .filter(|e| e.info.macs.as_ref().is_ok_and(|m| m.contains(&mac)))
+        .filter(|e| policy.check(&e.info.domain, mac).is_ok())
         .filter_map(|e| {
             Some(Candidate {
-                name: e.domain.name.clone(),
-                uuid: e.domain.uuid.clone(),
-                state: e.state?,
+                name: e.info.domain.name.clone(),
+                uuid: e.info.domain.uuid.parse().ok()?,
+                state: e.info.state?,
                 host: e.host,
             })
         })
         .collect();
-    let is_this = |c: &Candidate| c.host == entry.host && c.uuid == entry.domain.uuid;
+    let is_this =
+        |c: &Candidate| c.host == entry.host && entry.info.domain.uuid.parse() == Ok(c.uuid);
     match plan(&candidates) {
-        Plan::Act { domain, action } if is_this(domain) => match action {
-            Action::Start if entry.managed_save => "start (restores its managed save)".into(),
-            Action::Start => "start".into(),
-            Action::Resume => "resume".into(),
-            Action::PmWakeup => "PM wake-up".into(),
-        },
-        Plan::AlreadyUp { domain } if is_this(domain) => {
-            format!("nothing: already up ({})", domain.state)
+        Plan::Act { domain, action } if is_this(domain) => {
+            Effect::Act(Verb::of(action, entry.info.managed_save))
         }
-        Plan::AlreadyUp { domain } => {
-            format!("nothing: {} has the same MAC and is up", domain.name)
-        }
-        Plan::Ambiguous => {
-            let names: Vec<&str> = candidates
+        Plan::AlreadyUp { domain } if is_this(domain) => Effect::AlreadyUp(domain.state),
+        Plan::AlreadyUp { domain } => Effect::SharedWithUp(domain.name.clone()),
+        Plan::Ambiguous => Effect::Ambiguous(
+            candidates
                 .iter()
                 .filter(|c| !is_this(c))
-                .map(|c| c.name.as_str())
-                .collect();
-            format!("nothing: ambiguous MAC (also on {})", names.join(", "))
-        }
-        Plan::Act { .. } | Plan::NoMatch => "nothing: state unknown".into(),
+                .map(|c| c.name.clone())
+                .collect(),
+        ),
+        Plan::Act { .. } | Plan::NoMatch => Effect::Unknown,
     }
 }
 
 /// Lists every host's domains. Returns the table, and one line per host
 /// that could not be listed.
-pub fn list<C: Connector>(hosts: &mut [Waker<C>], policy: &Policy) -> (String, Vec<String>) {
+pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
-    for (i, host) in hosts.iter_mut().enumerate() {
+    for (i, host) in hosts.iter().enumerate() {
         match host.inventory() {
-            Ok(found) => entries.extend(found.into_iter().map(|e| Entry { host: i, ..e })),
-            Err(HostError::Unreachable(e) | HostError::Failed(e)) => {
-                problems.push(format!("cannot list {}: {e}", host.uri()));
-            }
+            Ok(found) => entries.extend(found.into_iter().map(|info| Entry { host: i, info })),
+            Err(e) => problems.push(report::cannot_list(host.uri(), &e)),
         }
     }
-    entries.sort_by(|a, b| (a.host, &a.domain.name).cmp(&(b.host, &b.domain.name)));
+    entries.sort_by(|a, b| (a.host, &a.info.domain.name).cmp(&(b.host, &b.info.domain.name)));
     let several = hosts.len() > 1;
     let mut rows = vec![[
         "URI".to_owned(),
@@ -96,25 +80,24 @@ pub fn list<C: Connector>(hosts: &mut [Waker<C>], policy: &Policy) -> (String, V
         "ON A MAGIC PACKET".to_owned(),
     ]];
     for entry in &entries {
-        let uri = hosts[entry.host].uri().to_owned();
-        let state = entry.state.map_or("?", DomainState::as_str).to_owned();
+        let uri = hosts[entry.host].uri().to_string();
+        let state = entry.info.state.map_or("?", |s| s.as_str()).to_owned();
         let row = |mac: String, effect: String| {
             [
                 uri.clone(),
-                entry.domain.name.clone(),
+                entry.info.domain.name.clone(),
                 state.clone(),
                 mac,
                 effect,
             ]
         };
-        match &entry.macs {
-            Err(reason) => rows.push(row("?".into(), format!("skipped: {reason}"))),
-            Ok(macs) if macs.is_empty() => {
-                rows.push(row("-".into(), "nothing: no network interface".into()))
-            }
+        match &entry.info.macs {
+            Err(reason) => rows.push(row("?".into(), report::skipped_words(reason))),
+            Ok(macs) if macs.is_empty() => rows.push(row("-".into(), report::NO_NIC_WORDS.into())),
             Ok(macs) => {
                 for mac in macs {
-                    rows.push(row(mac.to_string(), on_wake(entry, *mac, &entries, policy)));
+                    let effect = on_wake(entry, *mac, &entries, policy);
+                    rows.push(row(mac.to_string(), report::effect_words(&effect)));
                 }
             }
         }
@@ -142,21 +125,25 @@ pub fn list<C: Connector>(hosts: &mut [Waker<C>], policy: &Policy) -> (String, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::AllowEntry;
+    use crate::hypervisor::DomainState;
+    use crate::policy::{AllowEntry, DomainRef, Refusal};
 
     const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
 
     fn entry(host: usize, name: &str, state: DomainState) -> Entry {
+        let n = name.bytes().fold(0u8, |a, b| a.wrapping_add(b));
         Entry {
             host,
-            domain: DomainRef {
-                name: name.into(),
-                uuid: format!("uuid-{name}"),
-                wake_opt_in: false,
+            info: DomainInfo {
+                domain: DomainRef {
+                    name: name.into(),
+                    uuid: format!("00000000-0000-0000-0000-0000000000{n:02x}"),
+                    wake_opt_in: false,
+                },
+                macs: Ok(vec![MAC]),
+                state: Some(state),
+                managed_save: false,
             },
-            macs: Ok(vec![MAC]),
-            state: Some(state),
-            managed_save: false,
         }
     }
 
@@ -164,24 +151,17 @@ mod tests {
     fn the_answer_follows_the_state_and_the_managed_save() {
         let open = Policy::default();
         let mut off = entry(0, "web01", DomainState::ShutOff);
+        let alone = |e: &Entry| on_wake(e, MAC, std::slice::from_ref(e), &open);
+        assert_eq!(alone(&off), Effect::Act(Verb::Start));
+        off.info.managed_save = true;
+        assert_eq!(alone(&off), Effect::Act(Verb::Restore));
         assert_eq!(
-            on_wake(&off, MAC, std::slice::from_ref(&off), &open),
-            "start"
+            alone(&entry(0, "db01", DomainState::Paused)),
+            Effect::Act(Verb::Resume)
         );
-        off.managed_save = true;
         assert_eq!(
-            on_wake(&off, MAC, std::slice::from_ref(&off), &open),
-            "start (restores its managed save)"
-        );
-        let paused = entry(0, "db01", DomainState::Paused);
-        assert_eq!(
-            on_wake(&paused, MAC, std::slice::from_ref(&paused), &open),
-            "resume"
-        );
-        let running = entry(0, "ci", DomainState::Running);
-        assert_eq!(
-            on_wake(&running, MAC, std::slice::from_ref(&running), &open),
-            "nothing: already up (running)"
+            alone(&entry(0, "ci", DomainState::Running)),
+            Effect::AlreadyUp(DomainState::Running)
         );
     }
 
@@ -193,13 +173,13 @@ mod tests {
         let all = [a.clone(), b.clone()];
         assert_eq!(
             on_wake(&a, MAC, &all, &open),
-            "nothing: ambiguous MAC (also on twin)"
+            Effect::Ambiguous(vec!["twin".into()])
         );
         let up = entry(1, "twin", DomainState::Running);
         let all = [a.clone(), up];
         assert_eq!(
             on_wake(&a, MAC, &all, &open),
-            "nothing: twin has the same MAC and is up"
+            Effect::SharedWithUp("twin".into())
         );
     }
 
@@ -214,9 +194,9 @@ mod tests {
         let all = [web.clone(), db.clone()];
         assert_eq!(
             on_wake(&web, MAC, &all, &only_db),
-            "nothing: refused (not named by any --allow)"
+            Effect::Refused(Refusal::NotAllowed)
         );
         // The refused twin does not make db01's MAC ambiguous.
-        assert_eq!(on_wake(&db, MAC, &all, &only_db), "start");
+        assert_eq!(on_wake(&db, MAC, &all, &only_db), Effect::Act(Verb::Start));
     }
 }

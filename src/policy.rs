@@ -3,11 +3,20 @@
 //! can narrow that to a list of domains and/or to domains that opted in
 //! through their own libvirt `<metadata>`.
 
-use std::fmt;
 use std::str::FromStr;
 
-use crate::index::DomainRef;
 use crate::packet::Mac;
+
+/// What the policy looks at in a domain: read from its current XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRef {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: String,
+    /// Its `<metadata>` opts in to being woken.
+    pub wake_opt_in: bool,
+}
 
 /// One `--allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,25 +55,16 @@ impl FromStr for AllowEntry {
 }
 
 /// Why a wake was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// `--allow` was given and does not name the domain or the MAC.
+    #[error("not named by any --allow")]
     NotAllowed,
     /// `--require-opt-in` was given and the domain has no opt-in.
+    #[error(
+        "no wake opt-in in its <metadata> (--require-opt-in; see README, \"Who may wake what\")"
+    )]
     NoOptIn,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::NotAllowed => f.write_str("not named by any --allow"),
-            Refusal::NoOptIn => write!(
-                f,
-                "no wake opt-in in its <metadata> (--require-opt-in; see README, \
-                 \"Who may wake what\")"
-            ),
-        }
-    }
 }
 
 /// The operator's restrictions.

@@ -21,6 +21,16 @@ pub enum Source {
     Raw(RawSource),
 }
 
+impl Source {
+    /// How it arrived, for the `VIA` journal field: `udp` or `raw`.
+    pub fn via(&self) -> &'static str {
+        match self {
+            Source::Udp(_) => "udp",
+            Source::Raw(_) => "raw",
+        }
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -43,9 +53,12 @@ impl Listener {
     /// Reads one datagram or frame payload into `buf` (non-blocking).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Source)> {
         match self {
-            Listener::Udp(socket) => socket
-                .recv_from(buf)
-                .map(|(len, addr)| (len, Source::Udp(addr))),
+            // A dual-stack [::] socket reports IPv4 senders as
+            // ::ffff:a.b.c.d; they are shown as the IPv4 address they are.
+            Listener::Udp(socket) => socket.recv_from(buf).map(|(len, addr)| {
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                (len, Source::Udp(addr))
+            }),
             Listener::Raw(raw) => raw.recv(buf).map(|(len, from)| (len, Source::Raw(from))),
         }
     }
@@ -68,6 +81,58 @@ impl AsFd for Listener {
             Listener::Raw(raw) => raw.as_fd(),
         }
     }
+}
+
+/// Datagrams read from one listener before the next gets its turn.
+const QUANTUM: usize = 64;
+
+/// What one drain round read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Datagrams read.
+    pub read: usize,
+    /// A listener whose interface disappeared (it can never receive again).
+    pub lost: Option<usize>,
+}
+
+/// Reads the queued datagrams of every listener, up to `max` in all, and
+/// hands each to `each`. The listeners take turns of [`QUANTUM`]
+/// datagrams, so a flood on one cannot starve the others within a round.
+pub fn drain(
+    listeners: &[Listener],
+    buf: &mut [u8],
+    max: usize,
+    mut each: impl FnMut(&[u8], Source),
+) -> Drained {
+    let mut drained = Drained::default();
+    let mut open = vec![true; listeners.len()];
+    while drained.read < max && open.contains(&true) {
+        for (i, listener) in listeners.iter().enumerate() {
+            let mut turn = 0;
+            while open[i] && turn < QUANTUM && drained.read < max {
+                match listener.recv(buf) {
+                    Ok((len, source)) => {
+                        turn += 1;
+                        drained.read += 1;
+                        each(&buf[..len.min(buf.len())], source);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        open[i] = false;
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => {}
+                            io::ErrorKind::NotFound => {
+                                tracing::error!("{}: {e}; exiting", listener.describe());
+                                drained.lost = Some(i);
+                            }
+                            _ => tracing::warn!("{}: {e}", listener.describe()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drained
 }
 
 /// The address bound when neither systemd passes a socket nor
@@ -176,4 +241,73 @@ fn bind(addr: SocketAddr) -> Result<UdpSocket> {
         };
         anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener() -> (Listener, SocketAddr) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let addr = socket.local_addr().expect("addr");
+        (Listener::Udp(socket), addr)
+    }
+
+    #[test]
+    fn a_flood_on_one_listener_does_not_starve_another() {
+        let (busy, busy_addr) = listener();
+        let (quiet, quiet_addr) = listener();
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // 200: what a default receive buffer holds of small datagrams.
+        for _ in 0..200 {
+            sender.send_to(b"flood", busy_addr).expect("send");
+        }
+        sender.send_to(b"wake", quiet_addr).expect("send");
+        let listeners = [busy, quiet];
+        let mut buf = [0u8; 64];
+        let mut seen = Vec::new();
+        let drained = drain(&listeners, &mut buf, 100, |payload, _| {
+            seen.push(payload.to_vec())
+        });
+        assert_eq!(drained.read, 100);
+        assert!(
+            seen.iter().any(|p| p == b"wake"),
+            "the quiet listener had its turn"
+        );
+        // The rest is read in later rounds; nothing is lost.
+        let mut total = 100;
+        loop {
+            let more = drain(&listeners, &mut buf, 100, |_, _| {}).read;
+            if more == 0 {
+                break;
+            }
+            total += more;
+        }
+        assert_eq!(total, 201);
+    }
+
+    #[test]
+    fn ipv4_senders_on_a_dual_stack_socket_are_shown_as_ipv4() {
+        let Ok(socket) = UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 on this machine: nothing to show
+        };
+        socket.set_nonblocking(true).expect("nonblocking");
+        let port = socket.local_addr().expect("addr").port();
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sender.send_to(b"x", ("127.0.0.1", port)).expect("send");
+        let listeners = [Listener::Udp(socket)];
+        let mut buf = [0u8; 16];
+        let mut sources = Vec::new();
+        for _ in 0..1000 {
+            drain(&listeners, &mut buf, 10, |_, source| sources.push(source));
+            if !sources.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let expected = sender.local_addr().expect("addr");
+        assert_eq!(sources, [Source::Udp(expected)]);
+        assert_eq!(sources[0].to_string(), expected.to_string());
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::{Launch, NodeFile, RunState, bin, domain, wake};
+use crate::util::{DEADLINE, Launch, NodeFile, RunState, bin, domain, wake};
 
 const STOPPED_DAEMON: &str = "test+unix:///default?socket=/nonexistent/wolgw/libvirt-sock";
 
@@ -24,7 +24,7 @@ fn two_nodes() -> (NodeFile, NodeFile) {
 fn a_mac_is_looked_up_on_every_host_and_a_stopped_daemon_blocks_nothing() {
     let (a, b) = two_nodes();
     let (uri_a, uri_b) = (a.uri(), b.uri());
-    let gateway = Launch::by_hand(
+    let mut gateway = Launch::by_hand(
         &uri_a,
         &["--libvirt-uri", STOPPED_DAEMON, "--libvirt-uri", &uri_b],
     )
@@ -42,8 +42,17 @@ fn a_mac_is_looked_up_on_every_host_and_a_stopped_daemon_blocks_nothing() {
             && line.contains(&format!("twin-b on {uri_b}")),
         "{line}"
     );
+    // A MAC no answering host has may be on the stopped one: it waits.
     wake(addr, "52:54:00:0c:00:01");
-    gateway.wait_for_log("has MAC 52:54:00:0c:00:01");
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+    let waited = gateway.lines_with("not acting on 1 wake request(s)");
+    assert!(
+        waited.len() == 1 && waited[0].contains("52:54:00:0c:00:01"),
+        "{}",
+        gateway.log()
+    );
+    assert!(gateway.lines_with("has MAC 52:54:00:0c:00:01").is_empty());
     let down = gateway.lines_with(&format!("cannot reach libvirt at {STOPPED_DAEMON}"));
     assert_eq!(down.len(), 1, "reported once:\n{}", gateway.log());
 }

@@ -1,16 +1,21 @@
 //! The persistent MAC index against the real `test:///` driver: each
-//! `Waker` stands for one activation (a fresh process), the index file in a
+//! new `Host` stands for one activation (a fresh process), the index file in a
 //! shared cache directory is what survives between them.
 
 use std::path::Path;
 use std::time::Duration;
 
 use virt::connect::Connect;
-use wol_libvirt_gateway::cache::{CacheDirSource, IndexFile};
-use wol_libvirt_gateway::hypervisor::{Action, DomainState};
-use wol_libvirt_gateway::wake::{Outcome, Waker};
+use wol_libvirt_gateway::fleet::Fleet;
+use wol_libvirt_gateway::hypervisor::DomainState;
+use wol_libvirt_gateway::index::Rescan;
+use wol_libvirt_gateway::index::file::{CacheDirSource, IndexFile};
+use wol_libvirt_gateway::outcome::{Outcome, Verb};
 
-use crate::util::{RunState, Shared, domain, lookup, mac, open_node, redefine, state_of, uuid_for};
+use crate::util::{
+    RunState, Shared, domain, fleet, host, lookup, name_of, open_node, redefine, rescan, state_of,
+    uuid_for, wake_through,
+};
 
 const MAC1: &str = "52:54:00:c0:00:01";
 const MAC2: &str = "52:54:00:c0:00:02";
@@ -20,19 +25,30 @@ fn index_file(dir: &Path, uri: &str) -> IndexFile {
     IndexFile::open(&CacheDirSource::Flag(dir.to_owned()), uri).expect("cache dir usable")
 }
 
-/// A fresh activation: new waker, same connection (libvirt's state), same
+/// A fresh activation: a new host, same connection (libvirt's state), same
 /// cache directory.
-fn activation(conn: &Connect, dir: &Path, uri: &str) -> Waker<Shared> {
-    Waker::new(Shared(conn.clone()), Duration::from_secs(5)).with_cache(index_file(dir, uri))
+fn activation_with(conn: &Connect, dir: &Path, uri: &str, rules: Rescan) -> Fleet {
+    let host = host(Shared(conn.clone()), rules).with_index_file(index_file(dir, uri));
+    fleet(vec![host])
+}
+
+fn activation(conn: &Connect, dir: &Path, uri: &str) -> Fleet {
+    activation_with(conn, dir, uri, rescan(Duration::from_secs(5)))
+}
+
+/// (full scans, listings) of the fleet's one host.
+fn refreshes(fleet: &Fleet) -> (u64, u64) {
+    let host = &fleet.hosts()[0];
+    (host.full_scans(), host.listings())
 }
 
 fn started(outcome: &Outcome) -> Option<&str> {
     match outcome {
         Outcome::Done {
             domain,
-            action: Action::Start,
+            verb: Verb::Start,
             ..
-        } => Some(domain),
+        } => Some(name_of(domain)),
         _ => None,
     }
 }
@@ -40,17 +56,17 @@ fn started(outcome: &Outcome) -> Option<&str> {
 /// The names of the domains the index file lists for `address`.
 fn cached_owners(dir: &Path, uri: &str, address: &str) -> Vec<String> {
     let uuids = index_file(dir, uri)
-        .lookup(mac(address))
+        .lookup(address.parse().expect("mac"))
         .expect("valid")
         .expect("exists");
-    let names = ["a", "b", "c", "one", "two"];
+    let names = ["a", "b", "c", "d", "one", "two"];
     uuids
         .iter()
         .map(|uuid| {
             names
                 .iter()
-                .find(|n| uuid_for(n) == *uuid)
-                .map_or_else(|| uuid.clone(), |n| (*n).to_owned())
+                .find(|n| uuid_for(n) == uuid.to_string())
+                .map_or_else(|| uuid.to_string(), |n| (*n).to_owned())
         })
         .collect()
 }
@@ -67,32 +83,56 @@ fn three_domains() -> (crate::util::NodeFile, Connect) {
 fn a_hit_wakes_without_scanning() {
     let (_node, conn) = three_domains();
     let cache = tempfile::tempdir().expect("tempdir");
-    let mut first = activation(&conn, cache.path(), URI);
-    first.wake(mac(MAC2)).expect("reachable");
-    assert_eq!(first.scans(), 1, "no index yet: one scan");
+    let first = activation(&conn, cache.path(), URI);
+    wake_through(&first, MAC2);
+    assert_eq!(refreshes(&first), (1, 0), "no index yet: one scan");
     assert_eq!(cached_owners(cache.path(), URI, MAC1), ["a"]);
 
-    let mut second = activation(&conn, cache.path(), URI);
-    let outcome = second.wake(mac(MAC1)).expect("reachable");
+    let second = activation(&conn, cache.path(), URI);
+    let outcome = wake_through(&second, MAC1);
     assert_eq!(started(&outcome), Some("a"), "{outcome:?}");
-    assert_eq!(second.scans(), 0, "the index file answered");
+    assert_eq!(refreshes(&second), (0, 0), "the index file answered");
     assert_eq!(state_of(&conn, "a"), DomainState::Running);
+}
+
+#[test]
+fn a_fresh_process_knows_a_full_scan_is_recent_and_only_lists() {
+    let (_node, conn) = three_domains();
+    let cache = tempfile::tempdir().expect("tempdir");
+    wake_through(&activation(&conn, cache.path(), URI), MAC2);
+    redefine(&conn, "d", &["52:54:00:c0:00:0d"]);
+
+    let rules = Rescan {
+        interval: Duration::from_secs(5),
+        full_interval: Duration::from_secs(60),
+    };
+    let next = activation_with(&conn, cache.path(), URI, rules);
+    let outcome = wake_through(&next, "52:54:00:c0:00:0d");
+    assert_eq!(started(&outcome), Some("d"), "{outcome:?}");
+    assert_eq!(
+        refreshes(&next),
+        (0, 1),
+        "the file says a full scan ran under a minute ago: a listing finds the new domain"
+    );
+    assert_eq!(cached_owners(cache.path(), URI, "52:54:00:c0:00:0d"), ["d"]);
 }
 
 #[test]
 fn a_stale_hit_for_a_mac_that_moved_rescans_and_wakes_the_new_owner() {
     let (_node, conn) = three_domains();
     let cache = tempfile::tempdir().expect("tempdir");
-    activation(&conn, cache.path(), URI)
-        .wake(mac(MAC2))
-        .expect("reachable");
+    wake_through(&activation(&conn, cache.path(), URI), MAC2);
     redefine(&conn, "a", &["52:54:00:c0:00:0a"]);
     redefine(&conn, "b", &[MAC1]);
 
-    let mut next = activation(&conn, cache.path(), URI);
-    let outcome = next.wake(mac(MAC1)).expect("reachable");
+    let next = activation(&conn, cache.path(), URI);
+    let outcome = wake_through(&next, MAC1);
     assert_eq!(started(&outcome), Some("b"), "{outcome:?}");
-    assert_eq!(next.scans(), 1);
+    assert_eq!(
+        refreshes(&next),
+        (1, 0),
+        "a stale hit is a reconfiguration: one full scan"
+    );
     assert_eq!(
         state_of(&conn, "a"),
         DomainState::ShutOff,
@@ -109,14 +149,12 @@ fn a_stale_hit_for_a_mac_that_moved_rescans_and_wakes_the_new_owner() {
 fn a_removed_mac_is_no_match_and_leaves_the_file() {
     let (_node, conn) = three_domains();
     let cache = tempfile::tempdir().expect("tempdir");
-    activation(&conn, cache.path(), URI)
-        .wake(mac(MAC2))
-        .expect("reachable");
+    wake_through(&activation(&conn, cache.path(), URI), MAC2);
     redefine(&conn, "a", &[]);
 
-    let mut next = activation(&conn, cache.path(), URI);
-    assert_eq!(next.wake(mac(MAC1)).expect("reachable"), Outcome::NoMatch);
-    assert_eq!(next.scans(), 1);
+    let next = activation(&conn, cache.path(), URI);
+    assert_eq!(wake_through(&next, MAC1), Outcome::NoMatch);
+    assert_eq!(refreshes(&next), (1, 0));
     assert!(cached_owners(cache.path(), URI, MAC1).is_empty());
     assert_eq!(state_of(&conn, "a"), DomainState::ShutOff);
 }
@@ -125,14 +163,12 @@ fn a_removed_mac_is_no_match_and_leaves_the_file() {
 fn an_undefined_domain_is_no_match() {
     let (_node, conn) = three_domains();
     let cache = tempfile::tempdir().expect("tempdir");
-    activation(&conn, cache.path(), URI)
-        .wake(mac(MAC2))
-        .expect("reachable");
+    wake_through(&activation(&conn, cache.path(), URI), MAC2);
     lookup(&conn, "a").undefine().expect("undefine");
 
-    let mut next = activation(&conn, cache.path(), URI);
-    assert_eq!(next.wake(mac(MAC1)).expect("reachable"), Outcome::NoMatch);
-    assert_eq!(next.scans(), 1);
+    let next = activation(&conn, cache.path(), URI);
+    assert_eq!(wake_through(&next, MAC1), Outcome::NoMatch);
+    assert_eq!(refreshes(&next), (1, 0));
     assert!(cached_owners(cache.path(), URI, MAC1).is_empty());
 }
 
@@ -142,10 +178,10 @@ fn a_corrupt_file_is_ignored_and_replaced() {
     let cache = tempfile::tempdir().expect("tempdir");
     let file = index_file(cache.path(), URI);
     std::fs::write(file.path(), b"\xff\xfe not an index\n52:54").expect("write garbage");
-    assert!(file.lookup(mac(MAC1)).is_err());
+    assert!(file.lookup(MAC1.parse().expect("mac")).is_err());
 
-    let mut waker = activation(&conn, cache.path(), URI);
-    let outcome = waker.wake(mac(MAC1)).expect("reachable");
+    let fleet = activation(&conn, cache.path(), URI);
+    let outcome = wake_through(&fleet, MAC1);
     assert_eq!(started(&outcome), Some("a"), "{outcome:?}");
     assert_eq!(
         cached_owners(cache.path(), URI, MAC1),
@@ -163,15 +199,17 @@ fn an_unusable_cache_directory_only_disables_the_cache() {
     let not_a_dir = cache.path().join("file");
     std::fs::write(&not_a_dir, b"").expect("write");
     let err = IndexFile::open(&CacheDirSource::Flag(not_a_dir), URI).expect_err("refused");
-    assert!(err.contains("not a directory"), "{err}");
+    assert!(err.to_string().contains("not a directory"), "{err}");
     // A directory where the file cannot be written: the wake still happens.
     let file = index_file(cache.path(), URI);
     let blocker = file
         .path()
         .with_extension(format!("tmp.{}", std::process::id()));
     std::fs::create_dir(&blocker).expect("block the temporary file");
-    let mut waker = Waker::new(Shared(conn.clone()), Duration::from_secs(5)).with_cache(file);
-    let outcome = waker.wake(mac(MAC1)).expect("reachable");
+    let fleet = fleet(vec![
+        host(Shared(conn.clone()), rescan(Duration::from_secs(5))).with_index_file(file),
+    ]);
+    let outcome = wake_through(&fleet, MAC1);
     assert_eq!(started(&outcome), Some("a"), "{outcome:?}");
     assert!(!index_file(cache.path(), URI).path().exists());
 }
@@ -182,10 +220,10 @@ fn two_uris_keep_separate_indexes() {
     let (_two, conn_two) = open_node(&[domain("two", MAC1, RunState::ShutOff)]);
     let cache = tempfile::tempdir().expect("tempdir");
     let (uri_one, uri_two) = ("test:///one", "test:///two");
-    let outcome = activation(&conn_one, cache.path(), uri_one).wake(mac(MAC1));
-    assert_eq!(started(&outcome.expect("reachable")), Some("one"));
-    let outcome = activation(&conn_two, cache.path(), uri_two).wake(mac(MAC1));
-    assert_eq!(started(&outcome.expect("reachable")), Some("two"));
+    let outcome = wake_through(&activation(&conn_one, cache.path(), uri_one), MAC1);
+    assert_eq!(started(&outcome), Some("one"));
+    let outcome = wake_through(&activation(&conn_two, cache.path(), uri_two), MAC1);
+    assert_eq!(started(&outcome), Some("two"));
     assert_eq!(cached_owners(cache.path(), uri_one, MAC1), ["one"]);
     assert_eq!(cached_owners(cache.path(), uri_two, MAC1), ["two"]);
     assert_eq!(std::fs::read_dir(cache.path()).expect("ls").count(), 2);

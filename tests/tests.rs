@@ -6,6 +6,7 @@ mod util;
 mod activation;
 mod assets;
 mod cli;
+mod concurrency;
 mod e2e_faults;
 mod e2e_journald;
 mod e2e_libvirtd;

@@ -10,7 +10,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,19 @@ use command_fds::{CommandFdExt, FdMapping};
 use tempfile::TempDir;
 use virt::connect::Connect;
 use virt::domain::Domain;
-use wol_libvirt_gateway::hypervisor::{Connector, DomainState, HvError, Hypervisor, Libvirt};
+use wol_libvirt_gateway::book::Rules;
+use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing};
+use wol_libvirt_gateway::gateway::{Config, Exit, Gateway as InProcessGateway, Shutdown, Trigger};
+use wol_libvirt_gateway::host::Host;
+use wol_libvirt_gateway::hypervisor::{
+    Action, Connector, DomainRecord, DomainState, HvError, HvErrorKind, Hypervisor, Libvirt, Listed,
+};
+use wol_libvirt_gateway::index::Rescan;
+use wol_libvirt_gateway::notify::Notifier;
+use wol_libvirt_gateway::outcome::{Named, Outcome};
 use wol_libvirt_gateway::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::report::{Record, Reporter, Stats};
+use wol_libvirt_gateway::sockets::Listener;
 
 /// Generous deadline for anything the gateway should do "at once".
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -381,6 +394,15 @@ impl Drop for Gateway {
     }
 }
 
+/// A count in the exit summary ("…: 8 datagrams, 3 wake requests handled,
+/// …"): the number before `what`, 0 if absent (zero counts are left out).
+pub fn summary_count(summary: &str, what: &str) -> u64 {
+    summary
+        .split([':', ',', ';'])
+        .find_map(|part| part.trim().strip_suffix(what))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
 /// A unix datagram socket standing in for systemd's `NOTIFY_SOCKET`.
 pub struct NotifySocket {
     _dir: TempDir,
@@ -435,19 +457,6 @@ impl NotifySocket {
     }
 }
 
-/// One `test:///` connection shared by wakers and the test: a node file's
-/// state is private to the connection that opened it.
-pub struct Shared(pub Connect);
-
-impl Connector for Shared {
-    fn uri(&self) -> &str {
-        "test:///shared"
-    }
-    fn connect(&self) -> Result<Box<dyn Hypervisor>, HvError> {
-        Ok(Box::new(Libvirt::from_connection(self.0.clone())))
-    }
-}
-
 /// Writes a node file and opens it in-process.
 pub fn open_node(domains: &[DomainSpec]) -> (NodeFile, Connect) {
     let node = NodeFile::new(domains);
@@ -499,4 +508,367 @@ pub fn libvirtd_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     LIBVIRTD
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One `test:///` connection shared by hosts and the test: a node file's
+/// state is private to the connection that opened it.
+pub struct Shared(pub Connect);
+
+impl Connector for Shared {
+    fn uri(&self) -> &str {
+        "test:///shared"
+    }
+    fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
+        Ok(Arc::new(Libvirt::from_connection(self.0.clone())))
+    }
+}
+
+/// Rescan rules for hosts in tests: `interval` for listings, a full scan
+/// at most once an hour.
+pub fn rescan(interval: Duration) -> Rescan {
+    Rescan {
+        interval,
+        full_interval: Duration::from_secs(3600),
+    }
+}
+
+/// A host on `connector`, first of its fleet.
+pub fn host(connector: impl Connector + 'static, rules: Rescan) -> Host {
+    Host::new(Box::new(connector), 0, rules)
+}
+
+/// A fleet of `hosts` with a 10 s deadline (tests of timing set their own).
+pub fn fleet(hosts: Vec<Host>) -> Fleet {
+    Fleet::new(hosts, false, Timing::with_deadline(Duration::from_secs(10)))
+}
+
+/// The outcome of one wake through `fleet`; panics if it had to wait.
+pub fn wake_through(fleet: &Fleet, address: &str) -> Outcome {
+    match fleet.wake(mac(address)) {
+        Conclusion::Decided(decision) => decision.outcome,
+        Conclusion::Wait(waiting) => panic!("waiting for {waiting:?}"),
+    }
+}
+
+/// The name in a [`Named`] (outcomes name domains with their host).
+pub fn name_of(named: &Named) -> &str {
+    &named.name
+}
+
+/// A gate calls wait at while it is shut.
+#[derive(Default)]
+pub struct Gate {
+    shut: Mutex<bool>,
+    opened: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    pub fn shut(&self) {
+        *self.shut.lock().expect("gate") = true;
+    }
+    pub fn open(&self) {
+        *self.shut.lock().expect("gate") = false;
+        self.opened.notify_all();
+    }
+    /// Calls waiting at it now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+    fn pass(&self) {
+        let mut shut = self.shut.lock().expect("gate");
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        while *shut {
+            shut = self.opened.wait(shut).expect("gate");
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A domain of the fake hypervisor.
+pub struct FakeDomain {
+    pub name: String,
+    pub xml: Result<String, HvError>,
+    pub state: DomainState,
+    /// Errors the next actions return, in order, before they succeed.
+    pub failures: Vec<HvError>,
+}
+
+/// A domain XML with these NICs.
+pub fn nics_xml(macs: &[&str]) -> Result<String, HvError> {
+    let nics: String = macs
+        .iter()
+        .map(|m| format!("<interface type='bridge'><mac address='{m}'/></interface>"))
+        .collect();
+    Ok(format!("<domain><devices>{nics}</devices></domain>"))
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub domains: Vec<FakeDomain>,
+    /// Every action performed: (domain name, action).
+    pub calls: Vec<(String, Action)>,
+}
+
+/// A scripted hypervisor, for what libvirt's `test:///` driver cannot do: a
+/// successful PM wake-up, unreadable domain XML, and calls that take long or
+/// never return (the real ones: a slow qemu hook and a stopped libvirtd, in
+/// `tests/e2e_libvirtd.rs`). Domains are addressed by [`uuid_for`] their name.
+#[derive(Clone)]
+pub struct Fake {
+    uri: String,
+    pub state: Arc<Mutex<FakeState>>,
+    /// Every call waits here: shut it to make the host silent.
+    pub all_calls: Arc<Gate>,
+    /// Actions wait here: shut it for a slow start.
+    pub actions: Arc<Gate>,
+    /// Actions on these domains (by name; `*`: all) wait at `actions`.
+    pub slow: Arc<Mutex<Vec<String>>>,
+}
+
+impl Fake {
+    pub fn new(uri: &str) -> Fake {
+        Fake {
+            uri: uri.to_owned(),
+            state: Arc::default(),
+            all_calls: Arc::default(),
+            actions: Arc::default(),
+            slow: Arc::default(),
+        }
+    }
+
+    pub fn add(&self, name: &str, xml: Result<String, HvError>, state: DomainState) {
+        self.state.lock().expect("fake").domains.push(FakeDomain {
+            name: name.into(),
+            xml,
+            state,
+            failures: Vec::new(),
+        });
+    }
+
+    pub fn state_of(&self, name: &str) -> DomainState {
+        let state = self.state.lock().expect("fake");
+        let domain = state.domains.iter().find(|d| d.name == name);
+        domain.expect("fake domain").state
+    }
+
+    /// Makes actions on `name` (or `*`) wait at the `actions` gate, shut.
+    pub fn slow_down(&self, name: &str) {
+        self.actions.shut();
+        self.slow.lock().expect("fake").push(name.to_owned());
+    }
+
+    /// Replaces a domain's XML.
+    pub fn set_xml(&self, name: &str, xml: Result<String, HvError>) {
+        let mut state = self.state.lock().expect("fake");
+        if let Some(d) = state.domains.iter_mut().find(|d| d.name == name) {
+            d.xml = xml;
+        }
+    }
+
+    pub fn fail_next(&self, name: &str, error: &str) {
+        let mut state = self.state.lock().expect("fake");
+        if let Some(d) = state.domains.iter_mut().find(|d| d.name == name) {
+            d.failures.push(HvError::other(error));
+        }
+    }
+
+    pub fn calls(&self) -> Vec<(String, Action)> {
+        self.state.lock().expect("fake").calls.clone()
+    }
+
+    fn with<T>(&self, uuid: &str, f: impl FnOnce(&mut FakeDomain) -> T) -> Result<T, HvError> {
+        self.all_calls.pass();
+        let mut state = self.state.lock().expect("fake");
+        state
+            .domains
+            .iter_mut()
+            .find(|d| uuid_for(&d.name) == uuid)
+            .map(f)
+            .ok_or(HvError {
+                kind: HvErrorKind::NoDomain,
+                message: "no such domain".into(),
+            })
+    }
+}
+
+impl Hypervisor for Fake {
+    fn list(&self) -> Result<Vec<Listed>, HvError> {
+        self.all_calls.pass();
+        let state = self.state.lock().expect("fake");
+        Ok(state
+            .domains
+            .iter()
+            .map(|d| Listed {
+                uuid: uuid_for(&d.name),
+                name: d.name.clone(),
+            })
+            .collect())
+    }
+    fn records(&self, domains: &[Listed], progress: &(dyn Fn() + Sync)) -> Vec<DomainRecord> {
+        domains
+            .iter()
+            .filter_map(|l| {
+                let record = self.domain(&l.uuid).ok();
+                progress();
+                record
+            })
+            .collect()
+    }
+    fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
+        self.with(uuid, |d| {
+            DomainRecord::from_xml(d.name.clone(), uuid_for(&d.name), d.xml.clone())
+        })
+    }
+    fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
+        self.with(uuid, |d| d.state)
+    }
+    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError> {
+        self.with(uuid, |_| false)
+    }
+    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError> {
+        let name = self.with(uuid, |d| d.name.clone())?;
+        let slow = self.slow.lock().expect("fake").clone();
+        if slow.iter().any(|s| s == "*" || *s == name) {
+            self.actions.pass();
+        }
+        let mut state = self.state.lock().expect("fake");
+        state.calls.push((name.clone(), action));
+        let domain = state.domains.iter_mut().find(|d| d.name == name);
+        let domain = domain.ok_or(HvError::other("gone"))?;
+        if !domain.failures.is_empty() {
+            return Err(domain.failures.remove(0));
+        }
+        domain.state = DomainState::Running;
+        Ok(())
+    }
+    fn ping(&self) -> Result<(), HvError> {
+        self.all_calls.pass();
+        Ok(())
+    }
+    fn is_alive(&self) -> bool {
+        true
+    }
+}
+
+impl Connector for Fake {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+    fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
+        self.all_calls.pass();
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+/// The real loop in this process: sockets on ephemeral loopback ports, a
+/// fleet of the test's hosts, a stop trigger in place of SIGTERM, and every
+/// log record collected as data.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    records: Receiver<Record>,
+    seen: Vec<Record>,
+    trigger: Trigger,
+    thread: Option<JoinHandle<(Exit, Stats)>>,
+}
+
+impl InProcess {
+    /// Serves `fleet` with `dedupe_window`, until stopped (no idle exit).
+    pub fn start(fleet: Fleet, dedupe_window: Duration) -> InProcess {
+        InProcess::start_with(fleet, dedupe_window, None)
+    }
+
+    /// The same with an idle timeout.
+    pub fn start_with(fleet: Fleet, dedupe_window: Duration, idle: Option<Duration>) -> InProcess {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let addr = socket.local_addr().expect("addr");
+        let (shutdown, trigger) = Shutdown::manual().expect("shutdown pipe");
+        let (tx, records) = std::sync::mpsc::channel();
+        let several = fleet.hosts().len() > 1;
+        let config = Config {
+            idle_timeout: idle,
+            rules: Rules::with_dedupe_window(dedupe_window),
+            max_in_flight: wol_libvirt_gateway::MAX_IN_FLIGHT,
+        };
+        let gateway = InProcessGateway::new(
+            vec![Listener::Udp(socket)],
+            fleet,
+            config,
+            shutdown,
+            Notifier::from_env(),
+            Reporter::new(several).with_sink(tx),
+        )
+        .expect("gateway");
+        let thread = std::thread::spawn(move || gateway.run());
+        InProcess {
+            addr,
+            records,
+            seen: Vec::new(),
+            trigger,
+            thread: Some(thread),
+        }
+    }
+
+    /// Sends a magic packet for `address`.
+    pub fn wake(&self, address: &str) {
+        wake(self.addr, address);
+    }
+
+    /// Waits (up to `timeout`) for a decision record about `address` beyond
+    /// the first `skip` ones; panics with what was seen if none comes.
+    pub fn decision(&mut self, address: &str, skip: usize, timeout: Duration) -> Record {
+        let wanted = mac(address);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .seen
+                .iter()
+                .filter(|r| r.mac == Some(wanted) && r.result != Some("duplicate"))
+                .nth(skip);
+            if let Some(record) = found {
+                return record.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.records.recv_timeout(left) {
+                Ok(record) => self.seen.push(record),
+                Err(_) => panic!(
+                    "no decision #{skip} for {address} within {timeout:?}; records: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every record received so far.
+    pub fn records(&mut self) -> &[Record] {
+        while let Ok(record) = self.records.try_recv() {
+            self.seen.push(record);
+        }
+        &self.seen
+    }
+
+    /// Stops the loop as SIGTERM would; returns how it ended and how long
+    /// stopping took.
+    pub fn stop(mut self) -> (Exit, Stats, Duration) {
+        let asked = Instant::now();
+        self.trigger.stop();
+        let (exit, stats) = self.join();
+        (exit, stats, asked.elapsed())
+    }
+
+    /// Waits for the loop to end by itself.
+    pub fn join(&mut self) -> (Exit, Stats) {
+        let thread = self.thread.take().expect("joined once");
+        thread.join().expect("the loop does not panic")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.trigger.stop();
+            let _ = thread.join();
+        }
+    }
 }

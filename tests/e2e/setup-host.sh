@@ -47,7 +47,58 @@ if [ -e /dev/kvm ]; then
     virt_type=kvm
 fi
 
+# A qemu hook that makes starting a guest slow, the way a VFIO / GPU
+# passthrough start looks to a client: `prepare` of a domain whose name
+# contains "slowhook" sleeps 8 s, everything else returns at once. The marker
+# line tells our hook from someone else's; a foreign hook is left alone.
+hook=/etc/libvirt/hooks/qemu
+hook_marker='# wol-libvirt-gateway e2e hook'
+hook_text=$(cat <<'HOOK'
+#!/bin/sh
+# wol-libvirt-gateway e2e hook
+# Installed (and rewritten) by tests/e2e/setup-host.sh of wol-libvirt-gateway.
+# $1 domain name, $2 operation, $3 sub-operation; the domain XML on stdin is
+# not read (libvirt copes with a hook that never reads it).
+case "$2" in
+prepare)
+    case "$1" in
+    *slowhook*)
+        echo "$(date '+%F %T') $1 prepare: sleeping 8 s" \
+            >>/var/log/libvirt/wolgw-e2e-hook.log 2>/dev/null || :
+        sleep 8
+        ;;
+    esac
+    ;;
+esac
+exit 0
+HOOK
+)
+hook_changed=false
+if [ -e "$hook" ] && ! grep -qxF "$hook_marker" "$hook" 2>/dev/null; then
+    echo "setup-host: warning: $hook is not ours (no \"$hook_marker\" line): left alone;" \
+        "tests that need a slow start will not get one" >&2
+elif [ ! -x "$hook" ] || [ "$(cat "$hook")" != "$hook_text" ]; then
+    mkdir -p "$(dirname "$hook")"
+    printf '%s\n' "$hook_text" >"$hook.tmp"
+    chmod 0755 "$hook.tmp"
+    mv -f "$hook.tmp" "$hook"
+    hook_changed=true
+fi
+
 pgrep -x virtlogd >/dev/null || virtlogd -d
+if "$hook_changed" && pgrep -x libvirtd >/dev/null; then
+    # libvirtd looks hooks up only when it starts.
+    echo "setup-host: restarting libvirtd to pick up $hook"
+    pkill -x libvirtd || true
+    for _ in $(seq 1 300); do
+        pgrep -x libvirtd >/dev/null || break
+        sleep 0.1
+    done
+    if pgrep -x libvirtd >/dev/null; then
+        echo "setup-host: libvirtd did not exit within 30 s" >&2
+        exit 1
+    fi
+fi
 if ! pgrep -x libvirtd >/dev/null; then
     libvirtd -d
 fi

@@ -266,7 +266,7 @@ wait_for "guest $domain running" 30 guest_running
 status_text=""
 status_woke() {
     status_text=$(ct systemctl show -p StatusText --value $name.service)
-    [[ $status_text == *"woke $domain"* ]]
+    [[ $status_text == *"started $domain"* ]]
 }
 wait_for "STATUS= names the woken guest" 20 status_woke
 log "StatusText: $status_text"

@@ -1,0 +1,597 @@
+//! The request book: which wake requests wait, which are being handled,
+//! which MACs were handled lately, and when each may be tried. Pure: the
+//! clock is passed in, so every rule below is tested with made-up instants.
+//!
+//! Rules:
+//! - one request per MAC: packets for a MAC already waiting or being handled
+//!   join it (a burst: tools send 3-10 copies, Moonlight to several ports);
+//! - after a request brought its domain up, packets for the MAC within the
+//!   de-duplication window are duplicates;
+//! - after any other outcome (failed, refused, unknown MAC, ambiguous) the
+//!   next packet is acted on, but not sooner than a second after the last
+//!   try: a fixed cause is retried, a refusal never blocks a later,
+//!   legitimate packet, and a stream of packets costs one try a second;
+//! - a request that could not be decided because libvirt was unreachable or
+//!   silent waits ("parked") and is retried with backoff, or at once when a
+//!   host answers again;
+//! - at most `max_pending` requests wait; more are dropped (and counted).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::packet::Mac;
+use crate::sockets::Source;
+
+/// The book's settings.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// A MAC whose domain was brought up is not acted on again for this long.
+    pub dedupe_window: Duration,
+    /// After an outcome that did not bring the domain up, the next try waits
+    /// at least this long.
+    pub retry_spacing: Duration,
+    /// Requests kept waiting at most; more are dropped.
+    pub max_pending: usize,
+    /// Recently handled MACs remembered at most (a flood of distinct MACs
+    /// must not grow memory; forgetting one only risks a harmless second try).
+    pub max_recent: usize,
+    /// First retry delay while libvirt is away.
+    pub first_retry: Duration,
+    /// Longest retry delay while libvirt is away.
+    pub max_retry: Duration,
+}
+
+impl Rules {
+    /// The gateway's rules with the given de-duplication window.
+    pub fn with_dedupe_window(dedupe_window: Duration) -> Self {
+        Rules {
+            dedupe_window,
+            retry_spacing: Duration::from_secs(1),
+            max_pending: 4_096,
+            max_recent: 4_096,
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What became of an offered packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// A new request, due at once or after the retry spacing.
+    Queued,
+    /// Joined the request already waiting or being handled for the MAC.
+    Repeat,
+    /// The MAC's domain was brought up `ago`; `first` is true for the first
+    /// duplicate since then (worth a line at info).
+    Duplicate {
+        /// Since the request that brought it up was settled.
+        ago: Duration,
+        /// The first duplicate since.
+        first: bool,
+    },
+    /// Too many requests wait already; this one is dropped.
+    Dropped,
+}
+
+/// A request, as the book hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The MAC asked for.
+    pub mac: Mac,
+    /// The first packet's sender.
+    pub source: Source,
+    /// Packets that joined it.
+    pub repeats: u32,
+    /// It waited for libvirt at least once.
+    pub parked: bool,
+    /// When it became due (for "waited for a free slot" accounting).
+    pub due: Instant,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// In the queue under this key.
+    Waiting { key: (Instant, u64), parked: bool },
+    /// Handed out by [`Book::next_due`] at this instant.
+    InFlight { since: Instant },
+}
+
+#[derive(Debug)]
+struct Entry {
+    request: Request,
+    stage: Stage,
+    /// Arrival order, for the exit report.
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Recent {
+    at: Instant,
+    brought_up: bool,
+    duplicate_seen: bool,
+}
+
+/// Requests wait for libvirt: the shared retry time and its backoff.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+/// What parking a request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parked {
+    /// This request started an outage (none was going on).
+    pub began: bool,
+    /// When the parked requests are tried again.
+    pub retry_at: Instant,
+}
+
+/// An outage that ended: parked requests are due now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// How long requests waited.
+    pub waited: Duration,
+    /// How many are due again.
+    pub requests: usize,
+}
+
+/// The request book.
+#[derive(Debug)]
+pub struct Book {
+    rules: Rules,
+    entries: HashMap<Mac, Entry>,
+    /// Waiting requests by (due, arrival): the next one due is the first.
+    queue: BTreeSet<(Instant, u64, Mac)>,
+    seq: u64,
+    in_flight: usize,
+    parked: usize,
+    recent: HashMap<Mac, Recent>,
+    last_prune: Option<Instant>,
+    outage: Option<Outage>,
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new(rules: Rules) -> Self {
+        Book {
+            rules,
+            entries: HashMap::new(),
+            queue: BTreeSet::new(),
+            seq: 0,
+            in_flight: 0,
+            parked: 0,
+            recent: HashMap::new(),
+            last_prune: None,
+            outage: None,
+        }
+    }
+
+    /// A packet for `mac` from `source` arrived at `now`.
+    pub fn offer(&mut self, mac: Mac, source: Source, now: Instant) -> Offer {
+        if let Some(entry) = self.entries.get_mut(&mac) {
+            entry.request.repeats = entry.request.repeats.saturating_add(1);
+            return Offer::Repeat;
+        }
+        let mut due = now;
+        if let Some(recent) = self.recent.get_mut(&mac) {
+            let ago = now.saturating_duration_since(recent.at);
+            if recent.brought_up && ago < self.rules.dedupe_window {
+                let first = !std::mem::replace(&mut recent.duplicate_seen, true);
+                return Offer::Duplicate { ago, first };
+            }
+            if !recent.brought_up {
+                due = due.max(recent.at + self.rules.retry_spacing);
+            }
+        }
+        if self.entries.len() >= self.rules.max_pending {
+            return Offer::Dropped;
+        }
+        // Not parked during an outage: with several hosts, the MAC may be
+        // on one that answers (an unreachable host answers at once).
+        self.seq += 1;
+        let key = (due, self.seq);
+        self.queue.insert((due, self.seq, mac));
+        self.entries.insert(
+            mac,
+            Entry {
+                request: Request {
+                    mac,
+                    source,
+                    repeats: 0,
+                    parked: false,
+                    due,
+                },
+                stage: Stage::Waiting { key, parked: false },
+                seq: self.seq,
+            },
+        );
+        Offer::Queued
+    }
+
+    /// The next request due at `now`, now counted as being handled.
+    pub fn next_due(&mut self, now: Instant) -> Option<Request> {
+        let &(due, seq, mac) = self.queue.first()?;
+        if due > now {
+            return None;
+        }
+        self.queue.remove(&(due, seq, mac));
+        let entry = self.entries.get_mut(&mac)?;
+        if let Stage::Waiting { parked: true, .. } = entry.stage {
+            self.parked -= 1;
+        }
+        entry.stage = Stage::InFlight { since: now };
+        self.in_flight += 1;
+        Some(entry.request.clone())
+    }
+
+    /// When the next waiting request is due, if any waits.
+    pub fn next_due_at(&self) -> Option<Instant> {
+        self.queue.first().map(|&(due, _, _)| due)
+    }
+
+    fn take_in_flight(&mut self, mac: Mac) -> Option<Entry> {
+        match self.entries.get(&mac)?.stage {
+            Stage::InFlight { .. } => {}
+            Stage::Waiting { .. } => return None,
+        }
+        self.in_flight -= 1;
+        self.entries.remove(&mac)
+    }
+
+    /// The request for `mac` was decided at `now`; `brought_up` says whether
+    /// its domain is up now (see the module rules). Returns the request.
+    pub fn settle(&mut self, mac: Mac, brought_up: bool, now: Instant) -> Option<Request> {
+        let entry = self.take_in_flight(mac)?;
+        if entry.request.parked {
+            // A request that waited for libvirt was decided: libvirt answers.
+            self.end_outage(now);
+        }
+        self.remember(mac, brought_up, now);
+        Some(entry.request)
+    }
+
+    /// The request for `mac` could not be decided: libvirt is unreachable
+    /// or silent. It waits for the next retry (with backoff, shared by all
+    /// parked requests), or until [`Book::hosts_back`].
+    pub fn park(&mut self, mac: Mac, now: Instant) -> Option<Parked> {
+        let rules = &self.rules;
+        let began = self.outage.is_none();
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: now,
+            retry_at: now,
+            backoff: Backoff::new(rules.first_retry, rules.max_retry),
+        });
+        // One retry round for all requests parked before it comes.
+        if now >= outage.retry_at {
+            outage.retry_at = now + outage.backoff.next_delay();
+        }
+        let retry_at = outage.retry_at;
+        let entry = self.entries.get_mut(&mac)?;
+        let Stage::InFlight { .. } = entry.stage else {
+            return None;
+        };
+        self.in_flight -= 1;
+        self.parked += 1;
+        entry.request.parked = true;
+        entry.request.due = retry_at;
+        self.seq += 1;
+        entry.stage = Stage::Waiting {
+            key: (retry_at, self.seq),
+            parked: true,
+        };
+        self.queue.insert((retry_at, self.seq, mac));
+        Some(Parked { began, retry_at })
+    }
+
+    /// A host answers again: parked requests are due at once.
+    pub fn hosts_back(&mut self, now: Instant) -> Option<Resumed> {
+        self.end_outage(now)
+    }
+
+    fn end_outage(&mut self, now: Instant) -> Option<Resumed> {
+        let outage = self.outage.take()?;
+        let mut requests = 0;
+        for entry in self.entries.values_mut() {
+            if let Stage::Waiting {
+                key: (due, seq),
+                parked: true,
+            } = entry.stage
+            {
+                if due > now {
+                    self.queue.remove(&(due, seq, entry.request.mac));
+                    self.queue.insert((now, seq, entry.request.mac));
+                    entry.stage = Stage::Waiting {
+                        key: (now, seq),
+                        parked: true,
+                    };
+                    entry.request.due = now;
+                }
+                requests += 1;
+            }
+        }
+        Some(Resumed {
+            waited: now.saturating_duration_since(outage.since),
+            requests,
+        })
+    }
+
+    fn remember(&mut self, mac: Mac, brought_up: bool, now: Instant) {
+        let keep = self.rules.dedupe_window.max(self.rules.retry_spacing);
+        // Pruning walks the whole map: at most once a second, or a flood of
+        // distinct MACs would pay a full walk per request.
+        if self.recent.len() >= self.rules.max_recent
+            && self
+                .last_prune
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
+            self.recent
+                .retain(|_, recent| now.saturating_duration_since(recent.at) < keep);
+            self.last_prune = Some(now);
+        }
+        if self.recent.len() < self.rules.max_recent || self.recent.contains_key(&mac) {
+            self.recent.insert(
+                mac,
+                Recent {
+                    at: now,
+                    brought_up,
+                    duplicate_seen: false,
+                },
+            );
+        }
+    }
+
+    /// Requests waiting or being handled.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no request waits or is being handled.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Requests being handled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Requests waiting for libvirt.
+    pub fn parked(&self) -> usize {
+        self.parked
+    }
+
+    /// Since when requests wait for libvirt, if they do.
+    pub fn outage_since(&self) -> Option<Instant> {
+        self.outage.as_ref().map(|o| o.since)
+    }
+
+    /// Every request not decided, in arrival order, and whether it is
+    /// being handled (for the exit report).
+    pub fn undecided(&self) -> Vec<(Mac, bool)> {
+        let mut all: Vec<(u64, Mac, bool)> = self
+            .entries
+            .values()
+            .map(|e| {
+                let in_flight = matches!(e.stage, Stage::InFlight { .. });
+                (e.seq, e.request.mac, in_flight)
+            })
+            .collect();
+        all.sort_unstable_by_key(|(seq, _, _)| *seq);
+        all.into_iter().map(|(_, mac, f)| (mac, f)).collect()
+    }
+
+    /// How long the oldest request being handled has been at it.
+    pub fn longest_in_flight(&self, now: Instant) -> Option<Duration> {
+        self.entries
+            .values()
+            .filter_map(|e| match e.stage {
+                Stage::InFlight { since } => Some(now.saturating_duration_since(since)),
+                Stage::Waiting { .. } => None,
+            })
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn mac(last: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, last])
+    }
+
+    fn source() -> Source {
+        Source::Udp(SocketAddr::from(([192, 0, 2, 2], 40_000)))
+    }
+
+    fn book() -> (Book, Instant) {
+        (
+            Book::new(Rules::with_dedupe_window(Duration::from_secs(10))),
+            Instant::now(),
+        )
+    }
+
+    fn secs(t0: Instant, s: f64) -> Instant {
+        t0 + Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_burst_is_one_request_with_its_repeats() {
+        let (mut book, t0) = book();
+        assert_eq!(book.offer(mac(1), source(), t0), Offer::Queued);
+        for _ in 0..3 {
+            assert_eq!(book.offer(mac(1), source(), t0), Offer::Repeat);
+        }
+        let request = book.next_due(t0).expect("due");
+        assert_eq!(request.repeats, 3);
+        // Repeats keep joining while it is being handled.
+        assert_eq!(book.offer(mac(1), source(), secs(t0, 0.1)), Offer::Repeat);
+        let settled = book.settle(mac(1), true, secs(t0, 0.2)).expect("in flight");
+        assert_eq!(settled.repeats, 4);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn after_a_wake_repeats_within_the_window_are_duplicates() {
+        let (mut book, t0) = book();
+        book.offer(mac(1), source(), t0);
+        book.next_due(t0);
+        book.settle(mac(1), true, secs(t0, 1.0));
+        assert_eq!(
+            book.offer(mac(1), source(), secs(t0, 3.0)),
+            Offer::Duplicate {
+                ago: Duration::from_secs(2),
+                first: true
+            }
+        );
+        assert_eq!(
+            book.offer(mac(1), source(), secs(t0, 4.0)),
+            Offer::Duplicate {
+                ago: Duration::from_secs(3),
+                first: false
+            }
+        );
+        assert_eq!(book.offer(mac(1), source(), secs(t0, 11.0)), Offer::Queued);
+        assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.mac), Some(mac(1)));
+    }
+
+    #[test]
+    fn after_a_failure_the_next_packet_is_acted_on_at_most_once_a_second() {
+        let (mut book, t0) = book();
+        book.offer(mac(1), source(), t0);
+        book.next_due(t0);
+        book.settle(mac(1), false, secs(t0, 0.5));
+        // 0.3 s after the failure: not swallowed, but due 1 s after it.
+        assert_eq!(book.offer(mac(1), source(), secs(t0, 0.8)), Offer::Queued);
+        assert_eq!(book.next_due(secs(t0, 1.4)), None);
+        assert_eq!(book.next_due_at(), Some(secs(t0, 1.5)));
+        assert_eq!(book.next_due(secs(t0, 1.5)).map(|r| r.mac), Some(mac(1)));
+        book.settle(mac(1), false, secs(t0, 1.6));
+        // Fixed and retried by the user 5 s later: due at once.
+        assert_eq!(book.offer(mac(1), source(), secs(t0, 6.6)), Offer::Queued);
+        assert!(book.next_due(secs(t0, 6.6)).is_some());
+    }
+
+    #[test]
+    fn requests_are_handed_out_in_arrival_order() {
+        let (mut book, t0) = book();
+        for i in 1..=3 {
+            book.offer(mac(i), source(), secs(t0, f64::from(i) * 0.001));
+        }
+        let now = secs(t0, 1.0);
+        let order: Vec<Mac> = std::iter::from_fn(|| book.next_due(now).map(|r| r.mac)).collect();
+        assert_eq!(order, [mac(1), mac(2), mac(3)]);
+        assert_eq!(book.in_flight(), 3);
+        assert_eq!(
+            book.undecided(),
+            [(mac(1), true), (mac(2), true), (mac(3), true)]
+        );
+    }
+
+    #[test]
+    fn overflow_drops_new_macs_but_repeats_still_join() {
+        let (mut book, t0) = book();
+        book.rules.max_pending = 2;
+        assert_eq!(book.offer(mac(1), source(), t0), Offer::Queued);
+        assert_eq!(book.offer(mac(2), source(), t0), Offer::Queued);
+        assert_eq!(book.offer(mac(3), source(), t0), Offer::Dropped);
+        assert_eq!(book.offer(mac(1), source(), t0), Offer::Repeat);
+        assert_eq!(book.len(), 2);
+    }
+
+    #[test]
+    fn parked_requests_retry_with_backoff_and_at_once_when_a_host_is_back() {
+        let (mut book, t0) = book();
+        book.offer(mac(1), source(), t0);
+        book.next_due(t0);
+        let parked = book.park(mac(1), t0).expect("in flight");
+        assert_eq!(
+            parked,
+            Parked {
+                began: true,
+                retry_at: secs(t0, 0.5)
+            }
+        );
+        assert_eq!(book.parked(), 1);
+        // A new MAC during the outage is tried at once (it may be on a host
+        // that answers), and parked with the others if not.
+        assert_eq!(book.offer(mac(2), source(), secs(t0, 0.1)), Offer::Queued);
+        assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.mac), Some(mac(2)));
+        assert_eq!(
+            book.park(mac(2), secs(t0, 0.2)),
+            Some(Parked {
+                began: false,
+                retry_at: secs(t0, 0.5)
+            })
+        );
+        assert_eq!(book.next_due(secs(t0, 0.4)), None);
+        let retry = secs(t0, 0.5);
+        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(1)));
+        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(2)));
+        // Both fail again: one round, the delay doubles once.
+        assert_eq!(
+            book.park(mac(1), retry).map(|p| p.retry_at),
+            Some(secs(t0, 1.5))
+        );
+        assert_eq!(
+            book.park(mac(2), retry).map(|p| p.retry_at),
+            Some(secs(t0, 1.5))
+        );
+        // A host answers again at 0.7 s: both are due now.
+        let back = secs(t0, 0.7);
+        assert_eq!(
+            book.hosts_back(back),
+            Some(Resumed {
+                waited: Duration::from_millis(700),
+                requests: 2
+            })
+        );
+        assert_eq!(book.parked(), 2, "still waiting, but due");
+        assert!(book.next_due(back).is_some() && book.next_due(back).is_some());
+        assert_eq!(book.parked(), 0);
+        assert_eq!(book.hosts_back(back), None, "no outage any more");
+    }
+
+    #[test]
+    fn deciding_a_parked_request_ends_the_outage() {
+        let (mut book, t0) = book();
+        for i in 1..=2 {
+            book.offer(mac(i), source(), t0);
+        }
+        book.next_due(t0);
+        book.next_due(t0);
+        book.park(mac(1), t0);
+        book.park(mac(2), t0);
+        let retry = book.next_due_at().expect("parked");
+        book.next_due(retry);
+        book.settle(mac(1), true, retry);
+        assert_eq!(book.outage_since(), None);
+        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(2)));
+        // A later outage starts its backoff afresh.
+        let later = secs(t0, 30.0);
+        assert_eq!(
+            book.park(mac(2), later).map(|p| p.retry_at),
+            Some(secs(t0, 30.5))
+        );
+    }
+
+    #[test]
+    fn a_flood_of_distinct_macs_keeps_memory_bounded() {
+        let (mut book, t0) = book();
+        book.rules.max_recent = 100;
+        for i in 0..1_000u32 {
+            let m = Mac([0x52, 0x54, 0, 0, (i >> 8) as u8, i as u8]);
+            let now = t0 + Duration::from_millis(u64::from(i));
+            book.offer(m, source(), now);
+            book.next_due(now);
+            book.settle(m, true, now);
+        }
+        assert!(book.recent.len() <= 100, "{}", book.recent.len());
+        assert!(book.is_empty());
+    }
+}

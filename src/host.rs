@@ -1,0 +1,779 @@
+//! One libvirt host (one `--libvirt-uri`): its connection, its MAC index,
+//! the operator's policy, and the calls that find a MAC's domains and bring
+//! one up.
+//!
+//! Every method blocks on libvirt and is meant for worker threads; a host is
+//! shared by all of them (`Arc<Host>`). Several requests run on one host at
+//! once, except that two never act on the same domain at the same time. The
+//! host keeps its [`Health`] (answering, unreachable, silent) and reports
+//! each change once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::debug;
+
+use crate::hypervisor::{
+    Action, Connector, DomainRecord, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor,
+    Listed, Unreadable,
+};
+use crate::index::file::IndexFile;
+use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
+use crate::outcome::Verb;
+use crate::packet::Mac;
+use crate::plan::{Candidate, action_for};
+use crate::policy::{DomainRef, Policy, Refusal};
+use crate::report;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a few assignments).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a host could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Not reachable (cannot connect, or the connection died): the request
+    /// waits for it.
+    #[error("{0}")]
+    Unreachable(HvError),
+    /// libvirt answered, but with an error (listing the domains failed).
+    #[error("{0}")]
+    Failed(HvError),
+}
+
+/// What one host knows about a MAC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// Domains with the MAC that the policy permits, with their state.
+    pub candidates: Vec<Candidate>,
+    /// Domains with the MAC that the policy refuses, and why.
+    pub refused: Vec<(String, Refusal)>,
+}
+
+impl Lookup {
+    /// True if this host has a domain with the MAC (permitted or not).
+    pub fn has_domain(&self) -> bool {
+        !self.candidates.is_empty() || !self.refused.is_empty()
+    }
+}
+
+/// What an action came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acted {
+    /// `verb` succeeded (or, in a dry run, would be done).
+    Done(Verb),
+    /// libvirt refused `verb`.
+    Failed(Verb, HvError),
+    /// Another request brought the domain up while this one waited its turn.
+    AlreadyUp(DomainState),
+}
+
+/// One domain as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// Name, UUID and opt-in.
+    pub domain: DomainRef,
+    /// Its MACs, or why they are unknown.
+    pub macs: Result<Vec<Mac>, Unreadable>,
+    /// Its state, if libvirt told.
+    pub state: Option<DomainState>,
+    /// It has a managed-save image (a start restores it).
+    pub managed_save: bool,
+}
+
+/// Whether a host answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Its last call was answered (or none was made yet).
+    Answering,
+    /// Connecting failed, or the connection died, since `since`.
+    Unreachable {
+        /// When it was first found unreachable.
+        since: Instant,
+    },
+    /// A call has gone unanswered for longer than the deadline (a stopped
+    /// daemon, a network that drops packets); until it returns, no new call
+    /// is sent there.
+    Silent {
+        /// When it was found silent.
+        since: Instant,
+    },
+}
+
+/// Counters for the exit summary and tests.
+#[derive(Debug, Default)]
+struct Counters {
+    listings: AtomicU64,
+    full_scans: AtomicU64,
+}
+
+/// The index of one host and when it was refreshed.
+struct IndexState {
+    /// `None` until loaded from the file or built by a scan: until then the
+    /// file answers lookups one MAC at a time.
+    index: Option<MacIndex>,
+    fresh: Freshness,
+    file: Option<IndexFile>,
+    /// Domains whose XML could not be read, reported once each.
+    reported_unreadable: HashSet<Uuid>,
+}
+
+/// Domains being acted on: a second request for the same domain waits its
+/// turn, then finds it up.
+#[derive(Default)]
+struct Turns {
+    busy: Mutex<HashSet<Uuid>>,
+    freed: Condvar,
+}
+
+/// The right to act on one domain; given back on drop.
+struct Turn<'a> {
+    turns: &'a Turns,
+    uuid: Uuid,
+}
+
+impl Turns {
+    /// Waits until nobody acts on `uuid`; true if it had to wait.
+    fn take(&self, uuid: Uuid) -> (Turn<'_>, bool) {
+        let mut busy = lock(&self.busy);
+        let mut waited = false;
+        while busy.contains(&uuid) {
+            waited = true;
+            busy = self
+                .freed
+                .wait(busy)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        busy.insert(uuid);
+        (Turn { turns: self, uuid }, waited)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.turns.busy).remove(&self.uuid);
+        self.turns.freed.notify_all();
+    }
+}
+
+/// A libvirt host.
+pub struct Host {
+    uri: Arc<str>,
+    position: usize,
+    connector: Box<dyn Connector>,
+    policy: Policy,
+    rescan: Rescan,
+    beat: Heartbeat,
+    connection: Mutex<Connection>,
+    index: Mutex<IndexState>,
+    /// Held while the index is refreshed: concurrent lookups of unknown
+    /// MACs wait for one refresh instead of each starting their own.
+    refreshing: Mutex<()>,
+    turns: Turns,
+    health: Mutex<Health>,
+    /// When the running liveness ping started, if one runs.
+    ping: Mutex<Option<Instant>>,
+    counters: Counters,
+    /// Called when the host answers again after an outage.
+    on_back: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The open connection, or the last failure to open one.
+#[derive(Default)]
+struct Connection {
+    open: Option<Arc<dyn Hypervisor>>,
+    failed: Option<(Instant, HvError)>,
+}
+
+/// While a host cannot be reached, connecting is tried at most this often;
+/// requests in between get the last error at once (a flood of new MACs
+/// must not become a flood of connection attempts).
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How a connection failed during a lookup.
+enum Failure {
+    /// Connecting failed: no point in trying again at once.
+    Connect(HvError),
+    /// The connection died (libvirtd restarted): one fresh try is worth it.
+    Died(HvError),
+    /// libvirt answered with an error.
+    Answered(HvError),
+}
+
+impl Host {
+    /// Host number `position` (its place among the `--libvirt-uri`s),
+    /// connected through `connector` on first use.
+    pub fn new(connector: Box<dyn Connector>, position: usize, rescan: Rescan) -> Self {
+        Host {
+            uri: Arc::from(connector.uri()),
+            position,
+            connector,
+            policy: Policy::default(),
+            rescan,
+            beat: Heartbeat::default(),
+            connection: Mutex::new(Connection::default()),
+            index: Mutex::new(IndexState {
+                index: None,
+                fresh: Freshness::default(),
+                file: None,
+                reported_unreadable: HashSet::new(),
+            }),
+            refreshing: Mutex::new(()),
+            turns: Turns::default(),
+            health: Mutex::new(Health::Answering),
+            ping: Mutex::new(None),
+            counters: Counters::default(),
+            on_back: OnceLock::new(),
+        }
+    }
+
+    /// Restricts which domains may be woken.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Keeps the MAC index in `file` across processes.
+    pub fn with_index_file(self, file: IndexFile) -> Self {
+        lock(&self.index).file = Some(file);
+        self
+    }
+
+    /// Calls `back` whenever the host answers again after an outage.
+    pub fn on_back(&self, back: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_back.set(Box::new(back));
+    }
+
+    /// The libvirt URI.
+    pub fn uri(&self) -> &Arc<str> {
+        &self.uri
+    }
+
+    /// Whether it answers.
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// When libvirt last answered a call of this host.
+    pub fn last_answer(&self) -> Option<Instant> {
+        self.beat.last()
+    }
+
+    /// Domain listings made so far (for an unknown MAC).
+    pub fn listings(&self) -> u64 {
+        self.counters.listings.load(Ordering::Relaxed)
+    }
+
+    /// Full scans (every domain's XML) made so far.
+    pub fn full_scans(&self) -> u64 {
+        self.counters.full_scans.load(Ordering::Relaxed)
+    }
+
+    /// Records that libvirt answered; reports the end of an outage.
+    fn answered(&self) {
+        self.beat.beat();
+        *lock(&self.ping) = None;
+        let was = std::mem::replace(&mut *lock(&self.health), Health::Answering);
+        let since = match was {
+            Health::Answering => return,
+            Health::Unreachable { since } | Health::Silent { since } => since,
+        };
+        report::host_back(&self.uri, since.elapsed());
+        if let Some(back) = self.on_back.get() {
+            back();
+        }
+    }
+
+    /// Records that libvirt cannot be reached; reports it once per outage.
+    fn unreachable(&self, error: &HvError) {
+        let mut health = lock(&self.health);
+        match *health {
+            Health::Answering => {
+                *health = Health::Unreachable {
+                    since: Instant::now(),
+                };
+                drop(health);
+                report::host_unreachable(&self.uri, error);
+            }
+            // A silent host whose stuck call failed: still out, said once.
+            Health::Silent { since } => *health = Health::Unreachable { since },
+            Health::Unreachable { .. } => {}
+        }
+    }
+
+    /// Looks at a call that has waited since `since`: when libvirt has
+    /// answered nothing on this host for `deadline`, a ping on the
+    /// connection tells a busy daemon (a start in a slow qemu hook holds up
+    /// every listing for its duration, but a ping is answered) from a
+    /// silent one. Returns when to look again, or `None` when the host is
+    /// silent: nothing answered, not even the ping within `grace`. Reports
+    /// the silence once.
+    pub fn check_silence(
+        self: &Arc<Self>,
+        since: Instant,
+        now: Instant,
+        deadline: Duration,
+        grace: Duration,
+    ) -> Option<Instant> {
+        let last = self.beat.last().map_or(since, |at| at.max(since));
+        if now < last + deadline {
+            return Some(last + deadline);
+        }
+        if let Health::Silent { .. } = *lock(&self.health) {
+            return None;
+        }
+        let mut ping = lock(&self.ping);
+        let started = match *ping {
+            Some(started) => started,
+            None => {
+                // No connection (or one being made: its lock is held while
+                // connecting): the unanswered call is the connect itself,
+                // and the grace runs without a ping.
+                let open = match self.connection.try_lock() {
+                    Ok(slot) => slot.open.clone(),
+                    Err(_) => None,
+                };
+                if let Some(hv) = open {
+                    let host = Arc::clone(self);
+                    let _ = std::thread::Builder::new()
+                        .name("wol-ping".into())
+                        .spawn(move || {
+                            if hv.ping().is_ok() {
+                                host.answered();
+                            }
+                            *lock(&host.ping) = None;
+                        });
+                }
+                *ping = Some(now);
+                now
+            }
+        };
+        if now < started + grace {
+            return Some(started + grace);
+        }
+        drop(ping);
+        let mut health = lock(&self.health);
+        if !matches!(*health, Health::Silent { .. }) {
+            *health = Health::Silent { since: now };
+            drop(health);
+            report::host_silent(&self.uri, deadline);
+        }
+        None
+    }
+
+    /// The open connection, or a new one. Connecting blocks while a daemon
+    /// is stopped: the caller's deadline sees that as silence.
+    fn connection(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
+        let mut slot = lock(&self.connection);
+        if let Some(hv) = &slot.open {
+            return Ok(Arc::clone(hv));
+        }
+        if let Some((at, error)) = &slot.failed {
+            if at.elapsed() < RECONNECT_INTERVAL {
+                return Err(error.clone());
+            }
+        }
+        match self.connector.connect() {
+            Ok(hv) => {
+                self.beat.beat();
+                *slot = Connection {
+                    open: Some(Arc::clone(&hv)),
+                    failed: None,
+                };
+                Ok(hv)
+            }
+            Err(error) => {
+                slot.failed = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets a dead connection (if it is still the current one). The
+    /// index stays: it is only a hint, confirmed before every use.
+    fn drop_connection(&self, dead: &Arc<dyn Hypervisor>) {
+        let mut slot = lock(&self.connection);
+        if slot.open.as_ref().is_some_and(|hv| Arc::ptr_eq(hv, dead)) {
+            slot.open = None;
+        }
+    }
+
+    /// Sorts a failed call: libvirt's own error, or a dead connection.
+    fn failure(&self, hv: &Arc<dyn Hypervisor>, error: HvError) -> Failure {
+        if hv.is_alive() {
+            self.beat.beat();
+            Failure::Answered(error)
+        } else {
+            self.drop_connection(hv);
+            Failure::Died(error)
+        }
+    }
+
+    /// The domains on this host that own `mac`, with their current state,
+    /// and those the policy refuses.
+    ///
+    /// A connection that died since the last request (libvirtd restarted)
+    /// gets one immediate reconnect before the host counts as unreachable.
+    pub fn lookup(&self, mac: Mac) -> Result<Lookup, HostError> {
+        let result = match self.lookup_once(mac) {
+            Err(Failure::Died(e)) => {
+                debug!("connection to {} lost ({e}); reconnecting", self.uri);
+                self.lookup_once(mac)
+            }
+            other => other,
+        };
+        match result {
+            Ok(lookup) => {
+                self.answered();
+                Ok(lookup)
+            }
+            Err(Failure::Answered(e)) => {
+                self.answered();
+                Err(HostError::Failed(e))
+            }
+            Err(Failure::Connect(e) | Failure::Died(e)) => {
+                self.unreachable(&e);
+                Err(HostError::Unreachable(e))
+            }
+        }
+    }
+
+    fn lookup_once(&self, mac: Mac) -> Result<Lookup, Failure> {
+        let hv = self.connection().map_err(Failure::Connect)?;
+        let owners = self.owners(&hv, mac).map_err(|e| self.failure(&hv, e))?;
+        let mut lookup = Lookup::default();
+        for owner in owners {
+            let domain = DomainRef {
+                name: owner.name,
+                uuid: owner.uuid,
+                wake_opt_in: owner.wake_opt_in,
+            };
+            if let Err(reason) = self.policy.check(&domain, mac) {
+                lookup.refused.push((domain.name, reason));
+                continue;
+            }
+            let Ok(uuid) = domain.uuid.parse() else {
+                continue;
+            };
+            match hv.state(&domain.uuid) {
+                Ok(state) => lookup.candidates.push(Candidate {
+                    name: domain.name,
+                    uuid,
+                    state,
+                    host: self.position,
+                }),
+                // Undefined since its XML was read: it no longer owns anything.
+                Err(e) if e.kind == HvErrorKind::NoDomain => {}
+                Err(e) => return Err(self.failure(&hv, e)),
+            }
+        }
+        Ok(lookup)
+    }
+
+    /// The domains whose current XML has `mac`. The index names the
+    /// candidates; each is confirmed by reading its XML. When the index
+    /// does not know the MAC, or was wrong about it, it is refreshed as
+    /// [`refresh_for`] allows, and asked again.
+    fn owners(&self, hv: &Arc<dyn Hypervisor>, mac: Mac) -> Result<Vec<DomainRecord>, HvError> {
+        let hint = self.hint(mac);
+        let mut stale = false;
+        if !hint.is_empty() {
+            let (confirmed, all) = self.confirm(hv.as_ref(), mac, &hint)?;
+            if all {
+                return Ok(confirmed);
+            }
+            stale = true;
+        }
+        let _one_refresh_at_a_time = lock(&self.refreshing);
+        self.refresh(hv.as_ref(), stale)?;
+        let hint = self.hint(mac);
+        Ok(self.confirm(hv.as_ref(), mac, &hint)?.0)
+    }
+
+    /// What the index (or, before it is loaded, the index file) says owns
+    /// `mac`.
+    fn hint(&self, mac: Mac) -> Vec<Uuid> {
+        let mut state = lock(&self.index);
+        if let Some(index) = &state.index {
+            return index.owners(mac);
+        }
+        let Some(file) = &state.file else {
+            return Vec::new();
+        };
+        match file.lookup(mac) {
+            Ok(owners) => owners.unwrap_or_default(),
+            Err(reason) => {
+                report::index_file_ignored(file.path(), &reason);
+                // Not asked again; the next refresh rewrites it.
+                state.index = Some(MacIndex::default());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reads each hinted domain's current XML. Returns those that have
+    /// `mac`, and whether all of them did (else the hint was stale). What
+    /// the XML says goes into the index.
+    fn confirm(
+        &self,
+        hv: &dyn Hypervisor,
+        mac: Mac,
+        hint: &[Uuid],
+    ) -> Result<(Vec<DomainRecord>, bool), HvError> {
+        let mut confirmed = Vec::with_capacity(hint.len());
+        let mut all = true;
+        for uuid in hint {
+            match hv.domain(&uuid.to_string()) {
+                Ok(record) => {
+                    self.beat.beat();
+                    let has = record.macs.as_ref().is_ok_and(|m| m.contains(&mac));
+                    if let (Some(index), Ok(macs)) = (&mut lock(&self.index).index, &record.macs) {
+                        index.update(*uuid, macs);
+                    }
+                    if has {
+                        confirmed.push(record);
+                    } else {
+                        debug!(mac = %mac, "index entry for {mac} is stale (domain {uuid} changed)");
+                        all = false;
+                    }
+                }
+                Err(e) if e.kind == HvErrorKind::NoDomain => {
+                    self.beat.beat();
+                    if let Some(index) = &mut lock(&self.index).index {
+                        index.forget(&HashSet::from([*uuid]));
+                    }
+                    all = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((confirmed, all))
+    }
+
+    /// Refreshes the index if the rules allow it now.
+    fn refresh(&self, hv: &dyn Hypervisor, stale: bool) -> Result<(), HvError> {
+        let decision = {
+            let mut state = lock(&self.index);
+            self.load_file(&mut state);
+            refresh_for(
+                &state.fresh,
+                stale,
+                &self.rescan,
+                Instant::now(),
+                SystemTime::now(),
+            )
+        };
+        let started = Instant::now();
+        let listed = match decision {
+            Refresh::Nothing => return Ok(()),
+            Refresh::Listing | Refresh::Full => hv.list()?,
+        };
+        self.beat.beat();
+        let full = decision == Refresh::Full;
+        let to_read: Vec<Listed> = if full {
+            listed.clone()
+        } else {
+            let state = lock(&self.index);
+            let index = state.index.as_ref();
+            listed
+                .iter()
+                .filter(|l| {
+                    let known = l
+                        .uuid
+                        .parse()
+                        .is_ok_and(|u| index.is_some_and(|i| i.knows(u)));
+                    !known
+                })
+                .cloned()
+                .collect()
+        };
+        let beat = self.beat.clone();
+        let records = hv.records(&to_read, &move || beat.beat());
+        if !to_read.is_empty() && !hv.is_alive() {
+            return Err(HvError::other(
+                "the connection was lost while reading domains",
+            ));
+        }
+        let now = Instant::now();
+        let mut state = lock(&self.index);
+        let mut readable = Vec::with_capacity(records.len());
+        for record in records {
+            let Ok(uuid) = record.uuid.parse::<Uuid>() else {
+                continue;
+            };
+            match record.macs {
+                Ok(macs) => {
+                    state.reported_unreadable.remove(&uuid);
+                    readable.push((uuid, macs));
+                }
+                // Left out of the index, so the next listing tries again;
+                // said once, not at every listing.
+                Err(reason) => {
+                    if state.reported_unreadable.insert(uuid) {
+                        report::domain_skipped(&record.name, &reason);
+                    }
+                }
+            }
+        }
+        // A full scan is always written: the file remembers when it ran.
+        let (changed, count) = if full {
+            state.index = Some(MacIndex::from_domains(readable));
+            state.fresh.scanned_at = Some(now);
+            state.fresh.scanned_wall = Some(SystemTime::now());
+            self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
+            (true, listed.len())
+        } else {
+            let present: HashSet<Uuid> =
+                listed.iter().filter_map(|l| l.uuid.parse().ok()).collect();
+            let index = state.index.get_or_insert_with(MacIndex::default);
+            let gone: HashSet<Uuid> = index.domains().filter(|u| !present.contains(u)).collect();
+            let forgot = index.forget(&gone);
+            let added = !readable.is_empty();
+            index.add(readable);
+            self.counters.listings.fetch_add(1, Ordering::Relaxed);
+            (forgot || added, to_read.len())
+        };
+        state.fresh.listed_at = Some(now);
+        debug!(
+            "{} {} on {}: read {count} domain(s) in {:.1} ms",
+            if full { "scanned" } else { "listed" },
+            listed.len(),
+            self.uri,
+            started.elapsed().as_secs_f64() * 1e3,
+        );
+        if changed {
+            self.store_file(&mut state);
+        }
+        Ok(())
+    }
+
+    /// Loads the index file into memory, once, before the first refresh.
+    fn load_file(&self, state: &mut IndexState) {
+        if state.index.is_some() {
+            return;
+        }
+        let Some(file) = &state.file else {
+            state.index = Some(MacIndex::default());
+            return;
+        };
+        match file.load() {
+            Ok(Some((index, scanned))) => {
+                state.index = Some(index);
+                state.fresh.scanned_wall = scanned;
+            }
+            Ok(None) => state.index = Some(MacIndex::default()),
+            Err(reason) => {
+                report::index_file_ignored(file.path(), &reason);
+                state.index = Some(MacIndex::default());
+            }
+        }
+    }
+
+    fn store_file(&self, state: &mut IndexState) {
+        let (Some(file), Some(index)) = (&state.file, &state.index) else {
+            return;
+        };
+        if let Err(e) = file.store(index, state.fresh.scanned_wall) {
+            report::index_file_unwritable(file.path(), &e);
+            state.file = None;
+        }
+    }
+
+    /// Performs `action` on `domain` (with `dry_run`, only says what it
+    /// would do). Waits while another request acts on the same domain,
+    /// then looks at its state again.
+    pub fn act(
+        &self,
+        domain: &Candidate,
+        action: Action,
+        dry_run: bool,
+    ) -> Result<Acted, HostError> {
+        let result = self.act_once(domain, action, dry_run);
+        match &result {
+            Err(HostError::Unreachable(e)) => self.unreachable(e),
+            _ => self.answered(),
+        }
+        result
+    }
+
+    fn act_once(
+        &self,
+        domain: &Candidate,
+        mut action: Action,
+        dry_run: bool,
+    ) -> Result<Acted, HostError> {
+        let hv = self.connection().map_err(HostError::Unreachable)?;
+        let uuid = domain.uuid.to_string();
+        let dead = |e: HvError| {
+            if hv.is_alive() {
+                HostError::Failed(e)
+            } else {
+                self.drop_connection(&hv);
+                HostError::Unreachable(e)
+            }
+        };
+        let (_turn, waited) = self.turns.take(domain.uuid);
+        if waited {
+            let state = hv.state(&uuid).map_err(dead)?;
+            match action_for(state) {
+                Some(now) => action = now,
+                None => return Ok(Acted::AlreadyUp(state)),
+            }
+        }
+        // Only a start can restore an image; a failing query just means the
+        // log will not mention it.
+        let managed_save = action == Action::Start && hv.has_managed_save(&uuid).unwrap_or(false);
+        let verb = Verb::of(action, managed_save);
+        if dry_run {
+            return Ok(Acted::Done(verb));
+        }
+        match hv.perform(&uuid, action) {
+            Ok(()) => Ok(Acted::Done(verb)),
+            Err(e) if hv.is_alive() => Ok(Acted::Failed(verb, e)),
+            Err(e) => {
+                self.drop_connection(&hv);
+                Err(HostError::Unreachable(e))
+            }
+        }
+    }
+
+    /// Every domain of this host with its MACs, state and managed-save
+    /// image, for `list`.
+    pub fn inventory(&self) -> Result<Vec<DomainInfo>, HostError> {
+        let hv = self.connection().map_err(HostError::Unreachable)?;
+        let listed = hv.list().map_err(HostError::Failed)?;
+        let records = hv.records(&listed, &|| {});
+        let by_uuid: HashMap<&str, &Listed> = listed.iter().map(|l| (l.uuid.as_str(), l)).collect();
+        Ok(records
+            .into_iter()
+            .filter(|r| by_uuid.contains_key(r.uuid.as_str()))
+            .map(|record| {
+                let state = hv.state(&record.uuid).ok();
+                let managed_save = state == Some(DomainState::ShutOff)
+                    && hv.has_managed_save(&record.uuid).unwrap_or(false);
+                DomainInfo {
+                    domain: DomainRef {
+                        name: record.name,
+                        uuid: record.uuid,
+                        wake_opt_in: record.wake_opt_in,
+                    },
+                    macs: record.macs,
+                    state,
+                    managed_save,
+                }
+            })
+            .collect())
+    }
+}

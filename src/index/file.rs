@@ -1,0 +1,488 @@
+//! The persistent MAC index: a small file per libvirt URI in the cache
+//! directory, so a freshly activated process can go straight to the right
+//! domain instead of reading every domain's XML.
+//!
+//! The file is a hint, never the truth: a host confirms a hit against the
+//! domain's current XML before acting. A file that does not parse, or
+//! belongs to another URI or format, is ignored and replaced.
+//!
+//! Format: three header lines (format, URI, time of the last full scan in
+//! seconds since 1970, or `never`), then one fixed-width record per (MAC,
+//! domain UUID) pair, sorted: `52:54:00:aa:bb:cc 6695eb01-…-97f2502e193f`.
+//! A domain without NICs is recorded with the MAC `00:00:00:00:00:00` (never
+//! a magic packet's target), so a fresh process knows it was read. A lookup
+//! binary-searches the records with positioned reads, so a warm wake reads a
+//! few hundred bytes whatever the number of domains.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::{MacIndex, Uuid};
+use crate::packet::Mac;
+
+/// First line of every index file; a different one means another format.
+const HEADER: &str = "wol-libvirt-gateway mac-index 3";
+/// Directory name under the XDG cache directory.
+const APP_DIR: &str = "wol-libvirt-gateway";
+/// `xx:xx:xx:xx:xx:xx` + space + canonical UUID + newline.
+const MAC_LEN: usize = 17;
+const UUID_LEN: usize = 36;
+const RECORD_LEN: usize = MAC_LEN + 1 + UUID_LEN + 1;
+/// The header is read in one go; a longer URI makes the file unusable.
+const MAX_HEADER: usize = 4096;
+/// The MAC of a "known domain without NICs" record.
+const NO_NIC: Mac = Mac([0; 6]);
+
+/// Why the index file cannot be used (it is then ignored and rewritten).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Reading it failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// It has fewer than three header lines.
+    #[error("no header")]
+    NoHeader,
+    /// Its first line names another format (or version).
+    #[error("not a mac-index version 3 file")]
+    OtherFormat,
+    /// It was written for another libvirt URI (a hash collision, or a copy).
+    #[error("it belongs to another URI ({0})")]
+    OtherUri(String),
+    /// The full-scan line is not `full-scan SECONDS` or `full-scan never`.
+    #[error("malformed full-scan line")]
+    BadScanTime,
+    /// Its length is not a whole number of records.
+    #[error("truncated record")]
+    Truncated,
+    /// A record is not `MAC UUID`.
+    #[error("record {0} is malformed")]
+    BadRecord(usize),
+}
+
+/// Why the cache directory cannot hold index files.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// Our own XDG directory could not be created.
+    #[error("cannot create {dir}: {source}")]
+    Create {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The named path is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The named directory cannot be examined (missing, no permission).
+    #[error("{dir}: {source}")]
+    Unusable {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Where the cache directory comes from, in order of precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDirSource {
+    /// `$CACHE_DIRECTORY`, set by systemd's `CacheDirectory=`.
+    Systemd(PathBuf),
+    /// `--cache-dir`.
+    Flag(PathBuf),
+    /// `$XDG_CACHE_HOME/wol-libvirt-gateway` or `~/.cache/wol-libvirt-gateway`.
+    Xdg(PathBuf),
+}
+
+impl CacheDirSource {
+    /// Picks the directory: `$CACHE_DIRECTORY` (its first entry), else
+    /// `flag`, else the XDG cache directory. `None` when there is no home.
+    pub fn choose(
+        cache_directory: Option<&str>,
+        flag: Option<&Path>,
+        xdg_cache_home: Option<&str>,
+        home: Option<&str>,
+    ) -> Option<CacheDirSource> {
+        let non_empty = |s: &&str| !s.is_empty();
+        if let Some(dir) = cache_directory
+            .and_then(|dirs| dirs.split(':').next())
+            .filter(non_empty)
+        {
+            return Some(CacheDirSource::Systemd(PathBuf::from(dir)));
+        }
+        if let Some(dir) = flag {
+            return Some(CacheDirSource::Flag(dir.to_owned()));
+        }
+        let base = match (xdg_cache_home.filter(non_empty), home.filter(non_empty)) {
+            (Some(xdg), _) => PathBuf::from(xdg),
+            (None, Some(home)) => Path::new(home).join(".cache"),
+            (None, None) => return None,
+        };
+        Some(CacheDirSource::Xdg(base.join(APP_DIR)))
+    }
+
+    /// Reads the process environment.
+    pub fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
+        let var = |name| std::env::var(name).ok();
+        CacheDirSource::choose(
+            var("CACHE_DIRECTORY").as_deref(),
+            flag,
+            var("XDG_CACHE_HOME").as_deref(),
+            var("HOME").as_deref(),
+        )
+    }
+}
+
+/// The index file for one libvirt URI.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    path: PathBuf,
+    uri: String,
+}
+
+/// The header of an index file that belongs to this URI.
+struct Header {
+    len: usize,
+    scanned: Option<SystemTime>,
+}
+
+impl IndexFile {
+    /// The index file for `uri` in the chosen directory. Our own XDG
+    /// directory is created if missing; a directory named by systemd or
+    /// `--cache-dir` must exist.
+    pub fn open(source: &CacheDirSource, uri: &str) -> Result<IndexFile, DirError> {
+        let dir = match source {
+            CacheDirSource::Systemd(dir) | CacheDirSource::Flag(dir) => dir,
+            CacheDirSource::Xdg(dir) => {
+                fs::create_dir_all(dir).map_err(|source| DirError::Create {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                dir
+            }
+        };
+        match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(DirError::NotADirectory(dir.clone())),
+            Err(source) => {
+                return Err(DirError::Unusable {
+                    dir: dir.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(IndexFile {
+            path: dir.join(file_name(uri)),
+            uri: uri.to_owned(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the file and checks its header; `None` when there is no file.
+    fn open_checked(&self) -> Result<Option<(fs::File, Header, usize)>, FileError> {
+        let mut file = match fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| FileError::Truncated)?;
+        let mut head = Vec::with_capacity(MAX_HEADER.min(len));
+        (&mut file).take(MAX_HEADER as u64).read_to_end(&mut head)?;
+        let header = self.header(&head)?;
+        let body = len - header.len;
+        if body % RECORD_LEN != 0 {
+            return Err(FileError::Truncated);
+        }
+        Ok(Some((file, header, body / RECORD_LEN)))
+    }
+
+    /// The UUIDs of the domains that owned `mac` when the file was written.
+    /// `Ok(None)` when there is no file yet.
+    pub fn lookup(&self, mac: Mac) -> Result<Option<Vec<Uuid>>, FileError> {
+        let Some((file, header, count)) = self.open_checked()? else {
+            return Ok(None);
+        };
+        let records = Records {
+            file: &file,
+            start: header.len,
+        };
+        // First record whose MAC is not below the one wanted.
+        let (mut low, mut high) = (0, count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if records.get(middle)?.0 < mac {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        let mut owners = Vec::new();
+        for i in low..count {
+            let (found, uuid) = records.get(i)?;
+            if found != mac {
+                break;
+            }
+            owners.push(uuid);
+        }
+        Ok(Some(owners))
+    }
+
+    /// The whole index and the time of the last full scan; `Ok(None)` when
+    /// there is no file yet.
+    pub fn load(&self) -> Result<Option<(MacIndex, Option<SystemTime>)>, FileError> {
+        let Some((file, header, count)) = self.open_checked()? else {
+            return Ok(None);
+        };
+        let mut body = vec![0u8; count * RECORD_LEN];
+        file.read_exact_at(&mut body, header.len as u64)?;
+        let mut known = HashSet::new();
+        let mut pairs = Vec::with_capacity(count);
+        for (i, record) in body.chunks_exact(RECORD_LEN).enumerate() {
+            let (mac, uuid) = parse_record(record).ok_or(FileError::BadRecord(i))?;
+            known.insert(uuid);
+            if mac != NO_NIC {
+                pairs.push((mac, uuid));
+            }
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        Ok(Some((MacIndex { known, pairs }, header.scanned)))
+    }
+
+    /// Checks the three header lines.
+    fn header(&self, head: &[u8]) -> Result<Header, FileError> {
+        let text = String::from_utf8_lossy(head);
+        let mut lines = text.split_inclusive('\n');
+        let (Some(format), Some(uri), Some(scan)) = (lines.next(), lines.next(), lines.next())
+        else {
+            return Err(FileError::NoHeader);
+        };
+        if format.trim_end() != HEADER {
+            return Err(FileError::OtherFormat);
+        }
+        match uri.strip_prefix("uri ").map(str::trim_end) {
+            Some(found) if found == one_line(&self.uri) => {}
+            Some(found) => return Err(FileError::OtherUri(found.to_owned())),
+            None => return Err(FileError::NoHeader),
+        }
+        let scanned = match scan.strip_prefix("full-scan ").map(str::trim_end) {
+            Some("never") => None,
+            Some(secs) => {
+                let secs: u64 = secs.parse().map_err(|_| FileError::BadScanTime)?;
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            }
+            None => return Err(FileError::BadScanTime),
+        };
+        Ok(Header {
+            len: format.len() + uri.len() + scan.len(),
+            scanned,
+        })
+    }
+
+    /// Writes the index atomically: a temporary file in the same directory,
+    /// then a rename over the old one, so a reader never sees half a file.
+    pub fn store(&self, index: &MacIndex, scanned: Option<SystemTime>) -> io::Result<()> {
+        let with_nics: HashSet<Uuid> = index.pairs().iter().map(|(_, uuid)| *uuid).collect();
+        let mut records: Vec<(Mac, Uuid)> = index
+            .domains()
+            .filter(|uuid| !with_nics.contains(uuid))
+            .map(|uuid| (NO_NIC, uuid))
+            .chain(index.pairs().iter().copied())
+            .collect();
+        records.sort_unstable();
+        let scan = scanned
+            .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or_else(|| "never".to_owned(), |age| age.as_secs().to_string());
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
+        // No fsync: after a crash a truncated file is only a corrupt hint,
+        // which is ignored and rebuilt; the wake path should not wait on disk.
+        let written = fs::File::create(&tmp).and_then(|file| {
+            let mut out = io::BufWriter::new(file);
+            write!(
+                out,
+                "{HEADER}\nuri {}\nfull-scan {scan}\n",
+                one_line(&self.uri)
+            )?;
+            for (mac, uuid) in &records {
+                writeln!(out, "{mac} {uuid}")?;
+            }
+            out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            Ok(())
+        });
+        match written.and_then(|()| fs::rename(&tmp, &self.path)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The fixed-width records of an open index file.
+struct Records<'a> {
+    file: &'a fs::File,
+    start: usize,
+}
+
+impl Records<'_> {
+    /// Record `i`.
+    fn get(&self, i: usize) -> Result<(Mac, Uuid), FileError> {
+        let mut record = [0u8; RECORD_LEN];
+        self.file
+            .read_exact_at(&mut record, (self.start + i * RECORD_LEN) as u64)?;
+        parse_record(&record).ok_or(FileError::BadRecord(i))
+    }
+}
+
+/// `MAC UUID\n`, exactly [`RECORD_LEN`] bytes.
+fn parse_record(record: &[u8]) -> Option<(Mac, Uuid)> {
+    let text = std::str::from_utf8(record).ok()?;
+    let (mac, rest) = text.split_at_checked(MAC_LEN)?;
+    let uuid = rest.strip_prefix(' ')?.strip_suffix('\n')?;
+    Some((mac.parse().ok()?, uuid.parse().ok()?))
+}
+
+/// One file per URI, named by a hash of it (URIs hold `/` and `:`); the URI
+/// inside the file guards against collisions.
+fn file_name(uri: &str) -> String {
+    // FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in uri.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("mac-index-{hash:016x}")
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_precedence_systemd_then_flag_then_xdg() {
+        let flag = Path::new("/flag");
+        assert_eq!(
+            CacheDirSource::choose(
+                Some("/var/cache/a:/var/cache/b"),
+                Some(flag),
+                None,
+                Some("/root")
+            ),
+            Some(CacheDirSource::Systemd("/var/cache/a".into()))
+        );
+        assert_eq!(
+            CacheDirSource::choose(None, Some(flag), Some("/xdg"), Some("/root")),
+            Some(CacheDirSource::Flag("/flag".into()))
+        );
+        assert_eq!(
+            CacheDirSource::choose(None, None, Some("/xdg"), Some("/root")),
+            Some(CacheDirSource::Xdg("/xdg/wol-libvirt-gateway".into()))
+        );
+        assert_eq!(
+            CacheDirSource::choose(Some(""), None, Some(""), Some("/home/u")),
+            Some(CacheDirSource::Xdg(
+                "/home/u/.cache/wol-libvirt-gateway".into()
+            ))
+        );
+        assert_eq!(CacheDirSource::choose(None, None, None, None), None);
+    }
+
+    fn uuid(n: u128) -> Uuid {
+        Uuid(n)
+    }
+
+    fn mac(i: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, i])
+    }
+
+    fn file_in(dir: &Path, uri: &str) -> IndexFile {
+        IndexFile::open(&CacheDirSource::Flag(dir.into()), uri).expect("usable directory")
+    }
+
+    fn lookup(file: &IndexFile, m: Mac) -> Option<Vec<Uuid>> {
+        file.lookup(m).expect("a valid file")
+    }
+
+    #[test]
+    fn lookups_find_every_owner_among_many_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_in(dir.path(), "qemu:///system");
+        assert_eq!(lookup(&file, mac(1)), None, "no file yet");
+        let mut domains: Vec<(Uuid, Vec<Mac>)> = vec![(uuid(1), (0..=250).map(mac).collect())];
+        domains.push((uuid(2), vec![mac(7)]));
+        domains.push((uuid(3), vec![]));
+        file.store(&MacIndex::from_domains(domains), None)
+            .expect("store");
+        assert_eq!(lookup(&file, mac(7)), Some(vec![uuid(1), uuid(2)]));
+        assert_eq!(lookup(&file, mac(0)), Some(vec![uuid(1)]));
+        assert_eq!(lookup(&file, mac(250)), Some(vec![uuid(1)]));
+        assert_eq!(lookup(&file, mac(251)), Some(vec![]));
+        assert_eq!(lookup(&file, Mac([0x02, 0, 0, 0, 0, 1])), Some(vec![]));
+    }
+
+    #[test]
+    fn a_loaded_index_is_the_stored_one_with_its_scan_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_in(dir.path(), "qemu:///system");
+        let index = MacIndex::from_domains([
+            (uuid(1), vec![mac(1), mac(2)]),
+            (uuid(2), vec![]),
+            (uuid(3), vec![mac(2)]),
+        ]);
+        let scanned = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        file.store(&index, Some(scanned)).expect("store");
+        let (loaded, when) = file.load().expect("valid").expect("exists");
+        assert_eq!(loaded, index);
+        assert!(
+            loaded.knows(uuid(2)),
+            "a NIC-less domain survives the round trip"
+        );
+        assert_eq!(when, Some(scanned));
+        file.store(&index, None).expect("store");
+        assert_eq!(file.load().expect("valid").expect("exists").1, None);
+    }
+
+    #[test]
+    fn foreign_or_corrupt_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_in(dir.path(), "x");
+        let u1 = "00000000-0000-0000-0000-000000000001";
+        let good = format!("{HEADER}\nuri x\nfull-scan never\n52:54:00:00:00:01 {u1}\n");
+        for text in [
+            String::new(),
+            "garbage\n".into(),
+            "wol-libvirt-gateway mac-index 2\nuri x\n".into(),
+            format!("{HEADER}\nuri other:///\nfull-scan never\n"),
+            format!("{HEADER}\nuri x\nfull-scan yesterday\n"),
+            format!("{HEADER}\nuri x\nfull-scan never\nzz:zz:zz:zz:zz:zz {u1}\n"),
+            format!("{HEADER}\nuri x\nfull-scan never\n52:54:00:00:00:01\n"),
+            good[..good.len() - 1].to_owned(),
+            "\u{ff}".repeat(5000),
+        ] {
+            std::fs::write(file.path(), &text).expect("write");
+            assert!(file.lookup(mac(1)).is_err(), "{text:?}");
+            assert!(file.load().is_err(), "{text:?}");
+        }
+        std::fs::write(file.path(), &good).expect("write");
+        assert_eq!(lookup(&file, mac(1)), Some(vec![uuid(1)]));
+    }
+
+    #[test]
+    fn different_uris_get_different_files() {
+        assert_ne!(file_name("qemu:///system"), file_name("qemu:///session"));
+    }
+}

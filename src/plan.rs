@@ -1,0 +1,134 @@
+//! The decision for one MAC, a pure function of the domains that own it.
+
+use crate::hypervisor::{Action, DomainState};
+use crate::index::Uuid;
+
+/// A domain that owns the requested MAC (and that the policy lets through),
+/// with its current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: Uuid,
+    /// Its state right now.
+    pub state: DomainState,
+    /// Which host (position in the list of URIs) it is on.
+    pub host: usize,
+}
+
+/// The decision for one MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan<'a> {
+    /// Bring `domain` up with `action`.
+    Act {
+        /// The one domain with the MAC.
+        domain: &'a Candidate,
+        /// What to do to it.
+        action: Action,
+    },
+    /// A domain with the MAC is already up: nothing to do.
+    AlreadyUp {
+        /// The (first) active domain with the MAC.
+        domain: &'a Candidate,
+    },
+    /// Several inactive domains share the MAC: starting any would be a guess.
+    Ambiguous,
+    /// No domain has the MAC.
+    NoMatch,
+}
+
+/// What brings a domain in `state` up, if it is not up: shut off or crashed
+/// is started (restoring a managed-save image if there is one), paused is
+/// resumed, PM-suspended is woken; anything else is up already.
+pub fn action_for(state: DomainState) -> Option<Action> {
+    match state {
+        DomainState::ShutOff | DomainState::Crashed => Some(Action::Start),
+        DomainState::Paused => Some(Action::Resume),
+        DomainState::PmSuspended => Some(Action::PmWakeup),
+        DomainState::Running
+        | DomainState::Blocked
+        | DomainState::InShutdown
+        | DomainState::Other => None,
+    }
+}
+
+/// Decides what a magic packet for a MAC does, given every domain with it.
+///
+/// One domain: [`action_for`] its state. Several domains: if any is active
+/// the MAC's machine is up and nothing happens; if none is, starting one
+/// would be a guess, so none is started.
+pub fn plan(candidates: &[Candidate]) -> Plan<'_> {
+    match candidates {
+        [] => Plan::NoMatch,
+        [domain] => match action_for(domain.state) {
+            Some(action) => Plan::Act { domain, action },
+            None => Plan::AlreadyUp { domain },
+        },
+        many => match many.iter().find(|c| c.state.is_active()) {
+            Some(domain) => Plan::AlreadyUp { domain },
+            None => Plan::Ambiguous,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(n: u128, state: DomainState) -> Candidate {
+        Candidate {
+            name: format!("vm{n}"),
+            uuid: Uuid(n),
+            state,
+            host: 0,
+        }
+    }
+
+    #[test]
+    fn state_table_for_one_domain() {
+        let table = [
+            (DomainState::ShutOff, Some(Action::Start)),
+            (DomainState::Crashed, Some(Action::Start)),
+            (DomainState::Paused, Some(Action::Resume)),
+            (DomainState::PmSuspended, Some(Action::PmWakeup)),
+            (DomainState::Running, None),
+            (DomainState::Blocked, None),
+            (DomainState::InShutdown, None),
+            (DomainState::Other, None),
+        ];
+        for (state, expected) in table {
+            let domains = [candidate(1, state)];
+            let got = match plan(&domains) {
+                Plan::Act { action, .. } => Some(action),
+                Plan::AlreadyUp { .. } => None,
+                other => panic!("{state}: unexpected {other:?}"),
+            };
+            assert_eq!(got, expected, "state {state}");
+        }
+    }
+
+    #[test]
+    fn several_domains_with_one_active_means_nothing_to_do() {
+        let domains = [
+            candidate(1, DomainState::ShutOff),
+            candidate(2, DomainState::Paused),
+        ];
+        assert_eq!(
+            plan(&domains),
+            Plan::AlreadyUp {
+                domain: &domains[1]
+            }
+        );
+    }
+
+    #[test]
+    fn several_inactive_domains_are_ambiguous() {
+        let domains = [
+            candidate(1, DomainState::ShutOff),
+            candidate(2, DomainState::Crashed),
+        ];
+        assert_eq!(plan(&domains), Plan::Ambiguous);
+        assert_eq!(plan(&[]), Plan::NoMatch);
+    }
+}

@@ -1,0 +1,709 @@
+//! The one place that turns what happened into words: log lines and their
+//! journal fields (`MAC`, `SOURCE`, `VIA`, `DOMAIN`, `HOST`, `STATE`,
+//! `ACTION`, `RESULT`), the `STATUS=` text, the exit summary, and the words
+//! of `list`. Everything else hands over data.
+//!
+//! A flood never floods the journal: junk, duplicates, unknown MACs,
+//! refusals and failures each have a rate limit ([`LOG_BURST`] lines per
+//! [`LOG_WINDOW`] at their own level, the rest at debug), and what a limit
+//! held back is summed up when its window closes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use tracing::{Level, debug, error, info, warn};
+
+use crate::book::{Request, Resumed};
+use crate::fleet::WaitFor;
+use crate::host::HostError;
+use crate::hypervisor::{DomainState, HvError, Unreadable};
+use crate::index::file::FileError;
+use crate::outcome::{Decision, Named, Outcome, Verb};
+use crate::packet::{Mac, Rejection};
+use crate::policy::Refusal;
+use crate::ratelimit::RateLimiter;
+use crate::sockets::Source;
+
+/// Window of the log rate limits.
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Lines per window and kind at their own level.
+pub const LOG_BURST: u32 = 10;
+/// MACs named in one line; the rest are counted.
+const MAX_LISTED: usize = 10;
+
+/// The `ACTION` word for a verb (also `list`'s).
+pub fn action_word(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Start => "start",
+        Verb::Restore => "restore",
+        Verb::Resume => "resume",
+        Verb::PmWakeup => "pm-wakeup",
+    }
+}
+
+/// What was done, as the log and `STATUS=` begin: "started web01".
+fn done(verb: Verb, domain: &str) -> String {
+    match verb {
+        Verb::Start => format!("started {domain}"),
+        Verb::Restore => format!("restored {domain} from its managed-save image"),
+        Verb::Resume => format!("resumed {domain}"),
+        Verb::PmWakeup => format!("woke {domain} from PM suspend"),
+    }
+}
+
+/// One log event: its words and its journal fields, as data (tests read
+/// these instead of log lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its level (lowered to debug when a rate limit holds it back).
+    pub level: Level,
+    /// The sentence.
+    pub message: String,
+    /// `MAC`.
+    pub mac: Option<Mac>,
+    /// `SOURCE`: the sender (`192.0.2.2:40000`, `52:54:00:12:34:56 on eth0`).
+    pub source: Option<String>,
+    /// `VIA`: `udp` or `raw`.
+    pub via: Option<&'static str>,
+    /// `DOMAIN`: the domain's name (several, comma-separated, when a
+    /// decision is about several).
+    pub domain: Option<String>,
+    /// `HOST`: the libvirt URI of the domain's host.
+    pub host: Option<String>,
+    /// `STATE`: the domain's state before.
+    pub state: Option<&'static str>,
+    /// `ACTION`: `start`, `restore`, `resume`, `pm-wakeup` or `none`.
+    pub action: Option<&'static str>,
+    /// `RESULT`: `ok`, `failed`, `already-up`, `ambiguous`, `no-match`,
+    /// `refused`, `duplicate`, `dropped` or `dry-run`.
+    pub result: Option<&'static str>,
+}
+
+impl Record {
+    fn about(level: Level, mac: Mac, source: &Source, message: String) -> Self {
+        Record {
+            level,
+            message,
+            mac: Some(mac),
+            source: Some(source.to_string()),
+            via: Some(source.via()),
+            domain: None,
+            host: None,
+            state: None,
+            action: None,
+            result: None,
+        }
+    }
+}
+
+/// Writes a record to the log (journald fields, or a line on stderr).
+fn emit(r: &Record) {
+    macro_rules! event {
+        ($macro:ident) => {
+            $macro!(
+                mac = r.mac.as_ref().map(tracing::field::display),
+                source = r.source.as_deref(),
+                via = r.via,
+                domain = r.domain.as_deref(),
+                host = r.host.as_deref(),
+                state = r.state,
+                action = r.action,
+                result = r.result,
+                "{}",
+                r.message
+            )
+        };
+    }
+    match r.level {
+        Level::ERROR => event!(error),
+        Level::WARN => event!(warn),
+        Level::INFO => event!(info),
+        _ => event!(debug),
+    }
+}
+
+/// What `STATUS=` says besides the last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusView<'a> {
+    /// Requests waiting or being handled.
+    pub pending: usize,
+    /// Requests waiting for libvirt, and the URIs.
+    pub waiting_for: Option<&'a str>,
+    /// Time to the idle exit, if one is set and nothing is pending.
+    pub idle_left: Option<Duration>,
+}
+
+/// Counters for the exit summary (and tests).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams read.
+    pub datagrams: u64,
+    /// Datagrams that were not magic packets.
+    pub rejected: u64,
+    /// Magic packets for a MAC already waiting, being handled, or brought
+    /// up within the window.
+    pub duplicates: u64,
+    /// Wake requests decided (one log line each).
+    pub handled: u64,
+    /// Wake requests refused because too many were waiting.
+    pub dropped: u64,
+    /// Wake requests read but not decided when the gateway exited.
+    pub unacted: u64,
+    /// Wake requests that waited because the most allowed were being handled.
+    pub waited_for_slot: u64,
+    /// Time spent reading and parsing datagrams (for the drain-rate figure).
+    pub drain_time: Duration,
+}
+
+/// Why the gateway exits, in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Idle timeout with nothing pending.
+    Idle,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// Idle timeout with requests waiting for libvirt.
+    GaveUp,
+    /// A raw listener's interface disappeared.
+    ListenerLost,
+}
+
+impl Why {
+    fn words(self) -> &'static str {
+        match self {
+            Why::Idle => "idle timeout",
+            Why::Signal => "signal",
+            Why::GaveUp => "idle timeout with libvirt unreachable",
+            Why::ListenerLost => "a listened-on interface disappeared",
+        }
+    }
+}
+
+/// The loop's reporter: rate limits, the last event for `STATUS=`, and an
+/// optional copy of every record for tests.
+#[derive(Debug)]
+pub struct Reporter {
+    several_hosts: bool,
+    rejections: RateLimiter,
+    duplicates: RateLimiter,
+    unknown: RateLimiter,
+    problems: RateLimiter,
+    overflow: RateLimiter,
+    last_event: String,
+    sink: Option<Sender<Record>>,
+}
+
+impl Reporter {
+    /// A reporter; `several_hosts` adds the URI to domain names in words.
+    pub fn new(several_hosts: bool) -> Self {
+        Reporter {
+            several_hosts,
+            rejections: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            duplicates: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            unknown: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            problems: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            overflow: RateLimiter::new(LOG_WINDOW, 1),
+            last_event: String::new(),
+            sink: None,
+        }
+    }
+
+    /// Also sends every record to `sink`.
+    pub fn with_sink(mut self, sink: Sender<Record>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    fn send(&mut self, mut record: Record, shown: bool) {
+        if !shown {
+            record.level = Level::DEBUG;
+        }
+        emit(&record);
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(record);
+        }
+    }
+
+    /// A domain's name in a sentence.
+    fn name(&self, domain: &Named) -> String {
+        if self.several_hosts {
+            format!("{} on {}", domain.name, domain.uri)
+        } else {
+            domain.name.clone()
+        }
+    }
+
+    fn names(&self, domains: &[Named]) -> String {
+        let names: Vec<String> = domains.iter().map(|d| self.name(d)).collect();
+        names.join(", ")
+    }
+
+    /// The first line: what it listens on, where libvirt is, when it exits.
+    pub fn listening(&mut self, listeners: &[String], uris: &str, idle: Option<Duration>) {
+        self.last_event = format!("listening on {}", listeners.join(", "));
+        let exit = match idle {
+            Some(t) => format!("exiting after {} s without packets", t.as_secs_f64()),
+            None => "running until stopped".into(),
+        };
+        info!("{}; libvirt {uris}; {exit}", self.last_event);
+    }
+
+    /// A datagram that is not a magic packet.
+    pub fn rejected(&mut self, source: &Source, len: usize, reason: &Rejection, now: Instant) {
+        if self.rejections.allow(now) {
+            debug!(source = %source, len, "rejected datagram from {source}: {reason}");
+        }
+    }
+
+    /// A packet for a MAC brought up within the window.
+    pub fn duplicate(
+        &mut self,
+        mac: Mac,
+        source: &Source,
+        ago: Duration,
+        first: bool,
+        now: Instant,
+    ) {
+        let message = format!(
+            "duplicate wake request for {mac} from {source} ignored: handled {:.1} s ago",
+            ago.as_secs_f64()
+        );
+        // At info: the first repeat of each MAC, and at most LOG_BURST per
+        // window in all.
+        let shown = first && self.duplicates.allow(now);
+        let mut record = Record::about(Level::INFO, mac, source, message);
+        record.action = Some("none");
+        record.result = Some("duplicate");
+        self.send(record, shown);
+    }
+
+    /// A request dropped because too many wait.
+    pub fn dropped(&mut self, mac: Mac, source: &Source, max_pending: usize, now: Instant) {
+        let message = format!(
+            "dropping wake request for {mac} from {source}: {max_pending} requests are already \
+             waiting (counted in the exit summary)"
+        );
+        let mut record = Record::about(Level::WARN, mac, source, message);
+        record.action = Some("none");
+        record.result = Some("dropped");
+        let shown = self.overflow.allow(now);
+        self.send(record, shown);
+    }
+
+    /// One line per decided request.
+    pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
+        let (mac, source) = (request.mac, &request.source);
+        let burst = match request.repeats {
+            0 => String::new(),
+            1 => " (1 duplicate packet in this burst ignored)".into(),
+            n => format!(" ({n} duplicate packets in this burst ignored)"),
+        };
+        let left_out = if decision.left_out.is_empty() {
+            String::new()
+        } else {
+            let uris: Vec<&str> = decision.left_out.iter().map(|u| &**u).collect();
+            format!(
+                "; decided without {} (not answering): its answer could only have added an \
+                 ambiguity",
+                uris.join(", ")
+            )
+        };
+        let from = format!("{mac} from {source}");
+        let mut record = Record::about(Level::INFO, mac, source, String::new());
+        let mut shown = true;
+        let (level, result, headline, message) = match &decision.outcome {
+            Outcome::Done {
+                domain,
+                state,
+                verb,
+            } => {
+                record.domain = Some(domain.name.clone());
+                record.host = Some(domain.uri.to_string());
+                record.state = Some(state.as_str());
+                record.action = Some(action_word(*verb));
+                let what = done(*verb, &self.name(domain));
+                (
+                    Level::INFO,
+                    "ok",
+                    format!("{what} ({mac})"),
+                    format!("{what} (was {state}) for {from}"),
+                )
+            }
+            Outcome::Failed {
+                domain,
+                state,
+                verb,
+                error,
+            } => {
+                record.domain = Some(domain.name.clone());
+                record.host = Some(domain.uri.to_string());
+                record.state = Some(state.as_str());
+                record.action = Some(action_word(*verb));
+                shown = self.problems.allow(now);
+                let name = self.name(domain);
+                let verb = action_word(*verb);
+                (
+                    Level::ERROR,
+                    "failed",
+                    format!("failed to {verb} {name} ({mac})"),
+                    format!("cannot {verb} {name} (was {state}) for {from}: {error}"),
+                )
+            }
+            Outcome::AlreadyUp {
+                domain,
+                state,
+                others,
+            } => {
+                record.domain = Some(domain.name.clone());
+                record.host = Some(domain.uri.to_string());
+                record.state = Some(state.as_str());
+                let name = self.name(domain);
+                let also = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; left alone the inactive domain(s) sharing the MAC: {}",
+                        self.names(others)
+                    )
+                };
+                (
+                    Level::INFO,
+                    "already-up",
+                    format!("{name} ({mac}) already up"),
+                    format!("{name} is already up ({state}); nothing to do for {from}{also}"),
+                )
+            }
+            Outcome::Refused { domains, reason } => {
+                record.domain = Some(plain_names(domains));
+                shown = self.problems.allow(now);
+                let names = self.names(domains);
+                (
+                    Level::WARN,
+                    "refused",
+                    format!("refused to wake {names} ({mac})"),
+                    format!("refused to wake {names} for {from}: {reason}"),
+                )
+            }
+            Outcome::Ambiguous { domains } => {
+                record.domain = Some(plain_names(domains));
+                shown = self.problems.allow(now);
+                let names = self.names(domains);
+                (
+                    Level::ERROR,
+                    "ambiguous",
+                    format!("{mac} is ambiguous, nothing started"),
+                    format!(
+                        "{from}: MAC is on several shut-off domains ({names}); starting none. \
+                         Give each domain a unique MAC"
+                    ),
+                )
+            }
+            Outcome::NoMatch => {
+                shown = self.unknown.allow(now);
+                (
+                    Level::WARN,
+                    "no-match",
+                    format!("no domain has {mac}"),
+                    format!("no domain on {uris} has MAC {mac} (from {source}); nothing to do"),
+                )
+            }
+            Outcome::DryRun {
+                domain,
+                state,
+                verb,
+            } => {
+                record.domain = Some(domain.name.clone());
+                record.host = Some(domain.uri.to_string());
+                record.state = Some(state.as_str());
+                record.action = Some(action_word(*verb));
+                let name = self.name(domain);
+                let verb = action_word(*verb);
+                (
+                    Level::INFO,
+                    "dry-run",
+                    format!("dry run: would {verb} {name} ({mac})"),
+                    format!("dry run: would {verb} {name} (is {state}) for {from}"),
+                )
+            }
+            Outcome::LookupFailed { uri, error } => {
+                record.host = Some(uri.to_string());
+                shown = self.problems.allow(now);
+                (
+                    Level::ERROR,
+                    "failed",
+                    format!("lookup of {mac} failed"),
+                    format!("cannot look up {from} on {uri}: {error}"),
+                )
+            }
+        };
+        record.level = level;
+        record.action = record.action.or(Some("none"));
+        record.result = Some(result);
+        record.message = format!("{message}{left_out}{burst}");
+        self.last_event = headline;
+        self.send(record, shown);
+    }
+
+    /// Requests that waited for libvirt are acted on again.
+    pub fn resumed(&mut self, resumed: &Resumed) {
+        if resumed.requests > 0 {
+            info!(
+                "acting on {} wake request(s) that waited {:.1} s for libvirt",
+                resumed.requests,
+                resumed.waited.as_secs_f64()
+            );
+        }
+    }
+
+    /// Logs what the rate limits held back, once each window closes (or
+    /// at exit, with `force`).
+    pub fn close_windows(&mut self, now: Instant, uris: &str, force: bool) {
+        let window = LOG_WINDOW.as_secs();
+        if let Some(n) = self.rejections.close_window(now, force) {
+            info!(
+                "ignored {n} more invalid datagrams in the last {window} s (not magic packets; \
+                 RUST_LOG=debug shows the first {LOG_BURST} of each window)"
+            );
+        }
+        if let Some(n) = self.duplicates.close_window(now, force) {
+            info!("ignored {n} more duplicate wake requests in the last {window} s");
+        }
+        if let Some(n) = self.unknown.close_window(now, force) {
+            warn!("{n} more wake requests for MACs no domain on {uris} has in the last {window} s");
+        }
+        if let Some(n) = self.problems.close_window(now, force) {
+            warn!(
+                "{n} more wake requests refused, ambiguous or failed in the last {window} s \
+                 (RUST_LOG=debug shows each)"
+            );
+        }
+        if let Some(n) = self.overflow.close_window(now, force) {
+            warn!("dropped {n} more wake requests in the last {window} s: too many pending");
+        }
+    }
+
+    /// When the next rate-limit summary is due, if any.
+    pub fn summary_due(&self) -> Option<Instant> {
+        [
+            &self.rejections,
+            &self.duplicates,
+            &self.unknown,
+            &self.problems,
+            &self.overflow,
+        ]
+        .into_iter()
+        .filter_map(RateLimiter::summary_due)
+        .min()
+    }
+
+    /// The `STATUS=` text.
+    pub fn status(&self, view: &StatusView<'_>) -> String {
+        let event = &self.last_event;
+        let pending = view.pending;
+        if let Some(uris) = view.waiting_for {
+            return format!(
+                "{event}; waiting for libvirt at {uris} ({pending} wake request(s) pending)"
+            );
+        }
+        if pending > 0 {
+            return format!("{event}; {pending} wake request(s) in progress");
+        }
+        match view.idle_left {
+            Some(left) => format!("{event}; idle, exiting in {} s", left.as_secs_f64().ceil()),
+            None => format!("{event}; waiting for magic packets"),
+        }
+    }
+
+    /// The exit lines: requests not acted on, then the summary. Returns the
+    /// `STATUS=` text sent with `STOPPING=1`.
+    pub fn exit(
+        &mut self,
+        why: Why,
+        stats: &Stats,
+        undecided: &[(Mac, bool)],
+        waiting_for: Option<&WaitFor>,
+        refreshes: (u64, u64),
+    ) -> String {
+        if !undecided.is_empty() {
+            // A flood can leave thousands: the first few name the rest.
+            let mut macs: Vec<String> = undecided
+                .iter()
+                .take(MAX_LISTED)
+                .map(|(mac, in_flight)| {
+                    if *in_flight {
+                        format!("{mac} (being handled)")
+                    } else {
+                        mac.to_string()
+                    }
+                })
+                .collect();
+            if undecided.len() > MAX_LISTED {
+                macs.push(format!("and {} more", undecided.len() - MAX_LISTED));
+            }
+            let in_flight = undecided.iter().filter(|(_, f)| *f).count();
+            let mut text = format!(
+                "{}: not acting on {} wake request(s) read: {}",
+                why.words(),
+                undecided.len(),
+                macs.join(", ")
+            );
+            if let Some(waiting) = waiting_for {
+                let _ = write!(text, "; {}", waiting_words(waiting));
+            }
+            if in_flight > 0 {
+                text.push_str(
+                    "; a call already sent to libvirtd completes there (the domain may still \
+                     come up), one to an in-process driver such as test:/// ends with this process",
+                );
+            }
+            match why {
+                Why::Signal => warn!("{text}"),
+                _ => error!("{text}"),
+            }
+        }
+        let Stats {
+            datagrams,
+            rejected,
+            duplicates,
+            handled,
+            dropped,
+            unacted,
+            waited_for_slot,
+            drain_time,
+        } = *stats;
+        let mut extra = String::new();
+        if dropped > 0 {
+            let _ = write!(extra, ", {dropped} dropped (too many pending)");
+        }
+        if unacted > 0 {
+            let _ = write!(extra, ", {unacted} not acted on");
+        }
+        if waited_for_slot > 0 {
+            let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
+        }
+        let (listings, full_scans) = refreshes;
+        info!(
+            "exiting ({}): {datagrams} datagrams, {handled} wake requests handled, \
+             {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
+             {full_scans} full scans; {:.1} ms spent reading datagrams",
+            why.words(),
+            drain_time.as_secs_f64() * 1e3
+        );
+        format!("exiting ({}); {}", why.words(), self.last_event)
+    }
+}
+
+fn plain_names(domains: &[Named]) -> String {
+    let names: Vec<&str> = domains.iter().map(|d| d.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// "libvirt at URI was not reachable: ERROR" for each host waited for.
+fn waiting_words(waiting: &WaitFor) -> String {
+    let parts: Vec<String> = waiting
+        .hosts
+        .iter()
+        .map(|(uri, error)| match error {
+            Some(e) => format!("libvirt at {uri} was not reachable: {e}"),
+            None => format!("libvirt at {uri} did not answer"),
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// A host could not be reached (said once per outage, from a worker).
+pub fn host_unreachable(uri: &str, error: &HvError) {
+    error!(
+        host = uri,
+        "cannot reach libvirt at {uri}: {error}. Is libvirtd running, and may this user use it \
+         (member of the 'libvirt' group, or allowed by polkit)? Wake requests that need it wait \
+         until it answers"
+    );
+}
+
+/// A host stopped answering (said once per outage, from a worker).
+pub fn host_silent(uri: &str, deadline: Duration) {
+    error!(
+        host = uri,
+        "libvirt at {uri} did not answer within {} s (daemon stopped or hung, or its network \
+         down?); wake requests that need it wait until it answers",
+        deadline.as_secs_f64()
+    );
+}
+
+/// A host answers again (from a worker).
+pub fn host_back(uri: &str, after: Duration) {
+    info!(
+        host = uri,
+        "libvirt at {uri} is reachable again after {:.1} s",
+        after.as_secs_f64()
+    );
+}
+
+/// A domain whose MACs cannot be known (said once per domain).
+pub fn domain_skipped(name: &str, reason: &Unreadable) {
+    warn!(domain = name, "skipping domain {name}: {reason}");
+}
+
+/// The index file is unusable and will be rewritten.
+pub fn index_file_ignored(path: &Path, reason: &FileError) {
+    info!(
+        "ignoring index file {} ({reason}); it will be rebuilt",
+        path.display()
+    );
+}
+
+/// The index file cannot be written; the cache is off from now on.
+pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
+    warn!(
+        "cannot write the MAC index {}: {error}; continuing without it (every activation will \
+         read all domains)",
+        path.display()
+    );
+}
+
+/// A host that cannot be listed (`list`).
+pub fn cannot_list(uri: &str, error: &HostError) -> String {
+    format!("cannot list {uri}: {error}")
+}
+
+/// What a magic packet would do to a domain now (`list`'s last column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// This action.
+    Act(Verb),
+    /// Nothing: it is up.
+    AlreadyUp(DomainState),
+    /// Nothing: another domain with the MAC is up.
+    SharedWithUp(String),
+    /// Nothing: other inactive domains share the MAC.
+    Ambiguous(Vec<String>),
+    /// Nothing: the policy refuses it.
+    Refused(Refusal),
+    /// Nothing: libvirt did not tell its state.
+    Unknown,
+}
+
+/// `list`'s words for an effect: the `ACTION` words, or why nothing.
+pub fn effect_words(effect: &Effect) -> String {
+    match effect {
+        Effect::Act(verb) => action_word(*verb).to_owned(),
+        Effect::AlreadyUp(state) => format!("nothing: already up ({state})"),
+        Effect::SharedWithUp(other) => format!("nothing: {other} has the same MAC and is up"),
+        Effect::Ambiguous(others) => {
+            format!("nothing: ambiguous MAC (also on {})", others.join(", "))
+        }
+        Effect::Refused(reason) => format!("nothing: refused ({reason})"),
+        Effect::Unknown => "nothing: state unknown".into(),
+    }
+}
+
+/// `list`'s words for a domain whose MACs are unknown.
+pub fn skipped_words(reason: &Unreadable) -> String {
+    format!("skipped: {reason}")
+}
+
+/// `list`'s words for a domain without NICs.
+pub const NO_NIC_WORDS: &str = "nothing: no network interface";
