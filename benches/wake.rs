@@ -9,6 +9,8 @@
 //! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`.
 //!
 //! For each size it prints median (min-max) of:
+//! - `virsh start`: a `virsh -c test+unix:///default start NAME` process, from
+//!   spawn to exit (what a script would run instead of the gateway);
 //! - floor: connect + lookup + XML + create() of one shut-off domain, in process;
 //! - cold process, warm index: the real binary started with the socket passed
 //!   as systemd passes it, from sending the packet until its log says libvirt
@@ -18,6 +20,10 @@
 //! - junk drain: datagrams per second the gateway reads and discards from a
 //!   pre-filled queue (its own accounting of time spent reading), beside a
 //!   bare `recv` loop on the same socket in the same run;
+//! - at the largest size, the unknown-MAC trickle: CPU seconds the gateway
+//!   and libvirtd spend over 30 s of 10 magic packets per second for MACs no
+//!   domain has (a mis-set client, a scanner), right after a full scan, and
+//!   the CPU of one full scan (at most one per --full-rescan-interval);
 //! - peak RSS: the gateway's VmHWM (the kernel's peak resident set, what
 //!   getrusage's ru_maxrss reports, without the parent's pre-exec pages that
 //!   ru_maxrss of a forked child also counts) after the wake, no-index runs,
@@ -92,6 +98,12 @@ fn main() {
             dom.destroy().expect("destroy");
             took.as_secs_f64()
         });
+        let virsh = measure(runs, || {
+            let took = spawn_to_exit("virsh", &["-c", URI, "start", &name]);
+            assert!(dom.is_active().expect("is_active"), "virsh started {name}");
+            dom.destroy().expect("destroy");
+            took
+        });
         let baseline = measure(runs.min(5), || {
             let started = Instant::now();
             let conn = Connect::open(Some(URI)).expect("connect");
@@ -123,6 +135,7 @@ fn main() {
         let (drain, bare) = junk_rates(bin, cache.path(), runs.min(3));
         rows.push(Row {
             size,
+            virsh,
             floor,
             warm,
             cold,
@@ -134,6 +147,9 @@ fn main() {
         });
     }
     print_table(&rows);
+    if let Some(&largest) = sizes.iter().max() {
+        trickle(bin, cache.path(), &keeper, largest);
+    }
     for i in 0..defined {
         if let Ok(d) = keeper.lookup_domain_by_name(&domain_name(i)) {
             let _ = d.undefine();
@@ -149,6 +165,7 @@ struct Stat {
 
 struct Row {
     size: usize,
+    virsh: Stat,
     floor: Stat,
     warm: Stat,
     cold: Stat,
@@ -417,16 +434,17 @@ fn ms(s: &Stat) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| domains | floor | cold process, warm index | cold process, no index | full-scan baseline | junk drain (gateway) | bare recv | peak RSS | of it private |"
+        "| domains | `virsh start` process | cold wake, warm index | floor | cold wake, no index | full-scan baseline | junk drain (gateway) | bare recv | peak RSS | of it private |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} = {:.2}x floor | {} = {:.2}x baseline | {} | {:.0} k/s ({:.0}-{:.0}) = {:.2}x bare | {:.0} k/s ({:.0}-{:.0}) | {:.1} MiB ({:.1}-{:.1}) | {:.1} MiB |",
+            "| {} | {} | {} = {:.2}x virsh start | {} | {} = {:.2}x baseline | {} | {:.0} k/s ({:.0}-{:.0}) = {:.2}x bare | {:.0} k/s ({:.0}-{:.0}) | {:.1} MiB ({:.1}-{:.1}) | {:.1} MiB |",
             r.size,
-            ms(&r.floor),
+            ms(&r.virsh),
             ms(&r.warm),
-            r.warm.median / r.floor.median,
+            r.warm.median / r.virsh.median,
+            ms(&r.floor),
             ms(&r.cold),
             r.cold.median / r.baseline.median,
             ms(&r.baseline),
@@ -443,4 +461,94 @@ fn print_table(rows: &[Row]) {
             r.anon.median / 1024.0,
         );
     }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let hz = 100.0; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn libvirtd_pid() -> u32 {
+    let out = Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("libvirtd running")
+}
+
+/// 30 s of 10 magic packets a second for unknown MACs, against a gateway
+/// whose index a full scan just built: CPU of the gateway and of libvirtd.
+fn trickle(bin: &str, cache: &Path, keeper: &Connect, size: usize) {
+    const SECONDS: u64 = 30;
+    const PER_SECOND: u64 = 10;
+    for entry in std::fs::read_dir(cache).expect("ls cache").flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let daemon = libvirtd_pid();
+    let (socket, addr) = held_socket();
+    let mut child = spawn_gateway(bin, cache, &socket, "0");
+    let stderr = child.stderr.take().expect("stderr");
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let unknown = |i: u64| Mac([0x02, 0xbe, 0xef, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    // The first unknown MAC makes the fresh process scan in full: measured
+    // on its own, then the trickle starts with a fresh index.
+    let (gateway0, daemon0) = (cpu_seconds(child.id()), cpu_seconds(daemon));
+    let started = Instant::now();
+    sender
+        .send_to(&magic_packet(unknown(0)), addr)
+        .expect("send");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("has MAC") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("gateway ended during the first scan"),
+        }
+    }
+    let scan_time = started.elapsed();
+    let (gateway1, daemon1) = (cpu_seconds(child.id()), cpu_seconds(daemon));
+    // Drain its log in the background so it never blocks on a full pipe.
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let start = Instant::now();
+    for i in 1..=SECONDS * PER_SECOND {
+        let due = start + std::time::Duration::from_millis(i * 1000 / PER_SECOND);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sender
+            .send_to(&magic_packet(unknown(i)), addr)
+            .expect("send");
+    }
+    let (gateway2, daemon2) = (cpu_seconds(child.id()), cpu_seconds(daemon));
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let lines = reader.join().unwrap_or(0);
+    let _ = keeper;
+    println!(
+        "\nunknown-MAC trickle at {size} domains: {PER_SECOND}/s for {SECONDS} s after a full scan: \
+         gateway {:.2} s CPU + libvirtd {:.2} s CPU = {:.2} s ({lines} log lines); \
+         the full scan before it: {:.2} s wall, gateway {:.2} s + libvirtd {:.2} s CPU",
+        gateway2 - gateway1,
+        daemon2 - daemon1,
+        (gateway2 - gateway1) + (daemon2 - daemon1),
+        scan_time.as_secs_f64(),
+        gateway1 - gateway0,
+        daemon1 - daemon0,
+    );
 }

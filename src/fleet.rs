@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::host::{Acted, Health, Host, HostError, Lookup};
 use crate::hypervisor::HvError;
-use crate::outcome::{Decision, Named, Outcome, Verb};
+use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet::Mac;
 use crate::plan::{Plan, plan};
 
@@ -89,13 +89,6 @@ pub fn verdict(answers: &[Option<Answer>], elapsed: Duration, grace: Duration) -
         (false, true, _) => Verdict::Wait { until: None },
         (false, false, true) => Verdict::Park,
     }
-}
-
-/// Why a request could not be decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitFor {
-    /// The hosts it waits for, with their last error (`None`: silent).
-    pub hosts: Vec<(Arc<str>, Option<HvError>)>,
 }
 
 /// How a wake request ended on its worker.

@@ -20,10 +20,11 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::warn;
 
 use crate::book::{Book, Offer, Rules};
-use crate::fleet::{Conclusion, Fleet, WaitFor};
+use crate::fleet::{Conclusion, Fleet};
+use crate::host::Health;
 use crate::hypervisor::HvError;
 use crate::notify::Notifier;
-use crate::outcome::{Decision, Outcome};
+use crate::outcome::{Decision, Outcome, WaitFor};
 use crate::packet::{self, Mac};
 use crate::report::{Reporter, Stats, StatusView, Why};
 use crate::sockets::{self, Listener};
@@ -354,16 +355,33 @@ impl Gateway {
             return None;
         }
         if self.book.is_empty() {
-            Some(Exit::Idle)
-        } else if self.book.in_flight() == 0 && self.book.parked() == self.book.len() {
-            Some(Exit::GaveUp)
-        } else {
-            None
+            return Some(Exit::Idle);
         }
+        if self.book.in_flight() > 0 || self.book.parked() < self.book.len() {
+            return None;
+        }
+        // Status 1 only when no host answers at all: that needs an admin.
+        // One host of several being away is routine (its requests are
+        // reported), and failing the unit for it would make systemd stop
+        // the socket after a few activations (start-limit-hit).
+        let none_answers = self
+            .fleet
+            .hosts()
+            .iter()
+            .all(|host| host.health() != Health::Answering);
+        Some(if none_answers {
+            Exit::GaveUp
+        } else {
+            Exit::Idle
+        })
     }
 
     fn status(&self, now: Instant) -> String {
-        let waiting_for = (self.book.parked() > 0).then_some(self.uris.as_str());
+        let waiting = self.last_wait.as_ref().map(|w| {
+            let uris: Vec<&str> = w.hosts.iter().map(|(uri, _)| &**uri).collect();
+            uris.join(", ")
+        });
+        let waiting_for = waiting.as_deref().filter(|_| self.book.parked() > 0);
         let idle_left = self
             .config
             .idle_timeout

@@ -130,3 +130,10 @@ pub struct Decision {
     /// added an ambiguity.
     pub left_out: Vec<Arc<str>>,
 }
+
+/// Why a request could not be decided: the hosts it waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitFor {
+    /// The hosts it waits for, with their last error (`None`: silent).
+    pub hosts: Vec<(Arc<str>, Option<HvError>)>,
+}

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 use tracing::{Level, debug, error, info, warn};
 
 use crate::book::{Request, Resumed};
-use crate::fleet::WaitFor;
-use crate::host::HostError;
 use crate::hypervisor::{DomainState, HvError, Unreadable};
 use crate::index::file::FileError;
-use crate::outcome::{Decision, Named, Outcome, Verb};
+use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet::{Mac, Rejection};
 use crate::policy::Refusal;
 use crate::ratelimit::RateLimiter;
@@ -665,7 +663,7 @@ pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
 }
 
 /// A host that cannot be listed (`list`).
-pub fn cannot_list(uri: &str, error: &HostError) -> String {
+pub fn cannot_list(uri: &str, error: &impl std::fmt::Display) -> String {
     format!("cannot list {uri}: {error}")
 }
 

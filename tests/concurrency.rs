@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing, WaitFor};
+use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing};
 use wol_libvirt_gateway::gateway::Exit;
 use wol_libvirt_gateway::host::Health;
 use wol_libvirt_gateway::hypervisor::{Action, DomainState};
-use wol_libvirt_gateway::outcome::Outcome;
+use wol_libvirt_gateway::outcome::{Outcome, WaitFor};
 use wol_libvirt_gateway::policy::Policy;
 
 use crate::util::{DEADLINE, Fake, InProcess, host, mac, name_of, nics_xml, rescan, wait_until};

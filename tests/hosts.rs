@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::{DEADLINE, Launch, NodeFile, RunState, bin, domain, wake};
+use crate::util::{DEADLINE, Launch, NodeFile, RunState, bin, domain, summary_count, wake};
 
 const STOPPED_DAEMON: &str = "test+unix:///default?socket=/nonexistent/wolgw/libvirt-sock";
 
@@ -147,5 +147,27 @@ fn dry_run_logs_the_decision_and_changes_nothing() {
         gateway.lines_with("started web01").is_empty(),
         "{}",
         gateway.log()
+    );
+}
+
+#[test]
+fn a_request_waiting_for_one_stopped_host_of_two_ends_the_run_cleanly() {
+    let (a, _b) = two_nodes();
+    let mut gateway = Launch::by_hand(
+        &a.uri(),
+        &["--libvirt-uri", STOPPED_DAEMON, "--idle-timeout", "1s"],
+    )
+    .spawn();
+    wake(gateway.listen_addr(), "52:54:00:0c:00:01");
+    // Not a failure of the service (status 0): the other host answers; the
+    // request is named as not acted on.
+    let status = gateway.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", gateway.log());
+    let summary = gateway.lines_with("exiting (idle timeout)").remove(0);
+    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        0,
+        "{summary}"
     );
 }
