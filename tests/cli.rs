@@ -35,6 +35,10 @@ fn help_documents_every_flag_with_its_default() {
         "--dedupe-window <DURATION>",
         "[default: 10s]",
         "--rescan-interval <DURATION>",
+        "--full-rescan-interval <DURATION>",
+        "[default: 60s]",
+        "--libvirt-timeout <DURATION>",
+        "[default: 5s]",
         "--cache-dir <DIR>",
         "CACHE_DIRECTORY",
         "RUST_LOG",
@@ -71,6 +75,7 @@ fn bad_flag_values_exit_2_with_one_line_naming_the_flag() {
     for (args, flag) in [
         (&["--idle-timeout", "soon"][..], "--idle-timeout"),
         (&["--dedupe-window", "1x"][..], "--dedupe-window"),
+        (&["--libvirt-timeout", "0"][..], "--libvirt-timeout"),
         (&["--listen-address", "localhost"][..], "--listen-address"),
         (&["--no-such-flag"][..], "--no-such-flag"),
     ] {
