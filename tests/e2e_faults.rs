@@ -18,9 +18,10 @@ use proptest::prelude::RngCore;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use wol_libvirt_gateway::packet::{Mac, magic_packet};
 
-use crate::e2e_libvirtd::{Guest, URI, wakeonlan};
+use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, terminate, wakeonlan};
 use crate::util::{
-    DEADLINE, Launch, libvirtd_exclusive, libvirtd_shared, systemd_socket, wait_until,
+    DEADLINE, Launch, NodeFile, NotifySocket, RunState, domain, libvirtd_exclusive,
+    libvirtd_shared, summary_count, systemd_socket, wait_until,
 };
 
 fn libvirtd_answers() -> bool {
@@ -70,6 +71,85 @@ impl Drop for RestartOnDrop {
             let _ = wait_until(DEADLINE, libvirtd_answers);
         }
     }
+}
+
+/// The running libvirtd frozen with SIGSTOP: every call to it hangs, with
+/// no error and no timeout, as a hung daemon's would. Resumed (SIGCONT) on
+/// drop whatever happens, so a failing test never leaves it stopped; take it
+/// after the guests, so it is dropped before them (removing a guest needs
+/// the daemon).
+struct Frozen {
+    pid: String,
+}
+
+impl Frozen {
+    fn freeze() -> Frozen {
+        let out = Command::new("pgrep")
+            .args(["-x", "libvirtd"])
+            .output()
+            .expect("run pgrep");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            !pid.is_empty() && pid.lines().count() == 1,
+            "one libvirtd expected, found {pid:?}"
+        );
+        let frozen = Frozen { pid };
+        frozen.signal("STOP");
+        assert!(
+            wait_until(DEADLINE, || frozen.stopped()),
+            "libvirtd {} did not stop",
+            frozen.pid
+        );
+        frozen
+    }
+
+    fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(&self.pid)
+            .status();
+    }
+
+    /// True while the process is stopped ("T" in /proc/PID/stat).
+    fn stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    }
+
+    fn thaw(&self) {
+        self.signal("CONT");
+        assert!(
+            wait_until(DEADLINE, || !self.stopped()),
+            "libvirtd {} did not resume",
+            self.pid
+        );
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.signal("CONT");
+    }
+}
+
+/// Notify messages from index `from` on that contain `needle`.
+fn count_from(notify: &mut NotifySocket, from: usize, needle: &str) -> usize {
+    notify.messages()[from..]
+        .iter()
+        .filter(|m| m.contains(needle))
+        .count()
+}
+
+/// Waits for a notify message from index `from` on containing `needle`.
+fn wait_for_notify(notify: &mut NotifySocket, from: usize, needle: &str) {
+    let seen = wait_until(DEADLINE, || count_from(notify, from, needle) > 0);
+    assert!(
+        seen,
+        "no notify message with {needle:?} after #{from}; got {:?}",
+        notify.messages()
+    );
 }
 
 #[test]
@@ -288,5 +368,221 @@ fn e2e_faults_flood_of_200000_datagrams_with_one_real_wake() {
         rss_mid,
         rss_end,
         peak
+    );
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_a_stopped_libvirtd_is_survived_and_pending_wakes_done_after_it_resumes() {
+    let _libvirtd = libvirtd_exclusive();
+    let first = Guest::define("before-stop", "52:54:00:e2:00:45");
+    let second = Guest::define("during-stop", "52:54:00:e2:00:46");
+    let mut notify = NotifySocket::new();
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &first.mac);
+    let mut gateway = Launch::new(&[
+        "--libvirt-uri",
+        URI,
+        "--idle-timeout",
+        "5m",
+        "--libvirt-timeout",
+        "1s",
+    ])
+    .pass_fd(socket.into())
+    .env("NOTIFY_SOCKET", notify.path())
+    .env("WATCHDOG_USEC", "400000")
+    .spawn();
+    // A normal wake first: the gateway holds a connection to the daemon.
+    first.wait_state_within("running", SLOW_DEADLINE);
+    notify.wait_for(&format!("started {} ({})", first.name, first.mac));
+
+    let frozen = Frozen::freeze();
+    let frozen_at = Instant::now();
+    let from = notify.messages().len();
+    for _ in 0..4 {
+        wakeonlan(addr, &second.mac);
+    }
+    gateway.wait_for_log("libvirt at qemu:///system did not answer within 1 s");
+    wait_for_notify(
+        &mut notify,
+        from,
+        "waiting for libvirt at qemu:///system (1 wake request(s) pending)",
+    );
+    // The loop carries on: watchdog pings keep coming after the daemon was
+    // found silent, about one per half WATCHDOG_USEC (200 ms).
+    let silent_pings = count_from(&mut notify, from, "WATCHDOG=1");
+    assert!(
+        wait_until(DEADLINE, || count_from(&mut notify, from, "WATCHDOG=1")
+            >= silent_pings + 3),
+        "no watchdog pings while libvirtd is stopped; got {:?}",
+        notify.messages()
+    );
+    assert!(gateway.alive(), "{}", gateway.log());
+    let (stopped_for, pings) = (
+        frozen_at.elapsed(),
+        count_from(&mut notify, from, "WATCHDOG=1"),
+    );
+    assert!(
+        pings as f64 >= stopped_for.as_secs_f64() / 0.4 - 1.0,
+        "{pings} watchdog pings in {stopped_for:?} with WATCHDOG_USEC=400000"
+    );
+
+    frozen.thaw();
+    second.wait_state_within("running", SLOW_DEADLINE);
+    gateway.wait_for_log("libvirt at qemu:///system is reachable again after");
+    let (_, summary) = terminate(&mut gateway);
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        2,
+        "{summary}"
+    );
+    assert_eq!(summary_count(&summary, "duplicates"), 3, "{summary}");
+    assert_eq!(summary_count(&summary, "not acted on"), 0, "{summary}");
+    assert_eq!(
+        gateway.lines_with("did not answer within").len(),
+        1,
+        "said once: {}",
+        gateway.log()
+    );
+    assert_eq!(
+        gateway
+            .lines_with(&format!("started {} (was shut off)", second.name))
+            .len(),
+        1,
+        "{}",
+        gateway.log()
+    );
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_sigterm_while_libvirtd_is_stopped_exits_within_two_seconds() {
+    let _libvirtd = libvirtd_exclusive();
+    let first = Guest::define("term-first", "52:54:00:e2:00:47");
+    let stuck = Guest::define("term-stuck", "52:54:00:e2:00:48");
+    let mut notify = NotifySocket::new();
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &first.mac);
+    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "5m"])
+        .pass_fd(socket.into())
+        .env("NOTIFY_SOCKET", notify.path())
+        .spawn();
+    first.wait_state_within("running", SLOW_DEADLINE);
+    notify.wait_for(&format!("started {} ({})", first.name, first.mac));
+
+    let frozen = Frozen::freeze();
+    let from = notify.messages().len();
+    wakeonlan(addr, &stuck.mac);
+    let sent = Instant::now();
+    // Its lookup hangs in the stopped daemon; with the default
+    // --libvirt-timeout (5 s) the host is not yet called silent, so the
+    // request is still being handled when the signal comes.
+    wait_for_notify(&mut notify, from, "1 wake request(s) in progress");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(sent.elapsed()));
+
+    let (took, summary) = terminate(&mut gateway);
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after SIGTERM; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        1,
+        "{summary}"
+    );
+    let not_acting = gateway.lines_with("signal: not acting on 1 wake request(s) read: ");
+    assert_eq!(not_acting.len(), 1, "{}", gateway.log());
+    assert!(
+        not_acting[0].contains(&format!("{} (being handled)", stuck.mac)),
+        "{}",
+        not_acting[0]
+    );
+    assert!(
+        notify
+            .messages()
+            .last()
+            .is_some_and(|m| m.contains("STOPPING=1")),
+        "{:?}",
+        notify.messages()
+    );
+    // Only a lookup had reached the daemon: the guest stays off.
+    frozen.thaw();
+    assert!(stuck.state().starts_with("shut off"), "{}", stuck.state());
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_faults"]
+fn e2e_faults_a_stopped_libvirtd_delays_no_wake_on_another_host() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let _libvirtd = libvirtd_exclusive();
+    let node_domain = "wolgw-e2e-node";
+    let node = NodeFile::new(&[domain(node_domain, "52:54:00:e2:00:49", RunState::ShutOff)]);
+    let nowhere = "52:54:00:e2:00:4a";
+    let mut notify = NotifySocket::new();
+    let (socket, addr) = systemd_socket();
+    // Stopped before the gateway's first packet: it never got an answer.
+    let _frozen = Frozen::freeze();
+    wakeonlan(addr, "52:54:00:e2:00:49");
+    wakeonlan(addr, nowhere);
+    let sent = Instant::now();
+    let node_uri = node.uri();
+    let timeout = format!("{}s", TIMEOUT.as_secs());
+    let mut gateway = Launch::new(&[
+        "--libvirt-uri",
+        URI,
+        "--libvirt-uri",
+        &node_uri,
+        "--libvirt-timeout",
+        &timeout,
+        "--idle-timeout",
+        "5m",
+    ])
+    .pass_fd(socket.into())
+    .env("NOTIFY_SOCKET", notify.path())
+    .spawn();
+    let started = gateway.wait_for_log(&format!(
+        "started {node_domain} on {node_uri} (was shut off) for 52:54:00:e2:00:49"
+    ));
+    let took = sent.elapsed();
+    // Decided after the grace for the other host's answer (1 s), before
+    // that host counts as silent (--libvirt-timeout).
+    assert!(
+        took < TIMEOUT,
+        "started {took:?} after the packet; log:\n{}",
+        gateway.log()
+    );
+    assert!(
+        started.contains("decided without qemu:///system"),
+        "{started}"
+    );
+
+    // The MAC no answering host has waits for the stopped one.
+    gateway.wait_for_log("libvirt at qemu:///system did not answer within 3 s");
+    wait_for_notify(
+        &mut notify,
+        0,
+        "waiting for libvirt at qemu:///system (1 wake request(s) pending)",
+    );
+    let (took, summary) = terminate(&mut gateway);
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after SIGTERM; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        1,
+        "{summary}"
+    );
+    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
+    let not_acting = gateway.lines_with("signal: not acting on 1 wake request(s) read: ");
+    assert_eq!(not_acting.len(), 1, "{}", gateway.log());
+    assert!(not_acting[0].contains(nowhere), "{}", not_acting[0]);
+    assert!(
+        gateway.lines_with(&format!("has MAC {nowhere}")).is_empty(),
+        "not decided as unknown: {}",
+        gateway.log()
     );
 }

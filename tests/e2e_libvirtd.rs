@@ -12,13 +12,18 @@
 //!
 //! Each test defines its own guest (32 MiB, no disk, one user-mode NIC with a
 //! fixed MAC, boot ROM off: it boots nothing and idles) and removes it at the
-//! end, even when the test fails.
+//! end, even when the test fails. The slow-start tests use the qemu hook
+//! `setup-host.sh` installs: the start of a guest whose name contains
+//! `slowhook` sleeps 8 s in `prepare`, as a VFIO / GPU-passthrough start does.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::util::{DEADLINE, Gateway, Launch, libvirtd_shared, systemd_socket, wait_until};
+use crate::util::{
+    DEADLINE, Gateway, Launch, libvirtd_shared, summary_count, systemd_socket, wait_until,
+};
 
 pub(crate) const URI: &str = "qemu:///system";
 
@@ -87,8 +92,14 @@ impl Guest {
     }
 
     pub(crate) fn wait_state(&self, prefix: &str) -> String {
+        self.wait_state_within(prefix, DEADLINE)
+    }
+
+    /// Waits up to `timeout` for a state starting with `prefix`. (`virsh
+    /// domstate` itself waits while the domain's start sits in a hook.)
+    pub(crate) fn wait_state_within(&self, prefix: &str, timeout: Duration) -> String {
         let mut last = String::new();
-        let reached = wait_until(DEADLINE, || {
+        let reached = wait_until(timeout, || {
             last = self.state();
             last.starts_with(prefix)
         });
@@ -131,6 +142,96 @@ pub(crate) fn wakeonlan(addr: SocketAddr, mac: &str) {
         .status()
         .expect("run wakeonlan (tests/e2e/setup-host.sh installs it)");
     assert!(status.success(), "wakeonlan failed");
+}
+
+/// Long enough for a QEMU start on a busy 2-core machine, after a slow hook
+/// (this test's, or a concurrent test's that holds up libvirtd's listings).
+pub(crate) const SLOW_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts the gateway on the held socket, as systemd would (the test keeps
+/// holding it), with `args` after the URI; it runs until [`terminate`]d.
+pub(crate) fn activate(socket: &UdpSocket, args: &[&str]) -> Gateway {
+    let mut all = vec!["--libvirt-uri", URI, "--idle-timeout", "5m"];
+    all.extend_from_slice(args);
+    Launch::new(&all)
+        .pass_fd(socket.try_clone().expect("dup socket").into())
+        .spawn()
+}
+
+/// Sends SIGTERM, asserts exit status 0, and returns how long the exit took
+/// from the signal and the exit summary line.
+pub(crate) fn terminate(gateway: &mut Gateway) -> (Duration, String) {
+    let asked = Instant::now();
+    gateway.signal("TERM");
+    let status = gateway.wait_exit(DEADLINE);
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "log:\n{}", gateway.log());
+    let summary = gateway.lines_with("exiting (signal): ");
+    assert_eq!(summary.len(), 1, "one summary; log:\n{}", gateway.log());
+    (took, summary[0].clone())
+}
+
+/// The qemu hook `tests/e2e/setup-host.sh` installs: `prepare` of a domain
+/// whose name contains `slowhook` sleeps [`HOOK_SLEEP`] and appends a line to
+/// [`HOOK_LOG`], as a VFIO / GPU-passthrough start looks to a client.
+const HOOK: &str = "/etc/libvirt/hooks/qemu";
+const HOOK_MARKER: &str = "# wol-libvirt-gateway e2e hook";
+const HOOK_LOG: &str = "/var/log/libvirt/wolgw-e2e-hook.log";
+const HOOK_SLEEP: Duration = Duration::from_secs(8);
+
+fn require_slow_hook() {
+    let hook = std::fs::read_to_string(HOOK).unwrap_or_default();
+    assert!(
+        hook.lines().any(|l| l == HOOK_MARKER),
+        "{HOOK} is not the end-to-end hook: run sudo tests/e2e/setup-host.sh"
+    );
+}
+
+/// Slow `prepare`s the hook has logged for the domain `name`.
+fn hook_prepares(name: &str) -> usize {
+    let needle = format!(" {name} prepare:");
+    std::fs::read_to_string(HOOK_LOG)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Waits until the hook has logged more than `before` prepares of `name`.
+fn wait_for_prepare(name: &str, before: usize, gateway: &Gateway) {
+    assert!(
+        wait_until(SLOW_DEADLINE, || hook_prepares(name) > before),
+        "no slow prepare of {name} in {HOOK_LOG} (was libvirtd restarted after the hook was \
+         installed? sudo tests/e2e/setup-host.sh does it); gateway log:\n{}",
+        gateway.log()
+    );
+}
+
+/// Whether a QEMU process runs for the domain `name` (libvirt names it with
+/// `-name guest=NAME,...`). Unlike virsh, this answers while the domain's
+/// start sits in a hook: libvirtd holds the domain, and every query of it
+/// waits, for the hook's whole duration.
+fn has_qemu_process(name: &str) -> bool {
+    let needle = format!("guest={name},");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        })
+    })
+}
+
+/// A file removed on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Starts the gateway on the held socket, as systemd would, and waits for it
@@ -293,4 +394,146 @@ fn e2e_libvirtd_two_guests_queued_before_activation_both_run() {
             gateway.log()
         );
     }
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_a_slow_hook_delays_no_other_wake() {
+    let _libvirtd = libvirtd_shared();
+    require_slow_hook();
+    let slow = Guest::define("slowhook-a", "52:54:00:e2:00:09");
+    let fast = Guest::define("fast-b", "52:54:00:e2:00:0a");
+    let prepares = hook_prepares(&slow.name);
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &slow.mac);
+    let sent = Instant::now();
+    let mut gateway = activate(&socket, &[]);
+    std::thread::sleep(Duration::from_millis(200).saturating_sub(sent.elapsed()));
+    wakeonlan(addr, &fast.mac);
+
+    fast.wait_state_within("running", SLOW_DEADLINE);
+    let fast_up = sent.elapsed();
+    // The slow guest's start was asked for (the hook logged its prepare) and
+    // sits in the hook: no QEMU process yet, so it is not running.
+    wait_for_prepare(&slow.name, prepares, &gateway);
+    assert!(
+        !has_qemu_process(&slow.name),
+        "{} already has a QEMU process when {} is up {fast_up:?} after the first packet; \
+         log:\n{}",
+        slow.name,
+        fast.name,
+        gateway.log()
+    );
+    slow.wait_state_within("running", SLOW_DEADLINE);
+    let slow_up = sent.elapsed();
+    assert!(
+        slow_up >= fast_up + HOOK_SLEEP / 2,
+        "{} up after {fast_up:?}, {} after {slow_up:?}: the fast one waited for the hook; \
+         log:\n{}",
+        fast.name,
+        slow.name,
+        gateway.log()
+    );
+    assert_eq!(hook_prepares(&slow.name), prepares + 1, "one start asked");
+
+    let (_, summary) = terminate(&mut gateway);
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        2,
+        "{summary}"
+    );
+    assert_eq!(summary_count(&summary, "not acted on"), 0, "{summary}");
+    // Smoke: the fast guest's line comes first.
+    let log = gateway.log();
+    let at = |guest: &Guest| log.find(&format!("started {} (was shut off)", guest.name));
+    let (fast_line, slow_line) = (at(&fast), at(&slow));
+    assert!(
+        fast_line.is_some() && slow_line.is_some() && fast_line < slow_line,
+        "{log}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_sigterm_during_a_slow_start_exits_at_once_and_libvirtd_finishes_it() {
+    let _libvirtd = libvirtd_shared();
+    require_slow_hook();
+    let slow = Guest::define("slowhook-term", "52:54:00:e2:00:0b");
+    let prepares = hook_prepares(&slow.name);
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &slow.mac);
+    let mut gateway = activate(&socket, &[]);
+    wait_for_prepare(&slow.name, prepares, &gateway);
+
+    let (took, summary) = terminate(&mut gateway);
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after SIGTERM; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        0,
+        "{summary}"
+    );
+    let not_acting = gateway.lines_with("signal: not acting on 1 wake request(s) read: ");
+    assert_eq!(not_acting.len(), 1, "{}", gateway.log());
+    assert!(
+        not_acting[0].contains(&format!("{} (being handled)", slow.mac)),
+        "{}",
+        not_acting[0]
+    );
+    // libvirtd completes the start it received.
+    slow.wait_state_within("running", SLOW_DEADLINE);
+    assert_eq!(hook_prepares(&slow.name), prepares + 1, "one start asked");
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_a_failed_start_is_retried_after_its_cause_is_fixed() {
+    let _libvirtd = libvirtd_shared();
+    // Where QEMU can open it once it exists: not in a 0700 temporary
+    // directory. Removed after the guest (declared first, dropped last).
+    let image = RemoveOnDrop(PathBuf::from(format!(
+        "/var/tmp/wolgw-e2e-retry-{}.img",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_file(&image.0);
+    let guest = Guest::define_with(
+        "retry",
+        "52:54:00:e2:00:0c",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+            image.0.display()
+        ),
+    );
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = activate(&socket, &[]);
+    let failure = gateway.wait_for_log(&format!("cannot start {}", guest.name));
+    assert!(
+        failure.contains("Cannot access storage file"),
+        "libvirt's message: {failure}"
+    );
+    assert!(guest.state().starts_with("shut off"), "{}", guest.state());
+
+    // The cause is fixed; the next packet is acted on, not taken for a
+    // duplicate of the failed one.
+    std::fs::File::create(&image.0)
+        .and_then(|file| file.set_len(1 << 20))
+        .expect("create the disk image");
+    wakeonlan(addr, &guest.mac);
+    guest.wait_state_within("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("started {} (was shut off)", guest.name));
+
+    let (_, summary) = terminate(&mut gateway);
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        2,
+        "{summary}"
+    );
+    assert_eq!(summary_count(&summary, "duplicates"), 0, "{summary}");
+    assert_eq!(summary_count(&summary, "not acted on"), 0, "{summary}");
 }
