@@ -228,6 +228,12 @@ impl Book {
         Some(entry.request.clone())
     }
 
+    /// The MAC of the next request due at `now`, left waiting.
+    pub fn peek_due(&self, now: Instant) -> Option<Mac> {
+        let &(due, _, mac) = self.queue.first()?;
+        (due <= now).then_some(mac)
+    }
+
     /// When the next waiting request is due, if any waits.
     pub fn next_due_at(&self) -> Option<Instant> {
         self.queue.first().map(|&(due, _, _)| due)

@@ -13,7 +13,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::host::{Acted, Health, Host, HostError, Lookup};
 use crate::hypervisor::HvError;
@@ -134,6 +134,15 @@ impl Fleet {
         self.hosts
             .iter()
             .fold((0, 0), |(l, f), h| (l + h.listings(), f + h.full_scans()))
+    }
+
+    /// True when no host can have a domain with `mac` now, known without
+    /// asking libvirt (see [`Host::surely_lacks`]): the request is decided
+    /// "no domain" at once, in the caller's thread.
+    pub fn surely_unknown(&self, mac: Mac, now: Instant, wall: SystemTime) -> bool {
+        self.hosts
+            .iter()
+            .all(|host| host.surely_lacks(mac, now, wall))
     }
 
     /// Finds the domain owning `mac` on the hosts and brings it up. Blocks

@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::warn;
@@ -307,18 +307,33 @@ impl Gateway {
         self.reporter.decision(&request, decision, &self.uris, now);
     }
 
-    /// Hands due requests to workers while slots are free.
+    /// Hands due requests to workers while slots are free; answers at once
+    /// those no host can know (a flood of unknown MACs costs no threads and
+    /// needs no slot).
     fn dispatch(&mut self, now: Instant) {
-        while self.book.in_flight() < self.config.max_in_flight {
+        let wall = SystemTime::now();
+        while let Some(mac) = self.book.peek_due(now) {
+            self.status_changed = true;
+            if self.fleet.surely_unknown(mac, now, wall) {
+                self.book.next_due(now);
+                let decision = Decision {
+                    outcome: Outcome::NoMatch,
+                    left_out: Vec::new(),
+                };
+                self.decided(mac, &decision, now);
+                continue;
+            }
+            if self.book.in_flight() >= self.config.max_in_flight {
+                self.slots_full_at = Some(now);
+                return;
+            }
             let Some(request) = self.book.next_due(now) else {
                 return;
             };
-            self.status_changed = true;
             if self.slots_full_at.is_some_and(|full| full >= request.due) {
                 self.stats.waited_for_slot += 1;
             }
-            let (fleet, mailbox, mac) =
-                (Arc::clone(&self.fleet), self.mailbox.clone(), request.mac);
+            let (fleet, mailbox) = (Arc::clone(&self.fleet), self.mailbox.clone());
             let spawned = std::thread::Builder::new()
                 .name("wol-wake".into())
                 .spawn(move || {
@@ -340,9 +355,6 @@ impl Gateway {
                 warn!("cannot start a worker thread ({e}); retrying {mac} later");
                 self.book.park(mac, now);
             }
-        }
-        if self.book.next_due_at().is_some_and(|due| due <= now) {
-            self.slots_full_at = Some(now);
         }
     }
 

@@ -160,6 +160,54 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// The connection an action runs on. With libvirt 9.0, two actions on one
+/// connection can wait for each other (a start held 8 s by a qemu hook
+/// delayed another domain's start on the same connection in about one run
+/// of eight; on two connections, never): an action that overlaps another
+/// gets a connection of its own, where connections are independent.
+struct Lane {
+    hv: Arc<dyn Hypervisor>,
+    main: Arc<dyn Hypervisor>,
+}
+
+impl Lane {
+    fn take(host: &Host, main: Arc<dyn Hypervisor>) -> Result<Lane, HostError> {
+        let overlapping = {
+            let mut acting = lock(&host.acting);
+            *acting += 1;
+            *acting > 1
+        };
+        if !overlapping || !host.connector.independent_connections() {
+            return Ok(Lane {
+                hv: Arc::clone(&main),
+                main,
+            });
+        }
+        let spare = lock(&host.spare_lanes).pop();
+        let hv = match spare {
+            Some(hv) => hv,
+            None => match host.connector.connect() {
+                Ok(hv) => hv,
+                Err(e) => {
+                    *lock(&host.acting) -= 1;
+                    return Err(HostError::Unreachable(e));
+                }
+            },
+        };
+        Ok(Lane { hv, main })
+    }
+
+    fn give_back(self, host: &Host) {
+        *lock(&host.acting) -= 1;
+        if !Arc::ptr_eq(&self.hv, &self.main) && self.hv.is_alive() {
+            let mut spares = lock(&host.spare_lanes);
+            if spares.len() < MAX_SPARE_LANES {
+                spares.push(self.hv);
+            }
+        }
+    }
+}
+
 /// A libvirt host.
 pub struct Host {
     uri: Arc<str>,
@@ -174,6 +222,9 @@ pub struct Host {
     /// MACs wait for one refresh instead of each starting their own.
     refreshing: Mutex<()>,
     turns: Turns,
+    /// Actions running now, and idle connections for overlapping ones.
+    acting: Mutex<usize>,
+    spare_lanes: Mutex<Vec<Arc<dyn Hypervisor>>>,
     health: Mutex<Health>,
     /// When the running liveness ping started, if one runs.
     ping: Mutex<Option<Instant>>,
@@ -196,6 +247,10 @@ struct Connection {
     open: Option<Arc<dyn Hypervisor>>,
     failed: Option<(Instant, HvError)>,
 }
+
+/// Spare connections kept for actions that overlap another (see
+/// [`Host::act`]); more are closed after use.
+const MAX_SPARE_LANES: usize = 3;
 
 /// While a host cannot be reached, connecting is tried at most this often;
 /// requests in between get the last error at once (a flood of new MACs
@@ -232,6 +287,8 @@ impl Host {
             }),
             refreshing: Mutex::new(()),
             turns: Turns::default(),
+            acting: Mutex::new(0),
+            spare_lanes: Mutex::new(Vec::new()),
             health: Mutex::new(Health::Answering),
             ping: Mutex::new(None),
             counters: Counters::default(),
@@ -279,6 +336,26 @@ impl Host {
     /// Full scans (every domain's XML) made so far.
     pub fn full_scans(&self) -> u64 {
         self.counters.full_scans.load(Ordering::Relaxed)
+    }
+
+    /// True when this host surely has no domain with `mac` now, known
+    /// without asking libvirt: it answers, its index is loaded and does not
+    /// know the MAC, and the rules allow no refresh yet, so a worker would
+    /// answer "no domain" from memory too. Never waits: a busy index counts
+    /// as "not sure". This lets the loop answer a flood of unknown MACs
+    /// without a thread each.
+    pub fn surely_lacks(&self, mac: Mac, now: Instant, wall: SystemTime) -> bool {
+        if *lock(&self.health) != Health::Answering {
+            return false;
+        }
+        let Ok(state) = self.index.try_lock() else {
+            return false;
+        };
+        state
+            .index
+            .as_ref()
+            .is_some_and(|index| index.owners(mac).is_empty())
+            && refresh_for(&state.fresh, false, &self.rescan, now, wall) == Refresh::Nothing
     }
 
     /// Records that libvirt answered; reports the end of an outage.
@@ -711,22 +788,39 @@ impl Host {
     fn act_once(
         &self,
         domain: &Candidate,
+        action: Action,
+        dry_run: bool,
+    ) -> Result<Acted, HostError> {
+        let main = self.connection().map_err(HostError::Unreachable)?;
+        let lane = Lane::take(self, main)?;
+        let result = self.act_on(&lane.hv, domain, action, dry_run);
+        if let Err(HostError::Unreachable(_)) = &result {
+            if Arc::ptr_eq(&lane.hv, &lane.main) {
+                self.drop_connection(&lane.main);
+            }
+        }
+        lane.give_back(self);
+        result
+    }
+
+    fn act_on(
+        &self,
+        hv: &Arc<dyn Hypervisor>,
+        domain: &Candidate,
         mut action: Action,
         dry_run: bool,
     ) -> Result<Acted, HostError> {
-        let hv = self.connection().map_err(HostError::Unreachable)?;
         let uuid = domain.uuid.to_string();
-        let dead = |e: HvError| {
+        let sort = |e: HvError| {
             if hv.is_alive() {
                 HostError::Failed(e)
             } else {
-                self.drop_connection(&hv);
                 HostError::Unreachable(e)
             }
         };
         let (_turn, waited) = self.turns.take(domain.uuid);
         if waited {
-            let state = hv.state(&uuid).map_err(dead)?;
+            let state = hv.state(&uuid).map_err(sort)?;
             match action_for(state) {
                 Some(now) => action = now,
                 None => return Ok(Acted::AlreadyUp(state)),
@@ -741,11 +835,10 @@ impl Host {
         }
         match hv.perform(&uuid, action) {
             Ok(()) => Ok(Acted::Done(verb)),
-            Err(e) if hv.is_alive() => Ok(Acted::Failed(verb, e)),
-            Err(e) => {
-                self.drop_connection(&hv);
-                Err(HostError::Unreachable(e))
-            }
+            Err(e) => match sort(e) {
+                HostError::Failed(e) => Ok(Acted::Failed(verb, e)),
+                unreachable => Err(unreachable),
+            },
         }
     }
 

@@ -241,6 +241,12 @@ pub trait Connector: Send + Sync {
     fn uri(&self) -> &str;
     /// Opens a new connection.
     fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError>;
+    /// True when separate connections see the same hypervisor (a daemon),
+    /// so calls may be spread over several. False (the default) where state
+    /// lives in the connection, as for `test:///` with a node file.
+    fn independent_connections(&self) -> bool {
+        false
+    }
 }
 
 /// Connects to libvirt through the `virt` bindings.
@@ -266,6 +272,14 @@ impl Connector for LibvirtConnector {
 
     fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
         Ok(Arc::new(Libvirt::open(&self.uri)?))
+    }
+
+    fn independent_connections(&self) -> bool {
+        // Only the test driver runs in this process (`test:///…`); with a
+        // transport (`test+unix://`) or any other driver a daemon or a
+        // remote API holds the state.
+        let scheme = self.uri.split(':').next().unwrap_or_default();
+        scheme != "test"
     }
 }
 
@@ -393,14 +407,17 @@ impl Hypervisor for Libvirt {
     fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
         let domain = self.lookup(uuid)?;
         let name = domain.name()?;
-        let xml = domain.xml_desc(0).map_err(HvError::from);
-        if let Err(e) = &xml {
+        // A failed fetch is the call's error, not an unreadable domain: a
+        // cached handle has its name without libvirtd, so a dead connection
+        // shows only here, and the caller must see it to reconnect.
+        let xml = domain.xml_desc(0).map_err(|e| {
+            let e = HvError::from(e);
             if e.kind == HvErrorKind::NoDomain {
                 self.handles().remove(uuid);
-                return Err(e.clone());
             }
-        }
-        Ok(DomainRecord::from_xml(name, uuid.to_owned(), xml))
+            e
+        })?;
+        Ok(DomainRecord::from_xml(name, uuid.to_owned(), Ok(xml)))
     }
 
     fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
@@ -444,6 +461,20 @@ impl Hypervisor for Libvirt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_in_process_test_driver_keeps_its_state_in_the_connection() {
+        for (uri, independent) in [
+            ("qemu:///system", true),
+            ("qemu+ssh://wol@host2/system", true),
+            ("test+unix:///default", true),
+            ("test:///default", false),
+            ("test:///var/lib/node.xml", false),
+        ] {
+            let connector = LibvirtConnector::new(uri);
+            assert_eq!(connector.independent_connections(), independent, "{uri}");
+        }
+    }
 
     #[test]
     fn a_heartbeat_remembers_the_latest_answer() {

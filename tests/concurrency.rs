@@ -303,3 +303,30 @@ fn the_idle_exit_waits_for_a_start_in_progress() {
     let (exit, stats) = gateway.join();
     assert_eq!((exit, stats.handled), (Exit::Idle, 1));
 }
+
+#[test]
+fn unknown_macs_are_answered_without_a_worker_while_every_slot_is_busy() {
+    let fake = fake_with("fake:///", 8);
+    fake.slow_down("*");
+    let mut gateway = InProcess::start(one_host(&fake, DEADLINE), WINDOW);
+    for i in 0..8 {
+        gateway.wake(&mac_of(i));
+    }
+    assert!(wait_until(DEADLINE, || fake.actions.waiting() == 8));
+    // The index was just built: a MAC it lacks needs no libvirt call, so no
+    // slot either.
+    for i in 0..100u8 {
+        gateway.wake(&format!("52:54:00:d1:00:{i:02x}"));
+    }
+    for i in 0..100u8 {
+        let record = gateway.decision(&format!("52:54:00:d1:00:{i:02x}"), 0, DEADLINE);
+        assert_eq!(record.result, Some("no-match"));
+    }
+    assert_eq!(fake.actions.waiting(), 8, "the starts are still running");
+    fake.actions.open();
+    for i in 0..8 {
+        assert_eq!(gateway.decision(&mac_of(i), 0, DEADLINE).result, Some("ok"));
+    }
+    let (_, stats, _) = gateway.stop();
+    assert_eq!((stats.handled, stats.waited_for_slot), (108, 0));
+}
