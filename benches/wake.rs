@@ -6,7 +6,9 @@
 //!
 //! Needs libvirtd (for `test+unix:///default`) and root (to give the junk
 //! socket a receive buffer big enough to queue the whole flood). Sizes and
-//! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`.
+//! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`;
+//! `WOL_BENCH_BIN=PATH` measures another build of the gateway;
+//! `WOL_BENCH_TRICKLE_ONLY=1` runs only the unknown-MAC trickle.
 //!
 //! For each size it prints median (min-max) of:
 //! - `virsh start`: a `virsh -c test+unix:///default start NAME` process, from
@@ -59,7 +61,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let bin = env!("CARGO_BIN_EXE_wol-libvirt-gateway");
+    // WOL_BENCH_BIN measures another build (e.g. an earlier commit's) with
+    // the same harness, for a before/after in one run.
+    let bin_override = std::env::var("WOL_BENCH_BIN").ok();
+    let bin = bin_override
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_wol-libvirt-gateway"));
     let cache = tempfile::tempdir().expect("tempdir");
     print_machine();
     println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}");
@@ -74,12 +81,17 @@ fn main() {
         ms(&bare_exec)
     );
 
+    // WOL_BENCH_TRICKLE_ONLY=1: only the unknown-MAC trickle (for profiling).
+    let trickle_only = std::env::var_os("WOL_BENCH_TRICKLE_ONLY").is_some();
     let mut rows = Vec::new();
     let mut defined = 0;
     for &size in &sizes {
         while defined < size {
             define(&keeper, defined);
             defined += 1;
+        }
+        if trickle_only {
+            continue;
         }
         eprintln!("[bench] {size} domains defined, measuring");
         let target = size - 1;
@@ -296,7 +308,9 @@ fn activation(
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let started = Instant::now();
     sender.send_to(&packet, addr).expect("send");
-    let mut child = spawn_gateway(bin, cache, socket, "200ms");
+    // Idle for 1 s after the packet: long enough that the process is still
+    // there to have its memory read after a 10,000-domain scan.
+    let mut child = spawn_gateway(bin, cache, socket, "1s");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let needle = format!("started {name}");

@@ -8,7 +8,7 @@
 //! host keeps its [`Health`] (answering, unreachable, silent) and reports
 //! each change once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -541,13 +541,10 @@ impl Host {
                 lookup.refused.push((domain.name, reason));
                 continue;
             }
-            let Ok(uuid) = domain.uuid.parse() else {
-                continue;
-            };
-            match hv.state(&domain.uuid) {
+            match hv.state(domain.uuid) {
                 Ok(state) => lookup.candidates.push(Candidate {
                     name: domain.name,
-                    uuid,
+                    uuid: domain.uuid,
                     state,
                     host: self.position,
                 }),
@@ -612,7 +609,7 @@ impl Host {
         let mut confirmed = Vec::with_capacity(hint.len());
         let mut all = true;
         for uuid in hint {
-            match hv.domain(&uuid.to_string()) {
+            match hv.domain(*uuid) {
                 Ok(record) => {
                     self.beat.beat();
                     let has = record.macs.as_ref().is_ok_and(|m| m.contains(&mac));
@@ -666,13 +663,7 @@ impl Host {
             let index = state.index.as_ref();
             listed
                 .iter()
-                .filter(|l| {
-                    let known = l
-                        .uuid
-                        .parse()
-                        .is_ok_and(|u| index.is_some_and(|i| i.knows(u)));
-                    !known
-                })
+                .filter(|l| !index.is_some_and(|i| i.knows(l.uuid)))
                 .cloned()
                 .collect()
         };
@@ -687,9 +678,7 @@ impl Host {
         let mut state = lock(&self.index);
         let mut readable = Vec::with_capacity(records.len());
         for record in records {
-            let Ok(uuid) = record.uuid.parse::<Uuid>() else {
-                continue;
-            };
+            let uuid = record.uuid;
             match record.macs {
                 Ok(macs) => {
                     state.reported_unreadable.remove(&uuid);
@@ -712,8 +701,7 @@ impl Host {
             self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
             (true, listed.len())
         } else {
-            let present: HashSet<Uuid> =
-                listed.iter().filter_map(|l| l.uuid.parse().ok()).collect();
+            let present: HashSet<Uuid> = listed.iter().map(|l| l.uuid).collect();
             let index = state.index.get_or_insert_with(MacIndex::default);
             let gone: HashSet<Uuid> = index.domains().filter(|u| !present.contains(u)).collect();
             let forgot = index.forget(&gone);
@@ -810,7 +798,7 @@ impl Host {
         mut action: Action,
         dry_run: bool,
     ) -> Result<Acted, HostError> {
-        let uuid = domain.uuid.to_string();
+        let uuid = domain.uuid;
         let sort = |e: HvError| {
             if hv.is_alive() {
                 HostError::Failed(e)
@@ -820,7 +808,7 @@ impl Host {
         };
         let (_turn, waited) = self.turns.take(domain.uuid);
         if waited {
-            let state = hv.state(&uuid).map_err(sort)?;
+            let state = hv.state(uuid).map_err(sort)?;
             match action_for(state) {
                 Some(now) => action = now,
                 None => return Ok(Acted::AlreadyUp(state)),
@@ -828,12 +816,12 @@ impl Host {
         }
         // Only a start can restore an image; a failing query just means the
         // log will not mention it.
-        let managed_save = action == Action::Start && hv.has_managed_save(&uuid).unwrap_or(false);
+        let managed_save = action == Action::Start && hv.has_managed_save(uuid).unwrap_or(false);
         let verb = Verb::of(action, managed_save);
         if dry_run {
             return Ok(Acted::Done(verb));
         }
-        match hv.perform(&uuid, action) {
+        match hv.perform(uuid, action) {
             Ok(()) => Ok(Acted::Done(verb)),
             Err(e) => match sort(e) {
                 HostError::Failed(e) => Ok(Acted::Failed(verb, e)),
@@ -848,14 +836,12 @@ impl Host {
         let hv = self.connection().map_err(HostError::Unreachable)?;
         let listed = hv.list().map_err(HostError::Failed)?;
         let records = hv.records(&listed, &|| {});
-        let by_uuid: HashMap<&str, &Listed> = listed.iter().map(|l| (l.uuid.as_str(), l)).collect();
         Ok(records
             .into_iter()
-            .filter(|r| by_uuid.contains_key(r.uuid.as_str()))
             .map(|record| {
-                let state = hv.state(&record.uuid).ok();
+                let state = hv.state(record.uuid).ok();
                 let managed_save = state == Some(DomainState::ShutOff)
-                    && hv.has_managed_save(&record.uuid).unwrap_or(false);
+                    && hv.has_managed_save(record.uuid).unwrap_or(false);
                 DomainInfo {
                     domain: DomainRef {
                         name: record.name,

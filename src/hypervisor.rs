@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -67,6 +68,56 @@ impl DomainState {
 impl fmt::Display for DomainState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A domain's UUID, stored as 16 bytes: the index holds one per (MAC,
+/// domain) pair, and 10,000 domains should cost kilobytes, not megabytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uuid(pub u128);
+
+impl fmt::Display for Uuid {
+    /// libvirt's canonical form: lowercase 8-4-4-4-12 hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+}
+
+impl fmt::Debug for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A string that is not a canonical UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a UUID (expected 8-4-4-4-12 hex digits)")]
+pub struct UuidParseError(String);
+
+impl FromStr for Uuid {
+    type Err = UuidParseError;
+
+    /// Parses the 8-4-4-4-12 form, in any letter case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || UuidParseError(s.to_owned());
+        let groups: Vec<&str> = s.split('-').collect();
+        if !groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) {
+            return Err(bad());
+        }
+        let hex: String = groups.concat();
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u128::from_str_radix(&hex, 16).map(Uuid).map_err(|_| bad())
     }
 }
 
@@ -142,7 +193,7 @@ pub enum Unreadable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The domain's UUID, the stable handle used for every later call.
-    pub uuid: String,
+    pub uuid: Uuid,
     /// The domain's name.
     pub name: String,
 }
@@ -154,7 +205,7 @@ pub struct DomainRecord {
     /// The domain's name.
     pub name: String,
     /// The domain's UUID.
-    pub uuid: String,
+    pub uuid: Uuid,
     /// The MACs of its interfaces, or why they are unknown.
     pub macs: Result<Vec<Mac>, Unreadable>,
     /// Its `<metadata>` opts in to being woken (see `--require-opt-in`).
@@ -163,7 +214,7 @@ pub struct DomainRecord {
 
 impl DomainRecord {
     /// Reads the MACs (and the opt-in) from a fetched XML description.
-    pub fn from_xml(name: String, uuid: String, xml: Result<String, HvError>) -> Self {
+    pub fn from_xml(name: String, uuid: Uuid, xml: Result<String, HvError>) -> Self {
         let nics = match xml {
             Ok(xml) => domain_xml::read(&xml).map_err(Unreadable::from),
             Err(e) => Err(Unreadable::Fetch(e)),
@@ -221,13 +272,13 @@ pub trait Hypervisor: Send + Sync {
     fn records(&self, domains: &[Listed], progress: &(dyn Fn() + Sync)) -> Vec<DomainRecord>;
     /// One domain and its current MACs, by UUID (to confirm what an index
     /// says before acting).
-    fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError>;
+    fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
-    fn state(&self, uuid: &str) -> Result<DomainState, HvError>;
+    fn state(&self, uuid: Uuid) -> Result<DomainState, HvError>;
     /// Whether the domain has a managed-save image that a start will restore.
-    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError>;
+    fn has_managed_save(&self, uuid: Uuid) -> Result<bool, HvError>;
     /// Performs `action` on the domain.
-    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError>;
+    fn perform(&self, uuid: Uuid, action: Action) -> Result<(), HvError>;
     /// One round trip to libvirt that changes nothing (is it answering?).
     fn ping(&self) -> Result<(), HvError>;
     /// False once the connection is known to be dead (daemon restarted, ...).
@@ -292,18 +343,33 @@ const SCAN_THREADS: usize = 5;
 /// Below this many domains per thread, threads cost more than they save.
 const DOMAINS_PER_THREAD: usize = 32;
 
+/// Handles kept from individual lookups (the domains woken lately); past
+/// this many the cache starts afresh, so memory stays flat however many
+/// domains a host has.
+const MAX_CACHED_HANDLES: usize = 256;
+
 /// A live libvirt connection.
 pub struct Libvirt {
     conn: Connect,
-    /// Domain handles by UUID, from the last listing or lookup: a handle
-    /// carries name and UUID, so reusing it saves a lookup round trip.
-    handles: Mutex<HashMap<String, Domain>>,
+    /// Domain handles of domains looked up one by one: a wake asks for the
+    /// same domain's XML, state and action, and one lookup serves all three.
+    handles: Mutex<HashMap<Uuid, Domain>>,
+    /// The handles of the last listing, until [`Hypervisor::records`] has
+    /// read the domains it wants: a handle carries name and UUID, so reading
+    /// a listed domain needs no lookup round trip.
+    listing: Mutex<HashMap<Uuid, Domain>>,
 }
 
 impl fmt::Debug for Libvirt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Libvirt").finish_non_exhaustive()
     }
+}
+
+/// Locks a map that stays consistent even if a holder panicked (inserts,
+/// removals and clears only).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Libvirt {
@@ -319,20 +385,20 @@ impl Libvirt {
         Libvirt {
             conn,
             handles: Mutex::new(HashMap::new()),
+            listing: Mutex::new(HashMap::new()),
         }
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Domain>> {
-        // A panic while holding the map leaves it consistent (inserts only).
-        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lookup(&self, uuid: &str) -> Result<Domain, HvError> {
-        if let Some(domain) = self.handles().get(uuid) {
+    fn lookup(&self, uuid: Uuid) -> Result<Domain, HvError> {
+        if let Some(domain) = lock(&self.handles).get(&uuid) {
             return Ok(domain.clone());
         }
-        let domain = self.conn.lookup_domain_by_uuid_string(uuid)?;
-        self.handles().insert(uuid.to_owned(), domain.clone());
+        let domain = self.conn.lookup_domain_by_uuid_string(&uuid.to_string())?;
+        let mut handles = lock(&self.handles);
+        if handles.len() >= MAX_CACHED_HANDLES {
+            handles.clear();
+        }
+        handles.insert(uuid, domain.clone());
         Ok(domain)
     }
 }
@@ -347,7 +413,7 @@ fn record(listed: &Listed, domain: Option<Domain>) -> DomainRecord {
             message: "domain not found".into(),
         }),
     };
-    DomainRecord::from_xml(listed.name.clone(), listed.uuid.clone(), xml)
+    DomainRecord::from_xml(listed.name.clone(), listed.uuid, xml)
 }
 
 impl Hypervisor for Libvirt {
@@ -356,26 +422,28 @@ impl Hypervisor for Libvirt {
         let mut listed = Vec::with_capacity(domains.len());
         let mut handles = HashMap::with_capacity(domains.len());
         for domain in domains {
-            // Name and UUID travel with the listing: no round trip here.
-            let (Ok(uuid), Ok(name)) = (domain.uuid_string(), domain.name()) else {
+            // Name and UUID travel with the listing: no round trip here. The
+            // UUID is taken as bytes: formatting 10,000 of them as text was
+            // most of a listing's cost.
+            let (Ok(uuid), Ok(name)) = (domain.uuid(), domain.name()) else {
                 continue;
             };
-            listed.push(Listed {
-                uuid: uuid.clone(),
-                name,
-            });
+            let uuid = Uuid(uuid.as_u128());
+            listed.push(Listed { uuid, name });
             handles.insert(uuid, domain);
         }
-        *self.handles() = handles;
+        *lock(&self.listing) = handles;
         Ok(listed)
     }
 
     fn records(&self, domains: &[Listed], progress: &(dyn Fn() + Sync)) -> Vec<DomainRecord> {
         let with_handles: Vec<(&Listed, Option<Domain>)> = {
-            let handles = self.handles();
+            // Taken out, the rest dropped: the listing's handles are not
+            // kept between refreshes.
+            let mut listing = std::mem::take(&mut *lock(&self.listing));
             domains
                 .iter()
-                .map(|listed| (listed, handles.get(&listed.uuid).cloned()))
+                .map(|listed| (listed, listing.remove(&listed.uuid)))
                 .collect()
         };
         let fetch = |part: &[(&Listed, Option<Domain>)]| {
@@ -404,7 +472,7 @@ impl Hypervisor for Libvirt {
         })
     }
 
-    fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
+    fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError> {
         let domain = self.lookup(uuid)?;
         let name = domain.name()?;
         // A failed fetch is the call's error, not an unreadable domain: a
@@ -413,14 +481,14 @@ impl Hypervisor for Libvirt {
         let xml = domain.xml_desc(0).map_err(|e| {
             let e = HvError::from(e);
             if e.kind == HvErrorKind::NoDomain {
-                self.handles().remove(uuid);
+                lock(&self.handles).remove(&uuid);
             }
             e
         })?;
-        Ok(DomainRecord::from_xml(name, uuid.to_owned(), Ok(xml)))
+        Ok(DomainRecord::from_xml(name, uuid, Ok(xml)))
     }
 
-    fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
+    fn state(&self, uuid: Uuid) -> Result<DomainState, HvError> {
         let (state, _reason) = self.lookup(uuid)?.state()?;
         Ok(match state {
             Enum::Known(VirtState::Running) => DomainState::Running,
@@ -434,11 +502,11 @@ impl Hypervisor for Libvirt {
         })
     }
 
-    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError> {
+    fn has_managed_save(&self, uuid: Uuid) -> Result<bool, HvError> {
         Ok(self.lookup(uuid)?.has_managed_save(0)?)
     }
 
-    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError> {
+    fn perform(&self, uuid: Uuid, action: Action) -> Result<(), HvError> {
         let domain = self.lookup(uuid)?;
         match action {
             Action::Start => domain.create()?,
@@ -461,6 +529,21 @@ impl Hypervisor for Libvirt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_read_and_print_in_libvirts_form() {
+        let text = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+        let parsed: Uuid = text.to_uppercase().parse().expect("uuid");
+        assert_eq!(parsed.to_string(), text);
+        for bad in [
+            "",
+            "6695eb01",
+            "6695eb01-f6a4-8304-79aa-97f2502e193g",
+            "+695eb01-f6a4-8304-79aa-97f2502e193f",
+        ] {
+            assert!(bad.parse::<Uuid>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_the_in_process_test_driver_keeps_its_state_in_the_connection() {

@@ -34,14 +34,13 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
         .filter_map(|e| {
             Some(Candidate {
                 name: e.info.domain.name.clone(),
-                uuid: e.info.domain.uuid.parse().ok()?,
+                uuid: e.info.domain.uuid,
                 state: e.info.state?,
                 host: e.host,
             })
         })
         .collect();
-    let is_this =
-        |c: &Candidate| c.host == entry.host && entry.info.domain.uuid.parse() == Ok(c.uuid);
+    let is_this = |c: &Candidate| c.host == entry.host && entry.info.domain.uuid == c.uuid;
     match plan(&candidates) {
         Plan::Act { domain, action } if is_this(domain) => {
             Effect::Act(Verb::of(action, entry.info.managed_save))
@@ -125,7 +124,7 @@ pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::DomainState;
+    use crate::hypervisor::{DomainState, Uuid};
     use crate::policy::{AllowEntry, DomainRef, Refusal};
 
     const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
@@ -137,7 +136,7 @@ mod tests {
             info: DomainInfo {
                 domain: DomainRef {
                     name: name.into(),
-                    uuid: format!("00000000-0000-0000-0000-0000000000{n:02x}"),
+                    uuid: Uuid(u128::from(n)),
                     wake_opt_in: false,
                 },
                 macs: Ok(vec![MAC]),

@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use crate::hypervisor::Uuid;
 use crate::packet::Mac;
 
 /// What the policy looks at in a domain: read from its current XML.
@@ -13,7 +14,7 @@ pub struct DomainRef {
     /// The domain's name.
     pub name: String,
     /// The domain's UUID.
-    pub uuid: String,
+    pub uuid: Uuid,
     /// Its `<metadata>` opts in to being woken.
     pub wake_opt_in: bool,
 }
@@ -23,8 +24,8 @@ pub struct DomainRef {
 pub enum AllowEntry {
     /// A domain by MAC: packets for this MAC may wake its domain.
     Mac(Mac),
-    /// A domain by UUID (any letter case).
-    Uuid(String),
+    /// A domain by UUID (given in any letter case).
+    Uuid(Uuid),
     /// A domain by name (exact).
     Name(String),
 }
@@ -41,15 +42,9 @@ impl FromStr for AllowEntry {
         if let Ok(mac) = s.parse::<Mac>() {
             return Ok(AllowEntry::Mac(mac));
         }
-        let groups: Vec<&str> = s.split('-').collect();
-        let is_uuid = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-            && groups
-                .iter()
-                .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
-        Ok(if is_uuid {
-            AllowEntry::Uuid(s.to_ascii_lowercase())
-        } else {
-            AllowEntry::Name(s.to_owned())
+        Ok(match s.parse::<Uuid>() {
+            Ok(uuid) => AllowEntry::Uuid(uuid),
+            Err(_) => AllowEntry::Name(s.to_owned()),
         })
     }
 }
@@ -82,7 +77,7 @@ impl Policy {
         let listed = self.allow.is_empty()
             || self.allow.iter().any(|entry| match entry {
                 AllowEntry::Mac(allowed) => *allowed == mac,
-                AllowEntry::Uuid(uuid) => domain.uuid.eq_ignore_ascii_case(uuid),
+                AllowEntry::Uuid(uuid) => domain.uuid == *uuid,
                 AllowEntry::Name(name) => domain.name == *name,
             });
         if !listed {
@@ -109,7 +104,7 @@ mod tests {
     fn web01(opt_in: bool) -> DomainRef {
         DomainRef {
             name: "web01".into(),
-            uuid: UUID.into(),
+            uuid: UUID.parse().expect("uuid"),
             wake_opt_in: opt_in,
         }
     }
@@ -121,7 +116,10 @@ mod tests {
     #[test]
     fn entries_are_told_apart() {
         assert!(matches!(entry("52:54:00:AA:BB:CC"), AllowEntry::Mac(_)));
-        assert_eq!(entry(&UUID.to_uppercase()), AllowEntry::Uuid(UUID.into()));
+        assert_eq!(
+            entry(&UUID.to_uppercase()),
+            AllowEntry::Uuid(UUID.parse().expect("uuid"))
+        );
         assert_eq!(entry("web01"), AllowEntry::Name("web01".into()));
         assert_eq!(
             entry("6695eb01-f6a4"),

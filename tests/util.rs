@@ -25,7 +25,8 @@ use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing};
 use wol_libvirt_gateway::gateway::{Config, Exit, Gateway as InProcessGateway, Shutdown, Trigger};
 use wol_libvirt_gateway::host::Host;
 use wol_libvirt_gateway::hypervisor::{
-    Action, Connector, DomainRecord, DomainState, HvError, HvErrorKind, Hypervisor, Libvirt, Listed,
+    Action, Connector, DomainRecord, DomainState, HvError, HvErrorKind, Hypervisor, Libvirt,
+    Listed, Uuid,
 };
 use wol_libvirt_gateway::index::Rescan;
 use wol_libvirt_gateway::notify::Notifier;
@@ -125,6 +126,11 @@ impl NodeFile {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// [`uuid_for`] as the gateway's type.
+pub fn uuid_of(name: &str) -> Uuid {
+    uuid_for(name).parse().expect("a canonical UUID")
 }
 
 /// A UUID derived from the domain name, stable across runs.
@@ -468,7 +474,7 @@ pub fn open_node(domains: &[DomainSpec]) -> (NodeFile, Connect) {
 /// A domain's state, through the shared connection.
 pub fn state_of(conn: &Connect, name: &str) -> DomainState {
     Libvirt::from_connection(conn.clone())
-        .state(&uuid_for(name))
+        .state(uuid_of(name))
         .expect("state")
 }
 
@@ -677,13 +683,13 @@ impl Fake {
         self.state.lock().expect("fake").calls.clone()
     }
 
-    fn with<T>(&self, uuid: &str, f: impl FnOnce(&mut FakeDomain) -> T) -> Result<T, HvError> {
+    fn with<T>(&self, uuid: Uuid, f: impl FnOnce(&mut FakeDomain) -> T) -> Result<T, HvError> {
         self.all_calls.pass();
         let mut state = self.state.lock().expect("fake");
         state
             .domains
             .iter_mut()
-            .find(|d| uuid_for(&d.name) == uuid)
+            .find(|d| uuid_of(&d.name) == uuid)
             .map(f)
             .ok_or(HvError {
                 kind: HvErrorKind::NoDomain,
@@ -700,7 +706,7 @@ impl Hypervisor for Fake {
             .domains
             .iter()
             .map(|d| Listed {
-                uuid: uuid_for(&d.name),
+                uuid: uuid_of(&d.name),
                 name: d.name.clone(),
             })
             .collect())
@@ -709,24 +715,24 @@ impl Hypervisor for Fake {
         domains
             .iter()
             .filter_map(|l| {
-                let record = self.domain(&l.uuid).ok();
+                let record = self.domain(l.uuid).ok();
                 progress();
                 record
             })
             .collect()
     }
-    fn domain(&self, uuid: &str) -> Result<DomainRecord, HvError> {
+    fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError> {
         self.with(uuid, |d| {
-            DomainRecord::from_xml(d.name.clone(), uuid_for(&d.name), d.xml.clone())
+            DomainRecord::from_xml(d.name.clone(), uuid, d.xml.clone())
         })
     }
-    fn state(&self, uuid: &str) -> Result<DomainState, HvError> {
+    fn state(&self, uuid: Uuid) -> Result<DomainState, HvError> {
         self.with(uuid, |d| d.state)
     }
-    fn has_managed_save(&self, uuid: &str) -> Result<bool, HvError> {
+    fn has_managed_save(&self, uuid: Uuid) -> Result<bool, HvError> {
         self.with(uuid, |_| false)
     }
-    fn perform(&self, uuid: &str, action: Action) -> Result<(), HvError> {
+    fn perform(&self, uuid: Uuid, action: Action) -> Result<(), HvError> {
         let name = self.with(uuid, |d| d.name.clone())?;
         let slow = self.slow.lock().expect("fake").clone();
         if slow.iter().any(|s| s == "*" || *s == name) {

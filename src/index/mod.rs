@@ -20,61 +20,10 @@
 pub mod file;
 
 use std::collections::HashSet;
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use crate::hypervisor::Uuid;
 use crate::packet::Mac;
-
-/// A domain's UUID, stored as 16 bytes: the index holds one per (MAC,
-/// domain) pair, and 10,000 domains should cost kilobytes, not megabytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Uuid(pub u128);
-
-impl fmt::Display for Uuid {
-    /// libvirt's canonical form: lowercase 8-4-4-4-12 hex.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = format!("{:032x}", self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
-    }
-}
-
-impl fmt::Debug for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// A string that is not a canonical UUID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a UUID (expected 8-4-4-4-12 hex digits)")]
-pub struct UuidParseError(String);
-
-impl FromStr for Uuid {
-    type Err = UuidParseError;
-
-    /// Parses the 8-4-4-4-12 form, in any letter case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || UuidParseError(s.to_owned());
-        let groups: Vec<&str> = s.split('-').collect();
-        if !groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) {
-            return Err(bad());
-        }
-        let hex: String = groups.concat();
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u128::from_str_radix(&hex, 16).map(Uuid).map_err(|_| bad())
-    }
-}
 
 /// MAC address to owning domains, and the set of domains whose XML was read.
 ///
@@ -273,21 +222,6 @@ mod tests {
 
     fn uuid(n: u128) -> Uuid {
         Uuid(n)
-    }
-
-    #[test]
-    fn uuids_read_and_print_in_libvirts_form() {
-        let text = "6695eb01-f6a4-8304-79aa-97f2502e193f";
-        let parsed: Uuid = text.to_uppercase().parse().expect("uuid");
-        assert_eq!(parsed.to_string(), text);
-        for bad in [
-            "",
-            "6695eb01",
-            "6695eb01-f6a4-8304-79aa-97f2502e193g",
-            "+695eb01-f6a4-8304-79aa-97f2502e193f",
-        ] {
-            assert!(bad.parse::<Uuid>().is_err(), "{bad}");
-        }
     }
 
     #[test]
