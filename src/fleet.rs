@@ -349,6 +349,7 @@ mod tests {
                 name: "web01".into(),
                 uuid: Uuid(1),
                 state: DomainState::ShutOff,
+                managed_save: false,
                 host: 0,
             }]
         } else {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 use crate::hypervisor::{
-    Action, Connector, DomainRecord, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor,
+    Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
     Listed, Unreadable,
 };
 use crate::index::file::IndexFile;
@@ -533,25 +533,21 @@ impl Host {
         let mut lookup = Lookup::default();
         for owner in owners {
             let domain = DomainRef {
-                name: owner.name,
-                uuid: owner.uuid,
-                wake_opt_in: owner.wake_opt_in,
+                name: owner.record.name,
+                uuid: owner.record.uuid,
+                wake_opt_in: owner.record.wake_opt_in,
             };
             if let Err(reason) = self.policy.check(&domain, mac) {
                 lookup.refused.push((domain.name, reason));
                 continue;
             }
-            match hv.state(domain.uuid) {
-                Ok(state) => lookup.candidates.push(Candidate {
-                    name: domain.name,
-                    uuid: domain.uuid,
-                    state,
-                    host: self.position,
-                }),
-                // Undefined since its XML was read: it no longer owns anything.
-                Err(e) if e.kind == HvErrorKind::NoDomain => {}
-                Err(e) => return Err(self.failure(&hv, e)),
-            }
+            lookup.candidates.push(Candidate {
+                name: domain.name,
+                uuid: domain.uuid,
+                state: owner.state,
+                managed_save: owner.managed_save,
+                host: self.position,
+            });
         }
         Ok(lookup)
     }
@@ -560,7 +556,7 @@ impl Host {
     /// candidates; each is confirmed by reading its XML. When the index
     /// does not know the MAC, or was wrong about it, it is refreshed as
     /// [`refresh_for`] allows, and asked again.
-    fn owners(&self, hv: &Arc<dyn Hypervisor>, mac: Mac) -> Result<Vec<DomainRecord>, HvError> {
+    fn owners(&self, hv: &Arc<dyn Hypervisor>, mac: Mac) -> Result<Vec<Inspection>, HvError> {
         let hint = self.hint(mac);
         let mut stale = false;
         if !hint.is_empty() {
@@ -597,27 +593,29 @@ impl Host {
         }
     }
 
-    /// Reads each hinted domain's current XML. Returns those that have
-    /// `mac`, and whether all of them did (else the hint was stale). What
-    /// the XML says goes into the index.
+    /// Reads each hinted domain's current XML (with its state and image:
+    /// see [`Hypervisor::inspect`]). Returns those that have `mac`, and
+    /// whether all of them did (else the hint was stale). What the XML says
+    /// goes into the index.
     fn confirm(
         &self,
         hv: &dyn Hypervisor,
         mac: Mac,
         hint: &[Uuid],
-    ) -> Result<(Vec<DomainRecord>, bool), HvError> {
+    ) -> Result<(Vec<Inspection>, bool), HvError> {
         let mut confirmed = Vec::with_capacity(hint.len());
         let mut all = true;
         for uuid in hint {
-            match hv.domain(*uuid) {
-                Ok(record) => {
+            match hv.inspect(*uuid) {
+                Ok(inspection) => {
                     self.beat.beat();
-                    let has = record.macs.as_ref().is_ok_and(|m| m.contains(&mac));
-                    if let (Some(index), Ok(macs)) = (&mut lock(&self.index).index, &record.macs) {
+                    let macs = &inspection.record.macs;
+                    let has = macs.as_ref().is_ok_and(|m| m.contains(&mac));
+                    if let (Some(index), Ok(macs)) = (&mut lock(&self.index).index, macs) {
                         index.update(*uuid, macs);
                     }
                     if has {
-                        confirmed.push(record);
+                        confirmed.push(inspection);
                     } else {
                         debug!(mac = %mac, "index entry for {mac} is stale (domain {uuid} changed)");
                         all = false;
@@ -807,16 +805,17 @@ impl Host {
             }
         };
         let (_turn, waited) = self.turns.take(domain.uuid);
+        let mut managed_save = domain.managed_save;
         if waited {
+            // Another request acted on it meanwhile: look again.
             let state = hv.state(uuid).map_err(sort)?;
             match action_for(state) {
                 Some(now) => action = now,
                 None => return Ok(Acted::AlreadyUp(state)),
             }
+            managed_save = hv.has_managed_save(uuid).unwrap_or(false);
         }
-        // Only a start can restore an image; a failing query just means the
-        // log will not mention it.
-        let managed_save = action == Action::Start && hv.has_managed_save(uuid).unwrap_or(false);
+        // Only a start can restore an image.
         let verb = Verb::of(action, managed_save);
         if dry_run {
             return Ok(Acted::Done(verb));

@@ -229,6 +229,17 @@ impl DomainRecord {
     }
 }
 
+/// A domain read for a wake: its current XML, state and managed-save image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Its record, from its current XML.
+    pub record: DomainRecord,
+    /// Its state.
+    pub state: DomainState,
+    /// It has a managed-save image (a start restores it).
+    pub managed_save: bool,
+}
+
 /// When a connection last got an answer from libvirt: how the gateway tells
 /// a slow daemon (a scan of many domains, still answering) from a silent one.
 /// Shared by every thread using one host; cheap to clone.
@@ -275,6 +286,18 @@ pub trait Hypervisor: Send + Sync {
     fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError>;
+    /// What a wake needs to know of a domain, at once. One call after
+    /// another here; the libvirt connection asks the three together.
+    fn inspect(&self, uuid: Uuid) -> Result<Inspection, HvError> {
+        let record = self.domain(uuid)?;
+        let state = self.state(uuid)?;
+        let managed_save = self.has_managed_save(uuid).unwrap_or(false);
+        Ok(Inspection {
+            record,
+            state,
+            managed_save,
+        })
+    }
     /// Whether the domain has a managed-save image that a start will restore.
     fn has_managed_save(&self, uuid: Uuid) -> Result<bool, HvError>;
     /// Performs `action` on the domain.
@@ -416,6 +439,20 @@ fn record(listed: &Listed, domain: Option<Domain>) -> DomainRecord {
     DomainRecord::from_xml(listed.name.clone(), listed.uuid, xml)
 }
 
+/// libvirt's state as ours.
+fn domain_state(state: virt::domain::DomainStateEnum) -> DomainState {
+    match state {
+        Enum::Known(VirtState::Running) => DomainState::Running,
+        Enum::Known(VirtState::Blocked) => DomainState::Blocked,
+        Enum::Known(VirtState::Paused) => DomainState::Paused,
+        Enum::Known(VirtState::Shutdown) => DomainState::InShutdown,
+        Enum::Known(VirtState::Shutoff) => DomainState::ShutOff,
+        Enum::Known(VirtState::Crashed) => DomainState::Crashed,
+        Enum::Known(VirtState::PMSuspended) => DomainState::PmSuspended,
+        Enum::Known(VirtState::NoState) | Enum::Unknown(_) => DomainState::Other,
+    }
+}
+
 impl Hypervisor for Libvirt {
     fn list(&self) -> Result<Vec<Listed>, HvError> {
         let domains = self.conn.list_all_domains(0)?;
@@ -490,15 +527,30 @@ impl Hypervisor for Libvirt {
 
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError> {
         let (state, _reason) = self.lookup(uuid)?.state()?;
-        Ok(match state {
-            Enum::Known(VirtState::Running) => DomainState::Running,
-            Enum::Known(VirtState::Blocked) => DomainState::Blocked,
-            Enum::Known(VirtState::Paused) => DomainState::Paused,
-            Enum::Known(VirtState::Shutdown) => DomainState::InShutdown,
-            Enum::Known(VirtState::Shutoff) => DomainState::ShutOff,
-            Enum::Known(VirtState::Crashed) => DomainState::Crashed,
-            Enum::Known(VirtState::PMSuspended) => DomainState::PmSuspended,
-            Enum::Known(VirtState::NoState) | Enum::Unknown(_) => DomainState::Other,
+        Ok(domain_state(state))
+    }
+
+    fn inspect(&self, uuid: Uuid) -> Result<Inspection, HvError> {
+        let domain = self.lookup(uuid)?;
+        // Three round trips in flight together on the one connection: the
+        // state and the image are asked while the XML comes (a cold wake
+        // pays one round trip for them, not three).
+        let (record, state, managed_save) = std::thread::scope(|scope| {
+            let state = scope.spawn(|| domain.state());
+            let image = scope.spawn(|| domain.has_managed_save(0));
+            let record = self.domain(uuid);
+            (record, state.join(), image.join())
+        });
+        let record = record?;
+        let state = match state {
+            Ok(Ok((state, _reason))) => domain_state(state),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(HvError::other("internal error (a panic)")),
+        };
+        Ok(Inspection {
+            record,
+            state,
+            managed_save: matches!(managed_save, Ok(Ok(true))),
         })
     }
 

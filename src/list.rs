@@ -36,6 +36,7 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
                 name: e.info.domain.name.clone(),
                 uuid: e.info.domain.uuid,
                 state: e.info.state?,
+                managed_save: e.info.managed_save,
                 host: e.host,
             })
         })
@@ -43,7 +44,7 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
     let is_this = |c: &Candidate| c.host == entry.host && entry.info.domain.uuid == c.uuid;
     match plan(&candidates) {
         Plan::Act { domain, action } if is_this(domain) => {
-            Effect::Act(Verb::of(action, entry.info.managed_save))
+            Effect::Act(Verb::of(action, domain.managed_save))
         }
         Plan::AlreadyUp { domain } if is_this(domain) => Effect::AlreadyUp(domain.state),
         Plan::AlreadyUp { domain } => Effect::SharedWithUp(domain.name.clone()),

@@ -13,6 +13,8 @@ pub struct Candidate {
     pub uuid: Uuid,
     /// Its state right now.
     pub state: DomainState,
+    /// It has a managed-save image (a start restores it).
+    pub managed_save: bool,
     /// Which host (position in the list of URIs) it is on.
     pub host: usize,
 }
@@ -81,6 +83,7 @@ mod tests {
             name: format!("vm{n}"),
             uuid: Uuid(n),
             state,
+            managed_save: false,
             host: 0,
         }
     }

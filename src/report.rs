@@ -80,6 +80,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// Fills `DOMAIN`, `HOST`, `STATE` and (if something was or would be
+    /// done) `ACTION` for a decision about one domain.
+    fn on(&mut self, domain: &Named, state: DomainState, verb: Option<Verb>) {
+        self.domain = Some(domain.name.clone());
+        self.host = Some(domain.uri.to_string());
+        self.state = Some(state.as_str());
+        self.action = verb.map(action_word);
+    }
+
     fn about(level: Level, mac: Mac, source: &Source, message: String) -> Self {
         Record {
             level,
@@ -317,10 +326,7 @@ impl Reporter {
                 state,
                 verb,
             } => {
-                record.domain = Some(domain.name.clone());
-                record.host = Some(domain.uri.to_string());
-                record.state = Some(state.as_str());
-                record.action = Some(action_word(*verb));
+                record.on(domain, *state, Some(*verb));
                 let what = done(*verb, &self.name(domain));
                 (
                     Level::INFO,
@@ -335,10 +341,7 @@ impl Reporter {
                 verb,
                 error,
             } => {
-                record.domain = Some(domain.name.clone());
-                record.host = Some(domain.uri.to_string());
-                record.state = Some(state.as_str());
-                record.action = Some(action_word(*verb));
+                record.on(domain, *state, Some(*verb));
                 shown = self.problems.allow(now);
                 let name = self.name(domain);
                 let verb = action_word(*verb);
@@ -354,9 +357,7 @@ impl Reporter {
                 state,
                 others,
             } => {
-                record.domain = Some(domain.name.clone());
-                record.host = Some(domain.uri.to_string());
-                record.state = Some(state.as_str());
+                record.on(domain, *state, None);
                 let name = self.name(domain);
                 let also = if others.is_empty() {
                     String::new()
@@ -412,10 +413,7 @@ impl Reporter {
                 state,
                 verb,
             } => {
-                record.domain = Some(domain.name.clone());
-                record.host = Some(domain.uri.to_string());
-                record.state = Some(state.as_str());
-                record.action = Some(action_word(*verb));
+                record.on(domain, *state, Some(*verb));
                 let name = self.name(domain);
                 let verb = action_word(*verb);
                 (

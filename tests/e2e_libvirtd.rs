@@ -171,6 +171,31 @@ pub(crate) fn terminate(gateway: &mut Gateway) -> (Duration, String) {
     (took, summary[0].clone())
 }
 
+/// SIGTERM with one request in flight for `mac`: the process exits 0
+/// within 2 s, the summary counts `handled` requests and the one not acted
+/// on, and the not-acting-on line names `mac` as being handled.
+pub(crate) fn terminate_with_one_in_flight(gateway: &mut Gateway, mac: &str, handled: u64) {
+    let (took, summary) = terminate(gateway);
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after SIGTERM; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        handled,
+        "{summary}"
+    );
+    let not_acting = gateway.lines_with("signal: not acting on 1 wake request(s) read: ");
+    assert_eq!(not_acting.len(), 1, "{}", gateway.log());
+    assert!(
+        not_acting[0].contains(&format!("{mac} (being handled)")),
+        "{}",
+        not_acting[0]
+    );
+}
+
 /// The qemu hook `tests/e2e/setup-host.sh` installs: `prepare` of a domain
 /// whose name contains `slowhook` sleeps [`HOOK_SLEEP`] and appends a line to
 /// [`HOOK_LOG`], as a VFIO / GPU-passthrough start looks to a client.
@@ -465,25 +490,7 @@ fn e2e_libvirtd_sigterm_during_a_slow_start_exits_at_once_and_libvirtd_finishes_
     let mut gateway = activate(&socket, &[]);
     wait_for_prepare(&slow.name, prepares, &gateway);
 
-    let (took, summary) = terminate(&mut gateway);
-    assert!(
-        took < Duration::from_secs(2),
-        "exit took {took:?} after SIGTERM; log:\n{}",
-        gateway.log()
-    );
-    assert_eq!(summary_count(&summary, "not acted on"), 1, "{summary}");
-    assert_eq!(
-        summary_count(&summary, "wake requests handled"),
-        0,
-        "{summary}"
-    );
-    let not_acting = gateway.lines_with("signal: not acting on 1 wake request(s) read: ");
-    assert_eq!(not_acting.len(), 1, "{}", gateway.log());
-    assert!(
-        not_acting[0].contains(&format!("{} (being handled)", slow.mac)),
-        "{}",
-        not_acting[0]
-    );
+    terminate_with_one_in_flight(&mut gateway, &slow.mac, 0);
     // libvirtd completes the start it received.
     slow.wait_state_within("running", SLOW_DEADLINE);
     assert_eq!(hook_prepares(&slow.name), prepares + 1, "one start asked");

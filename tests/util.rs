@@ -130,24 +130,16 @@ impl NodeFile {
 
 /// [`uuid_for`] as the gateway's type.
 pub fn uuid_of(name: &str) -> Uuid {
-    uuid_for(name).parse().expect("a canonical UUID")
-}
-
-/// A UUID derived from the domain name, stable across runs.
-pub fn uuid_for(name: &str) -> String {
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in name.bytes() {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
     }
-    let hex = format!("{hash:016x}{:016x}", hash.rotate_left(17) ^ 0x5a5a);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    Uuid(u128::from(hash) << 64 | u128::from(hash.rotate_left(17) ^ 0x5a5a))
+}
+
+/// A UUID derived from the domain name, stable across runs.
+pub fn uuid_for(name: &str) -> String {
+    uuid_of(name).to_string()
 }
 
 fn node_xml(domains: &[DomainSpec]) -> String {
