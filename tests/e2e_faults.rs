@@ -432,6 +432,9 @@ fn e2e_faults_a_stopped_libvirtd_is_survived_and_pending_wakes_done_after_it_res
     frozen.thaw();
     second.wait_state_within("running", SLOW_DEADLINE);
     gateway.wait_for_log("libvirt at qemu:///system is reachable again after");
+    // The guest runs as soon as libvirtd has started it; the gateway's
+    // decision follows a moment later.
+    notify.wait_for(&format!("started {} ({})", second.name, second.mac));
     let (_, summary) = terminate(&mut gateway);
     assert_eq!(
         summary_count(&summary, "wake requests handled"),

@@ -467,6 +467,9 @@ fn e2e_libvirtd_a_slow_hook_delays_no_other_wake() {
         gateway.log()
     );
     assert_eq!(hook_prepares(&slow.name), prepares + 1, "one start asked");
+    // The guest runs once libvirtd has started it; the gateway's decision
+    // follows a moment later.
+    gateway.wait_for_log(&format!("started {} (was shut off)", slow.name));
 
     let (_, summary) = terminate(&mut gateway);
     assert_eq!(
