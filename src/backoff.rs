@@ -31,16 +31,6 @@ impl Backoff {
         self.attempts = self.attempts.saturating_add(1);
         delay
     }
-
-    /// Attempts made since the start (or the last reset).
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// Starts again from `first`.
-    pub fn reset(&mut self) {
-        self.attempts = 0;
-    }
 }
 
 #[cfg(test)]
@@ -48,17 +38,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doubles_up_to_the_maximum_and_starts_over_after_a_reset() {
+    fn doubles_up_to_the_maximum() {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let delays: Vec<u64> = (0..6)
             .map(|_| backoff.next_delay().as_millis() as u64)
             .collect();
         assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
-        assert_eq!(backoff.attempts(), 6);
         for _ in 0..100 {
             assert_eq!(backoff.next_delay(), Duration::from_secs(5), "no overflow");
         }
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(500));
     }
 }

@@ -94,8 +94,8 @@ pub struct Request {
 enum Stage {
     /// In the queue under this key.
     Waiting { key: (Instant, u64), parked: bool },
-    /// Handed out by [`Book::next_due`] at this instant.
-    InFlight { since: Instant },
+    /// Handed out by [`Book::next_due`] or [`Book::take`].
+    InFlight,
 }
 
 #[derive(Debug)]
@@ -214,24 +214,35 @@ impl Book {
 
     /// The next request due at `now`, now counted as being handled.
     pub fn next_due(&mut self, now: Instant) -> Option<Request> {
-        let &(due, seq, mac) = self.queue.first()?;
-        if due > now {
-            return None;
-        }
-        self.queue.remove(&(due, seq, mac));
-        let entry = self.entries.get_mut(&mac)?;
-        if let Stage::Waiting { parked: true, .. } = entry.stage {
-            self.parked -= 1;
-        }
-        entry.stage = Stage::InFlight { since: now };
-        self.in_flight += 1;
-        Some(entry.request.clone())
+        let mac = self.due(now).next()?;
+        self.take(mac)
     }
 
-    /// The MAC of the next request due at `now`, left waiting.
-    pub fn peek_due(&self, now: Instant) -> Option<Mac> {
-        let &(due, _, mac) = self.queue.first()?;
-        (due <= now).then_some(mac)
+    /// The MACs of the requests due at `now`, in order, left waiting.
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = Mac> + '_ {
+        self.queue
+            .iter()
+            .take_while(move |&&(due, _, _)| due <= now)
+            .map(|&(_, _, mac)| mac)
+    }
+
+    /// Takes the waiting request for `mac`, now counted as being handled.
+    pub fn take(&mut self, mac: Mac) -> Option<Request> {
+        let entry = self.entries.get_mut(&mac)?;
+        let Stage::Waiting {
+            key: (due, seq),
+            parked,
+        } = entry.stage
+        else {
+            return None;
+        };
+        self.queue.remove(&(due, seq, mac));
+        if parked {
+            self.parked -= 1;
+        }
+        entry.stage = Stage::InFlight;
+        self.in_flight += 1;
+        Some(entry.request.clone())
     }
 
     /// When the next waiting request is due, if any waits.
@@ -239,9 +250,19 @@ impl Book {
         self.queue.first().map(|&(due, _, _)| due)
     }
 
+    /// When the first request due after `now` is, if any.
+    pub fn next_due_after(&self, now: Instant) -> Option<Instant> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after = (now, u64::MAX, Mac([0xff; 6]));
+        self.queue
+            .range((Excluded(after), Unbounded))
+            .next()
+            .map(|&(due, _, _)| due)
+    }
+
     fn take_in_flight(&mut self, mac: Mac) -> Option<Entry> {
         match self.entries.get(&mac)?.stage {
-            Stage::InFlight { .. } => {}
+            Stage::InFlight => {}
             Stage::Waiting { .. } => return None,
         }
         self.in_flight -= 1;
@@ -253,7 +274,9 @@ impl Book {
     pub fn settle(&mut self, mac: Mac, brought_up: bool, now: Instant) -> Option<Request> {
         let entry = self.take_in_flight(mac)?;
         if entry.request.parked {
-            // A request that waited for libvirt was decided: libvirt answers.
+            // A request that waited for libvirt was decided: the host it
+            // waited for answers (with several hosts, others may still be
+            // away: their requests come back at once and park again).
             self.end_outage(now);
         }
         self.remember(mac, brought_up, now);
@@ -277,7 +300,7 @@ impl Book {
         }
         let retry_at = outage.retry_at;
         let entry = self.entries.get_mut(&mac)?;
-        let Stage::InFlight { .. } = entry.stage else {
+        let Stage::InFlight = entry.stage else {
             return None;
         };
         self.in_flight -= 1;
@@ -370,11 +393,6 @@ impl Book {
         self.parked
     }
 
-    /// Since when requests wait for libvirt, if they do.
-    pub fn outage_since(&self) -> Option<Instant> {
-        self.outage.as_ref().map(|o| o.since)
-    }
-
     /// Every request not decided, in arrival order, and whether it is
     /// being handled (for the exit report).
     pub fn undecided(&self) -> Vec<(Mac, bool)> {
@@ -382,23 +400,12 @@ impl Book {
             .entries
             .values()
             .map(|e| {
-                let in_flight = matches!(e.stage, Stage::InFlight { .. });
+                let in_flight = matches!(e.stage, Stage::InFlight);
                 (e.seq, e.request.mac, in_flight)
             })
             .collect();
         all.sort_unstable_by_key(|(seq, _, _)| *seq);
         all.into_iter().map(|(_, mac, f)| (mac, f)).collect()
-    }
-
-    /// How long the oldest request being handled has been at it.
-    pub fn longest_in_flight(&self, now: Instant) -> Option<Duration> {
-        self.entries
-            .values()
-            .filter_map(|e| match e.stage {
-                Stage::InFlight { since } => Some(now.saturating_duration_since(since)),
-                Stage::Waiting { .. } => None,
-            })
-            .max()
     }
 }
 
@@ -576,7 +583,7 @@ mod tests {
         let retry = book.next_due_at().expect("parked");
         book.next_due(retry);
         book.settle(mac(1), true, retry);
-        assert_eq!(book.outage_since(), None);
+        assert_eq!(book.hosts_back(retry), None, "the outage is over");
         assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(2)));
         // A later outage starts its backoff afresh.
         let later = secs(t0, 30.0);

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::host::{Acted, Health, Host, HostError, Lookup};
+use crate::host::{Acted, Health, Host, HostError, Lookup, Route};
+use crate::hypervisor::Action;
 use crate::hypervisor::HvError;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet::Mac;
-use crate::plan::{Plan, plan};
+use crate::plan::{Candidate, Plan, plan};
 
 /// How long to wait for hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +77,7 @@ pub enum Verdict {
 pub fn verdict(answers: &[Option<Answer>], elapsed: Duration, grace: Duration) -> Verdict {
     let found = answers
         .iter()
-        .any(|a| matches!(a, Some(Answer::Found(lookup)) if lookup.has_domain()));
+        .any(|a| matches!(a, Some(Answer::Found(lookup)) if lookup.has_candidate()));
     let pending = answers.iter().any(Option::is_none);
     let out = answers
         .iter()
@@ -112,7 +113,11 @@ impl Fleet {
     /// The hosts, in `--libvirt-uri` order; with `dry_run` nothing is changed.
     pub fn new(hosts: Vec<Host>, dry_run: bool, timing: Timing) -> Self {
         Fleet {
-            hosts: hosts.into_iter().map(Arc::new).collect(),
+            hosts: hosts
+                .into_iter()
+                .enumerate()
+                .map(|(position, host)| Arc::new(host.at(position)))
+                .collect(),
             dry_run,
             timing,
         }
@@ -136,13 +141,22 @@ impl Fleet {
             .fold((0, 0), |(l, f), h| (l + h.listings(), f + h.full_scans()))
     }
 
-    /// True when no host can have a domain with `mac` now, known without
-    /// asking libvirt (see [`Host::surely_lacks`]): the request is decided
-    /// "no domain" at once, in the caller's thread.
-    pub fn surely_unknown(&self, mac: Mac, now: Instant, wall: SystemTime) -> bool {
-        self.hosts
-            .iter()
-            .all(|host| host.surely_lacks(mac, now, wall))
+    /// Where a request for `mac` should go, known without asking libvirt
+    /// (see [`Host::route`]): a worker if any host needs one to ask libvirt;
+    /// else one to refresh an index, if any host's may be refreshed; else
+    /// after a refresh under way, if any; else no host has it
+    /// ([`Route::Lacks`]: decided "no domain" at once, in the caller).
+    pub fn route(&self, mac: Mac, now: Instant, wall: SystemTime) -> Route {
+        let mut route = Route::Lacks;
+        for host in &self.hosts {
+            route = match (route, host.route(mac, now, wall)) {
+                (_, Route::Worker) => return Route::Worker,
+                (Route::Refresh, _) | (_, Route::Refresh) => Route::Refresh,
+                (Route::AfterRefresh, _) | (_, Route::AfterRefresh) => Route::AfterRefresh,
+                (_, Route::Lacks) => route,
+            };
+        }
+        route
     }
 
     /// Finds the domain owning `mac` on the hosts and brings it up. Blocks
@@ -240,6 +254,46 @@ impl Fleet {
         }
     }
 
+    /// Runs the action on a thread of its own and waits for it like for a
+    /// lookup: as long as libvirt answers something (a start held up by a
+    /// slow qemu hook still answers pings), and no longer. `None`: the host
+    /// fell silent; the action may still complete there.
+    fn act_watched(&self, domain: &Candidate, action: Action) -> Option<Result<Acted, HostError>> {
+        let host = Arc::clone(&self.hosts[domain.host]);
+        let (tx, rx) = mpsc::channel();
+        let (candidate, dry_run) = (domain.clone(), self.dry_run);
+        let started = Instant::now();
+        let spawned = std::thread::Builder::new()
+            .name("wol-act".into())
+            .spawn(move || {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| host.act(&candidate, action, dry_run)))
+                        .unwrap_or_else(|_| {
+                            Err(HostError::Failed(HvError::other(
+                                "internal error (a panic)",
+                            )))
+                        });
+                let _ = tx.send(result);
+            });
+        if let Err(e) = spawned {
+            let error = HvError::other(format!("cannot start a thread: {e}"));
+            return Some(Err(HostError::Unreachable(error)));
+        }
+        let host = &self.hosts[domain.host];
+        loop {
+            let now = Instant::now();
+            let next = host.check_silence(started, now, self.timing.deadline, self.timing.grace)?;
+            match rx.recv_timeout(next.saturating_duration_since(now)) {
+                Ok(result) => return Some(result),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let error = HvError::other("internal error (the action ended unseen)");
+                    return Some(Err(HostError::Failed(error)));
+                }
+            }
+        }
+    }
+
     /// One plan over every answering host's candidates, then the action.
     fn decide(&self, answers: &[Option<Answer>]) -> Conclusion {
         let mut candidates = Vec::new();
@@ -292,39 +346,46 @@ impl Fleet {
             Plan::Act { domain, action } => {
                 let named = self.named(&domain.name, domain.host);
                 let (state, dry_run) = (domain.state, self.dry_run);
-                match self.hosts[domain.host].act(domain, action, dry_run) {
-                    Ok(Acted::Done(verb)) if dry_run => Outcome::DryRun {
+                match self.act_watched(domain, action) {
+                    Some(Ok(Acted::Done(verb))) if dry_run => Outcome::DryRun {
                         domain: named,
                         state,
                         verb,
                     },
-                    Ok(Acted::Done(verb)) => Outcome::Done {
+                    Some(Ok(Acted::Done(verb))) => Outcome::Done {
                         domain: named,
                         state,
                         verb,
                     },
-                    Ok(Acted::Failed(verb, error)) => Outcome::Failed {
+                    Some(Ok(Acted::Failed(verb, error))) => Outcome::Failed {
                         domain: named,
                         state,
                         verb,
                         error,
                     },
-                    Ok(Acted::AlreadyUp(now)) => Outcome::AlreadyUp {
+                    Some(Ok(Acted::AlreadyUp(now))) => Outcome::AlreadyUp {
                         domain: named,
                         state: now,
                         others: Vec::new(),
                     },
-                    Err(HostError::Failed(error)) => Outcome::Failed {
+                    Some(Err(HostError::Failed(error))) => Outcome::Failed {
                         domain: named,
                         state,
                         verb: Verb::of(action, false),
                         error,
                     },
-                    // The connection died during the action: whether it
-                    // happened is unknown; the retry will see the state.
-                    Err(HostError::Unreachable(e)) => {
+                    // The connection died, or libvirt fell silent, during the
+                    // action: whether it happened is unknown; the request
+                    // waits like any other for that host, and its retry will
+                    // see the state.
+                    Some(Err(HostError::Unreachable(e))) => {
                         return Conclusion::Wait(WaitFor {
                             hosts: vec![(Arc::clone(&named.uri), Some(e))],
+                        });
+                    }
+                    None => {
+                        return Conclusion::Wait(WaitFor {
+                            hosts: vec![(Arc::clone(&named.uri), None)],
                         });
                     }
                 }
@@ -351,6 +412,7 @@ mod tests {
                 state: DomainState::ShutOff,
                 managed_save: false,
                 host: 0,
+                epoch: 0,
             }]
         } else {
             Vec::new()
@@ -399,6 +461,22 @@ mod tests {
         assert_eq!(
             verdict(&[found(true), unreachable()], at(10), GRACE),
             Verdict::Decide
+        );
+    }
+
+    #[test]
+    fn a_refusal_does_not_settle_what_a_silent_host_may_permit() {
+        let refused = Some(Answer::Found(Lookup {
+            candidates: Vec::new(),
+            refused: vec![("web01".into(), crate::policy::Refusal::NotAllowed)],
+        }));
+        assert_eq!(
+            verdict(&[refused.clone(), Some(Answer::Silent)], at(5000), GRACE),
+            Verdict::Park
+        );
+        assert_eq!(
+            verdict(&[refused, None], at(5000), GRACE),
+            Verdict::Wait { until: None }
         );
     }
 

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::book::{Book, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
-use crate::host::Health;
+use crate::host::{Health, HostEvent, Route};
 use crate::hypervisor::HvError;
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Outcome, WaitFor};
@@ -34,6 +34,9 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams read per round before anything else, so a flood cannot starve
 /// wakes, signals or the watchdog.
 const MAX_DRAIN_BATCH: usize = 8_192;
+/// Due requests looked at per round: past the ones that wait (for a slot,
+/// or for a refresh under way), so one that can go is not held up by them.
+const LOOK_AHEAD: usize = 512;
 
 /// Loop settings.
 #[derive(Debug, Clone)]
@@ -146,12 +149,12 @@ impl Shutdown {
     }
 }
 
-/// What workers tell the loop.
+/// What workers and hosts tell the loop.
 enum Message {
     /// A request ended (decided, or waiting for libvirt).
     Concluded(Mac, Conclusion),
-    /// A host answers again after an outage.
-    HostBack,
+    /// Something changed on a host.
+    Host(HostEvent),
 }
 
 /// The workers' side of the mailbox: send, then ring the bell.
@@ -187,6 +190,10 @@ pub struct Gateway {
     last_datagram: Instant,
     /// The last instant all worker slots were busy while a request was due.
     slots_full_at: Option<Instant>,
+    /// The request whose worker refreshes an index for an unknown MAC; other
+    /// unknown MACs wait for it in the book, not in worker slots (a listing
+    /// can take as long as another domain's start).
+    refresher: Option<Mac>,
     listener_lost: bool,
     last_wait: Option<WaitFor>,
     status_changed: bool,
@@ -211,7 +218,7 @@ impl Gateway {
         };
         for host in fleet.hosts() {
             let mailbox = mailbox.clone();
-            host.on_back(move || mailbox.send(Message::HostBack));
+            host.on_event(move |event| mailbox.send(Message::Host(event)));
         }
         Ok(Gateway {
             listeners,
@@ -228,6 +235,7 @@ impl Gateway {
             stats: Stats::default(),
             last_datagram: Instant::now(),
             slots_full_at: None,
+            refresher: None,
             listener_lost: false,
             last_wait: None,
             status_changed: false,
@@ -255,7 +263,7 @@ impl Gateway {
                 break Exit::ListenerLost;
             }
             self.collect(now);
-            self.dispatch(now);
+            let waiting = self.dispatch(now);
             if let Some(exit) = self.idle_exit(now) {
                 break exit;
             }
@@ -263,7 +271,7 @@ impl Gateway {
                 let status = self.status(now);
                 self.notifier.status(&status, now);
             }
-            self.wait(now);
+            self.wait(now, waiting);
             self.drain();
         };
         self.finish(exit);
@@ -282,6 +290,11 @@ impl Gateway {
         }
         while let Ok(message) = self.inbox.try_recv() {
             self.status_changed = true;
+            if let Message::Concluded(mac, _) = &message {
+                if self.refresher == Some(*mac) {
+                    self.refresher = None;
+                }
+            }
             match message {
                 Message::Concluded(mac, Conclusion::Decided(decision)) => {
                     self.decided(mac, &decision, now)
@@ -290,11 +303,14 @@ impl Gateway {
                     self.book.park(mac, now);
                     self.last_wait = Some(waiting);
                 }
-                Message::HostBack => {
+                Message::Host(HostEvent::Back) => {
                     if let Some(resumed) = self.book.hosts_back(now) {
                         self.reporter.resumed(&resumed);
                     }
                 }
+                // Requests that waited for the refresh are looked at again
+                // in this round's dispatch.
+                Message::Host(HostEvent::Refreshed) => {}
             }
         }
     }
@@ -307,54 +323,72 @@ impl Gateway {
         self.reporter.decision(&request, decision, &self.uris, now);
     }
 
-    /// Hands due requests to workers while slots are free; answers at once
-    /// those no host can know (a flood of unknown MACs costs no threads and
-    /// needs no slot).
-    fn dispatch(&mut self, now: Instant) {
+    /// Hands due requests to workers while slots are free. Answers at once
+    /// those no host can have (a flood of unknown MACs costs no threads and
+    /// needs no slot), and leaves waiting, without a slot, those a refresh
+    /// under way will answer. Returns true if a due request was left waiting.
+    fn dispatch(&mut self, now: Instant) -> bool {
         let wall = SystemTime::now();
-        while let Some(mac) = self.book.peek_due(now) {
+        let due: Vec<Mac> = self.book.due(now).take(LOOK_AHEAD).collect();
+        let mut left = false;
+        for mac in due {
             self.status_changed = true;
-            if self.fleet.surely_unknown(mac, now, wall) {
-                self.book.next_due(now);
-                let decision = Decision {
-                    outcome: Outcome::NoMatch,
-                    left_out: Vec::new(),
-                };
-                self.decided(mac, &decision, now);
-                continue;
+            match self.fleet.route(mac, now, wall) {
+                Route::Lacks => {
+                    self.book.take(mac);
+                    let decision = Decision {
+                        outcome: Outcome::NoMatch,
+                        left_out: Vec::new(),
+                    };
+                    self.decided(mac, &decision, now);
+                }
+                Route::AfterRefresh => left = true,
+                Route::Refresh if self.refresher.is_some() => left = true,
+                Route::Worker | Route::Refresh
+                    if self.book.in_flight() >= self.config.max_in_flight =>
+                {
+                    self.slots_full_at = Some(now);
+                    left = true;
+                }
+                route @ (Route::Worker | Route::Refresh) => {
+                    let Some(request) = self.book.take(mac) else {
+                        continue;
+                    };
+                    if route == Route::Refresh {
+                        self.refresher = Some(mac);
+                    }
+                    if self.slots_full_at.is_some_and(|full| full >= request.due) {
+                        self.stats.waited_for_slot += 1;
+                    }
+                    self.spawn_worker(mac, now);
+                }
             }
-            if self.book.in_flight() >= self.config.max_in_flight {
-                self.slots_full_at = Some(now);
-                return;
-            }
-            let Some(request) = self.book.next_due(now) else {
-                return;
-            };
-            if self.slots_full_at.is_some_and(|full| full >= request.due) {
-                self.stats.waited_for_slot += 1;
-            }
-            let (fleet, mailbox) = (Arc::clone(&self.fleet), self.mailbox.clone());
-            let spawned = std::thread::Builder::new()
-                .name("wol-wake".into())
-                .spawn(move || {
-                    // A panic must still conclude the request, or it would
-                    // count as in flight forever.
-                    let conclusion = catch_unwind(AssertUnwindSafe(|| fleet.wake(mac)))
-                        .unwrap_or_else(|_| {
-                            Conclusion::Decided(Decision {
-                                outcome: Outcome::LookupFailed {
-                                    uri: Arc::from(fleet.uris()),
-                                    error: HvError::other("internal error (a panic)"),
-                                },
-                                left_out: Vec::new(),
-                            })
-                        });
-                    mailbox.send(Message::Concluded(mac, conclusion));
-                });
-            if let Err(e) = spawned {
-                warn!("cannot start a worker thread ({e}); retrying {mac} later");
-                self.book.park(mac, now);
-            }
+        }
+        left || self.book.due(now).nth(LOOK_AHEAD).is_some()
+    }
+
+    fn spawn_worker(&mut self, mac: Mac, now: Instant) {
+        let (fleet, mailbox) = (Arc::clone(&self.fleet), self.mailbox.clone());
+        let spawned = std::thread::Builder::new()
+            .name("wol-wake".into())
+            .spawn(move || {
+                // A panic must still conclude the request, or it would
+                // count as in flight forever.
+                let conclusion =
+                    catch_unwind(AssertUnwindSafe(|| fleet.wake(mac))).unwrap_or_else(|_| {
+                        Conclusion::Decided(Decision {
+                            outcome: Outcome::LookupFailed {
+                                uri: Arc::from(fleet.uris()),
+                                error: HvError::other("internal error (a panic)"),
+                            },
+                            left_out: Vec::new(),
+                        })
+                    });
+                mailbox.send(Message::Concluded(mac, conclusion));
+            });
+        if let Err(e) = spawned {
+            self.reporter.no_worker(mac, &e, now);
+            self.book.park(mac, now);
         }
     }
 
@@ -407,15 +441,19 @@ impl Gateway {
 
     /// Sleeps in `poll` until a socket, the signal pipe or the mailbox is
     /// readable, or the next deadline (idle exit, a request due, watchdog,
-    /// status, log summary).
-    fn wait(&mut self, now: Instant) {
+    /// status, log summary). Requests due now that wait (for a slot or a
+    /// refresh) are no deadline: a worker's message ends their wait.
+    fn wait(&mut self, now: Instant, waiting: bool) {
         let idle_deadline = self
             .config
             .idle_timeout
             .map(|t| self.last_datagram + t)
             .filter(|&at| at > now);
-        let slots_free = self.book.in_flight() < self.config.max_in_flight;
-        let next_request = self.book.next_due_at().filter(|_| slots_free);
+        let next_request = if waiting {
+            self.book.next_due_after(now)
+        } else {
+            self.book.next_due_at()
+        };
         let deadline = [
             idle_deadline,
             next_request,

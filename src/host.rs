@@ -2,11 +2,12 @@
 //! the operator's policy, and the calls that find a MAC's domains and bring
 //! one up.
 //!
-//! Every method blocks on libvirt and is meant for worker threads; a host is
-//! shared by all of them (`Arc<Host>`). Several requests run on one host at
-//! once, except that two never act on the same domain at the same time. The
-//! host keeps its [`Health`] (answering, unreachable, silent) and reports
-//! each change once.
+//! `lookup`, `act`, `inventory` and `check_silence` block on libvirt and are
+//! meant for worker threads; `route`, `health` and `uri` never wait and are
+//! what the loop may ask. A host is shared by all threads (`Arc<Host>`).
+//! Several requests run on one host at once, except that two never act on
+//! the same domain at the same time. The host keeps its [`Health`]
+//! (answering, unreachable, silent) and reports each outage once.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,9 +56,10 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// True if this host has a domain with the MAC (permitted or not).
-    pub fn has_domain(&self) -> bool {
-        !self.candidates.is_empty() || !self.refused.is_empty()
+    /// True if this host has a domain with the MAC that may be woken. A
+    /// refused one does not count: another host may have one that is not.
+    pub fn has_candidate(&self) -> bool {
+        !self.candidates.is_empty()
     }
 }
 
@@ -102,6 +104,33 @@ pub enum Health {
         /// When it was found silent.
         since: Instant,
     },
+}
+
+/// What a host tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEvent {
+    /// It answers again after an outage: requests waiting for it are due.
+    Back,
+    /// A refresh of its index ended: requests that waited for it can be
+    /// answered.
+    Refreshed,
+}
+
+/// Where a request for a MAC should go, as far as one host can tell
+/// without asking libvirt (see [`Host::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A worker must ask libvirt (the MAC is known, the index is not
+    /// loaded, or the host is out).
+    Worker,
+    /// The index lacks the MAC and may be refreshed: a worker must refresh
+    /// it (one is enough: others can wait for its refresh).
+    Refresh,
+    /// This host surely has no domain with the MAC now.
+    Lacks,
+    /// This host's index lacks the MAC and a refresh is under way: its
+    /// answer is worth waiting for, without holding a worker.
+    AfterRefresh,
 }
 
 /// Counters for the exit summary and tests.
@@ -164,45 +193,45 @@ impl Drop for Turn<'_> {
 /// connection can wait for each other (a start held 8 s by a qemu hook
 /// delayed another domain's start on the same connection in about one run
 /// of eight; on two connections, never): an action that overlaps another
-/// gets a connection of its own, where connections are independent.
-struct Lane {
+/// gets a connection of its own, where connections are independent. Given
+/// back on drop, a panic included.
+struct Lane<'a> {
+    host: &'a Host,
     hv: Arc<dyn Hypervisor>,
     main: Arc<dyn Hypervisor>,
 }
 
-impl Lane {
-    fn take(host: &Host, main: Arc<dyn Hypervisor>) -> Result<Lane, HostError> {
+impl<'a> Lane<'a> {
+    fn take(host: &'a Host, main: Arc<dyn Hypervisor>) -> Lane<'a> {
         let overlapping = {
             let mut acting = lock(&host.acting);
             *acting += 1;
             *acting > 1
         };
-        if !overlapping || !host.connector.independent_connections() {
-            return Ok(Lane {
-                hv: Arc::clone(&main),
-                main,
-            });
-        }
-        let spare = lock(&host.spare_lanes).pop();
-        let hv = match spare {
-            Some(hv) => hv,
-            None => match host.connector.connect() {
-                Ok(hv) => hv,
-                Err(e) => {
-                    *lock(&host.acting) -= 1;
-                    return Err(HostError::Unreachable(e));
-                }
-            },
+        let own = if overlapping && host.connector.independent_connections() {
+            host.spare_or_new()
+        } else {
+            None
         };
-        Ok(Lane { hv, main })
+        Lane {
+            host,
+            hv: own.unwrap_or_else(|| Arc::clone(&main)),
+            main,
+        }
     }
 
-    fn give_back(self, host: &Host) {
-        *lock(&host.acting) -= 1;
-        if !Arc::ptr_eq(&self.hv, &self.main) && self.hv.is_alive() {
-            let mut spares = lock(&host.spare_lanes);
+    fn is_main(&self) -> bool {
+        Arc::ptr_eq(&self.hv, &self.main)
+    }
+}
+
+impl Drop for Lane<'_> {
+    fn drop(&mut self) {
+        *lock(&self.host.acting) -= 1;
+        if !self.is_main() && self.hv.is_alive() {
+            let mut spares = lock(&self.host.spare_lanes);
             if spares.len() < MAX_SPARE_LANES {
-                spares.push(self.hv);
+                spares.push(Arc::clone(&self.hv));
             }
         }
     }
@@ -211,6 +240,7 @@ impl Lane {
 /// A libvirt host.
 pub struct Host {
     uri: Arc<str>,
+    /// Its place among the `--libvirt-uri`s, set by [`Host::at`].
     position: usize,
     connector: Box<dyn Connector>,
     policy: Policy,
@@ -224,13 +254,17 @@ pub struct Host {
     turns: Turns,
     /// Actions running now, and idle connections for overlapping ones.
     acting: Mutex<usize>,
+    /// Actions finished so far: a candidate read before another action
+    /// finished has its state read again before it is acted on.
+    actions_done: AtomicU64,
     spare_lanes: Mutex<Vec<Arc<dyn Hypervisor>>>,
     health: Mutex<Health>,
     /// When the running liveness ping started, if one runs.
     ping: Mutex<Option<Instant>>,
     counters: Counters,
-    /// Called when the host answers again after an outage.
-    on_back: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told when the host answers again after an outage, and when a
+    /// refresh of its index ends (requests may wait for either).
+    on_event: OnceLock<Box<dyn Fn(HostEvent) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -268,12 +302,11 @@ enum Failure {
 }
 
 impl Host {
-    /// Host number `position` (its place among the `--libvirt-uri`s),
-    /// connected through `connector` on first use.
-    pub fn new(connector: Box<dyn Connector>, position: usize, rescan: Rescan) -> Self {
+    /// A host connected through `connector` on first use.
+    pub fn new(connector: Box<dyn Connector>, rescan: Rescan) -> Self {
         Host {
             uri: Arc::from(connector.uri()),
-            position,
+            position: 0,
             connector,
             policy: Policy::default(),
             rescan,
@@ -288,12 +321,19 @@ impl Host {
             refreshing: Mutex::new(()),
             turns: Turns::default(),
             acting: Mutex::new(0),
+            actions_done: AtomicU64::new(0),
             spare_lanes: Mutex::new(Vec::new()),
             health: Mutex::new(Health::Answering),
             ping: Mutex::new(None),
             counters: Counters::default(),
-            on_back: OnceLock::new(),
+            on_event: OnceLock::new(),
         }
+    }
+
+    /// Places the host at `position` among the fleet's (the fleet does).
+    pub(crate) fn at(mut self, position: usize) -> Self {
+        self.position = position;
+        self
     }
 
     /// Restricts which domains may be woken.
@@ -308,9 +348,15 @@ impl Host {
         self
     }
 
-    /// Calls `back` whenever the host answers again after an outage.
-    pub fn on_back(&self, back: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_back.set(Box::new(back));
+    /// Calls `tell` with each [`HostEvent`].
+    pub fn on_event(&self, tell: impl Fn(HostEvent) + Send + Sync + 'static) {
+        let _ = self.on_event.set(Box::new(tell));
+    }
+
+    fn tell(&self, event: HostEvent) {
+        if let Some(tell) = self.on_event.get() {
+            tell(event);
+        }
     }
 
     /// The libvirt URI.
@@ -323,11 +369,6 @@ impl Host {
         lock(&self.health).clone()
     }
 
-    /// When libvirt last answered a call of this host.
-    pub fn last_answer(&self) -> Option<Instant> {
-        self.beat.last()
-    }
-
     /// Domain listings made so far (for an unknown MAC).
     pub fn listings(&self) -> u64 {
         self.counters.listings.load(Ordering::Relaxed)
@@ -338,24 +379,35 @@ impl Host {
         self.counters.full_scans.load(Ordering::Relaxed)
     }
 
-    /// True when this host surely has no domain with `mac` now, known
-    /// without asking libvirt: it answers, its index is loaded and does not
-    /// know the MAC, and the rules allow no refresh yet, so a worker would
-    /// answer "no domain" from memory too. Never waits: a busy index counts
-    /// as "not sure". This lets the loop answer a flood of unknown MACs
-    /// without a thread each.
-    pub fn surely_lacks(&self, mac: Mac, now: Instant, wall: SystemTime) -> bool {
+    /// Where a request for `mac` should go, known without asking libvirt
+    /// and without waiting (a busy index counts as "ask a worker"):
+    /// [`Route::Lacks`] when the host answers, its index is loaded and does
+    /// not know the MAC, and the rules allow no refresh yet (a worker would
+    /// answer "no domain" from memory too); [`Route::AfterRefresh`] when a
+    /// refresh that may find it is under way. This lets the loop answer a
+    /// flood of unknown MACs without a thread each, and keeps them from
+    /// holding every worker while a listing waits (libvirtd answers no
+    /// listing while a domain is starting).
+    pub fn route(&self, mac: Mac, now: Instant, wall: SystemTime) -> Route {
         if *lock(&self.health) != Health::Answering {
-            return false;
+            return Route::Worker;
         }
         let Ok(state) = self.index.try_lock() else {
-            return false;
+            return Route::Worker;
         };
-        state
-            .index
-            .as_ref()
-            .is_some_and(|index| index.owners(mac).is_empty())
-            && refresh_for(&state.fresh, false, &self.rescan, now, wall) == Refresh::Nothing
+        let Some(index) = state.index.as_ref() else {
+            return Route::Worker;
+        };
+        if !index.owners(mac).is_empty() {
+            return Route::Worker;
+        }
+        if refresh_for(&state.fresh, false, &self.rescan, now, wall) == Refresh::Nothing {
+            return Route::Lacks;
+        }
+        match self.refreshing.try_lock() {
+            Ok(_) => Route::Refresh,
+            Err(_) => Route::AfterRefresh,
+        }
     }
 
     /// Records that libvirt answered; reports the end of an outage.
@@ -368,9 +420,7 @@ impl Host {
             Health::Unreachable { since } | Health::Silent { since } => since,
         };
         report::host_back(&self.uri, since.elapsed());
-        if let Some(back) = self.on_back.get() {
-            back();
-        }
+        self.tell(HostEvent::Back);
     }
 
     /// Records that libvirt cannot be reached; reports it once per outage.
@@ -442,10 +492,15 @@ impl Host {
         }
         drop(ping);
         let mut health = lock(&self.health);
-        if !matches!(*health, Health::Silent { .. }) {
-            *health = Health::Silent { since: now };
-            drop(health);
-            report::host_silent(&self.uri, deadline);
+        match *health {
+            Health::Answering => {
+                *health = Health::Silent { since: now };
+                drop(health);
+                report::host_silent(&self.uri, deadline);
+            }
+            // Out already (its connect failed, now one hangs): said once.
+            Health::Unreachable { since } => *health = Health::Silent { since },
+            Health::Silent { .. } => {}
         }
         None
     }
@@ -529,6 +584,7 @@ impl Host {
 
     fn lookup_once(&self, mac: Mac) -> Result<Lookup, Failure> {
         let hv = self.connection().map_err(Failure::Connect)?;
+        let epoch = self.actions_done.load(Ordering::SeqCst);
         let owners = self.owners(&hv, mac).map_err(|e| self.failure(&hv, e))?;
         let mut lookup = Lookup::default();
         for owner in owners {
@@ -547,6 +603,7 @@ impl Host {
                 state: owner.state,
                 managed_save: owner.managed_save,
                 host: self.position,
+                epoch,
             });
         }
         Ok(lookup)
@@ -566,8 +623,14 @@ impl Host {
             }
             stale = true;
         }
-        let _one_refresh_at_a_time = lock(&self.refreshing);
-        self.refresh(hv.as_ref(), stale)?;
+        let refreshed = {
+            let _one_refresh_at_a_time = lock(&self.refreshing);
+            self.refresh(hv.as_ref(), stale)
+        };
+        if !matches!(refreshed, Ok(false)) {
+            self.tell(HostEvent::Refreshed);
+        }
+        refreshed?;
         let hint = self.hint(mac);
         Ok(self.confirm(hv.as_ref(), mac, &hint)?.0)
     }
@@ -611,8 +674,8 @@ impl Host {
                     self.beat.beat();
                     let macs = &inspection.record.macs;
                     let has = macs.as_ref().is_ok_and(|m| m.contains(&mac));
-                    if let (Some(index), Ok(macs)) = (&mut lock(&self.index).index, macs) {
-                        index.update(*uuid, macs);
+                    if let Ok(macs) = macs {
+                        self.correct(|index| index.update(*uuid, macs));
                     }
                     if has {
                         confirmed.push(inspection);
@@ -623,9 +686,7 @@ impl Host {
                 }
                 Err(e) if e.kind == HvErrorKind::NoDomain => {
                     self.beat.beat();
-                    if let Some(index) = &mut lock(&self.index).index {
-                        index.forget(&HashSet::from([*uuid]));
-                    }
+                    self.correct(|index| index.forget(&HashSet::from([*uuid])));
                     all = false;
                 }
                 Err(e) => return Err(e),
@@ -634,8 +695,18 @@ impl Host {
         Ok((confirmed, all))
     }
 
-    /// Refreshes the index if the rules allow it now.
-    fn refresh(&self, hv: &dyn Hypervisor, stale: bool) -> Result<(), HvError> {
+    /// Applies what a domain's current XML showed to the loaded index, and
+    /// writes the index file if that changed it (the next process must not
+    /// trip over the same stale entry).
+    fn correct(&self, change: impl FnOnce(&mut MacIndex) -> bool) {
+        let mut state = lock(&self.index);
+        if state.index.as_mut().is_some_and(change) {
+            self.store_file(&mut state);
+        }
+    }
+
+    /// Refreshes the index if the rules allow it now; true if it tried.
+    fn refresh(&self, hv: &dyn Hypervisor, stale: bool) -> Result<bool, HvError> {
         let decision = {
             let mut state = lock(&self.index);
             self.load_file(&mut state);
@@ -649,8 +720,16 @@ impl Host {
         };
         let started = Instant::now();
         let listed = match decision {
-            Refresh::Nothing => return Ok(()),
-            Refresh::Listing | Refresh::Full => hv.list()?,
+            Refresh::Nothing => return Ok(false),
+            Refresh::Listing | Refresh::Full => match hv.list() {
+                Ok(listed) => listed,
+                Err(e) => {
+                    // A failed listing counts as one: unknown MACs must not
+                    // turn a failing daemon into a stream of calls.
+                    lock(&self.index).fresh.listed_at = Some(Instant::now());
+                    return Err(e);
+                }
+            },
         };
         self.beat.beat();
         let full = decision == Refresh::Full;
@@ -719,7 +798,7 @@ impl Host {
         if changed {
             self.store_file(&mut state);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Loads the index file into memory, once, before the first refresh.
@@ -754,6 +833,20 @@ impl Host {
         }
     }
 
+    /// A connection of its own for an overlapping action: a spare one still
+    /// alive, or a new one; `None` (use the main one) if none can be had.
+    fn spare_or_new(&self) -> Option<Arc<dyn Hypervisor>> {
+        loop {
+            let Some(spare) = lock(&self.spare_lanes).pop() else {
+                break;
+            };
+            if spare.is_alive() {
+                return Some(spare);
+            }
+        }
+        self.connector.connect().ok()
+    }
+
     /// Performs `action` on `domain` (with `dry_run`, only says what it
     /// would do). Waits while another request acts on the same domain,
     /// then looks at its state again.
@@ -778,14 +871,13 @@ impl Host {
         dry_run: bool,
     ) -> Result<Acted, HostError> {
         let main = self.connection().map_err(HostError::Unreachable)?;
-        let lane = Lane::take(self, main)?;
+        let lane = Lane::take(self, main);
         let result = self.act_on(&lane.hv, domain, action, dry_run);
         if let Err(HostError::Unreachable(_)) = &result {
-            if Arc::ptr_eq(&lane.hv, &lane.main) {
+            if lane.is_main() {
                 self.drop_connection(&lane.main);
             }
         }
-        lane.give_back(self);
         result
     }
 
@@ -806,8 +898,10 @@ impl Host {
         };
         let (_turn, waited) = self.turns.take(domain.uuid);
         let mut managed_save = domain.managed_save;
-        if waited {
-            // Another request acted on it meanwhile: look again.
+        // Another request may have acted on it since its state was read
+        // (two MACs of one domain, a second host's grace): look again.
+        let acted_since = self.actions_done.load(Ordering::SeqCst) != domain.epoch;
+        if waited || acted_since {
             let state = hv.state(uuid).map_err(sort)?;
             match action_for(state) {
                 Some(now) => action = now,
@@ -820,7 +914,9 @@ impl Host {
         if dry_run {
             return Ok(Acted::Done(verb));
         }
-        match hv.perform(uuid, action) {
+        let result = hv.perform(uuid, action);
+        self.actions_done.fetch_add(1, Ordering::SeqCst);
+        match result {
             Ok(()) => Ok(Acted::Done(verb)),
             Err(e) => match sort(e) {
                 HostError::Failed(e) => Ok(Acted::Failed(verb, e)),

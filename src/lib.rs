@@ -64,8 +64,9 @@ use crate::sockets::Origin;
 
 /// Idle timeout when systemd passed the socket and none was given.
 pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Wake requests handled at once; more wait their turn. Each holds a thread
-/// and a libvirt call; libvirtd serves 5 calls of one client at a time.
+/// Wake requests handled at once; more wait their turn. Each holds a worker
+/// thread, plus a thread per host while it looks the MAC up and one while
+/// it acts; libvirtd serves 5 calls of one client at a time.
 pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Runs the gateway with the process's arguments; returns the exit status
@@ -91,6 +92,17 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             return 2;
         }
     };
+    // Two hosts with one URI would share one index file and make every
+    // domain of it ambiguous (the same MAC on "two" hosts).
+    if let Some(uri) = args
+        .libvirt_uri
+        .iter()
+        .enumerate()
+        .find_map(|(i, uri)| args.libvirt_uri[..i].contains(uri).then_some(uri))
+    {
+        eprintln!("error: --libvirt-uri {uri} is given twice: name each host once (see --help)");
+        return 2;
+    }
     if let Some(Command::List) = args.command {
         logging::init();
         return list(&args);
@@ -184,10 +196,9 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
     };
     args.libvirt_uri
         .iter()
-        .enumerate()
-        .map(|(position, uri)| {
+        .map(|uri| {
             let connector = Box::new(LibvirtConnector::new(uri.clone()));
-            let host = Host::new(connector, position, rescan).with_policy(policy.clone());
+            let host = Host::new(connector, rescan).with_policy(policy.clone());
             match cache_dir.as_ref().map(|dir| IndexFile::open(dir, uri)) {
                 Some(Ok(file)) => host.with_index_file(file),
                 Some(Err(e)) => {

@@ -38,6 +38,7 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
                 state: e.info.state?,
                 managed_save: e.info.managed_save,
                 host: e.host,
+                epoch: 0,
             })
         })
         .collect();

@@ -71,7 +71,7 @@ pub enum Outcome {
         domain: Named,
         /// Its state.
         state: DomainState,
-        /// Other (inactive) domains that share the MAC.
+        /// Other domains that share the MAC.
         others: Vec<Named>,
     },
     /// The operator's policy refuses every domain with the MAC.
@@ -113,10 +113,15 @@ impl Outcome {
     /// second): a failure may be fixed and retried, a refusal must not
     /// block a later, legitimate packet.
     pub fn brings_up(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Done { .. } | Outcome::AlreadyUp { .. } | Outcome::DryRun { .. }
-        )
+        match self {
+            Outcome::Done { .. } | Outcome::DryRun { .. } => true,
+            // Shutting down (or in no state) is up only for now: a resend a
+            // few seconds later may find it off, and must start it.
+            Outcome::AlreadyUp { state, .. } => {
+                !matches!(state, DomainState::InShutdown | DomainState::Other)
+            }
+            _ => false,
+        }
     }
 }
 

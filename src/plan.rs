@@ -17,6 +17,9 @@ pub struct Candidate {
     pub managed_save: bool,
     /// Which host (position in the list of URIs) it is on.
     pub host: usize,
+    /// The host's count of finished actions when the state was read: if
+    /// another action finished since, the state is read again before acting.
+    pub epoch: u64,
 }
 
 /// The decision for one MAC.
@@ -85,6 +88,7 @@ mod tests {
             state,
             managed_save: false,
             host: 0,
+            epoch: 0,
         }
     }
 

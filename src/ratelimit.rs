@@ -48,6 +48,17 @@ impl RateLimiter {
         }
     }
 
+    /// Records an event at `now` that is not logged individually whatever
+    /// the burst left (it counts for the window's summary).
+    pub fn suppress(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= self.window {
+            self.window_start = Some(now);
+            self.allowed = 0;
+        }
+        self.suppressed += 1;
+    }
+
     /// When the current window ends, if events were suppressed in it (the
     /// caller should wake up then to log the summary).
     pub fn summary_due(&self) -> Option<Instant> {

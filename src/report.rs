@@ -278,8 +278,13 @@ impl Reporter {
             ago.as_secs_f64()
         );
         // At info: the first repeat of each MAC, and at most LOG_BURST per
-        // window in all.
-        let shown = first && self.duplicates.allow(now);
+        // window in all; every other one is counted for the summary.
+        let shown = if first {
+            self.duplicates.allow(now)
+        } else {
+            self.duplicates.suppress(now);
+            false
+        };
         let mut record = Record::about(Level::INFO, mac, source, message);
         record.action = Some("none");
         record.result = Some("duplicate");
@@ -363,7 +368,7 @@ impl Reporter {
                     String::new()
                 } else {
                     format!(
-                        "; left alone the inactive domain(s) sharing the MAC: {}",
+                        "; left alone the other domain(s) sharing the MAC: {}",
                         self.names(others)
                     )
                 };
@@ -439,6 +444,28 @@ impl Reporter {
         record.result = Some(result);
         record.message = format!("{message}{left_out}{burst}");
         self.last_event = headline;
+        self.send(record, shown);
+    }
+
+    /// No thread could be started for a request (it waits and is tried
+    /// again); at most a few lines per window.
+    pub fn no_worker(&mut self, mac: Mac, error: &std::io::Error, now: Instant) {
+        let shown = self.problems.allow(now);
+        let message = format!(
+            "cannot start a worker thread for {mac} ({error}); it waits and is tried again"
+        );
+        let record = Record {
+            level: Level::WARN,
+            message,
+            mac: Some(mac),
+            source: None,
+            via: None,
+            domain: None,
+            host: None,
+            state: None,
+            action: None,
+            result: None,
+        };
         self.send(record, shown);
     }
 
@@ -550,8 +577,8 @@ impl Reporter {
             }
             if in_flight > 0 {
                 text.push_str(
-                    "; a call already sent to libvirtd completes there (the domain may still \
-                     come up), one to an in-process driver such as test:/// ends with this process",
+                    "; a call already sent to libvirtd completes there (a start under way still \
+                     finishes), one to an in-process driver such as test:/// ends with this process",
                 );
             }
             match why {
@@ -654,8 +681,8 @@ pub fn index_file_ignored(path: &Path, reason: &FileError) {
 /// The index file cannot be written; the cache is off from now on.
 pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
     warn!(
-        "cannot write the MAC index {}: {error}; continuing without it (every activation will \
-         read all domains)",
+        "cannot write the MAC index {}: {error}; it is no longer updated (the next activation \
+         may find it stale and read every domain again)",
         path.display()
     );
 }

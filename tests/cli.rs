@@ -76,6 +76,15 @@ fn bad_flag_values_exit_2_with_one_line_naming_the_flag() {
         (&["--idle-timeout", "soon"][..], "--idle-timeout"),
         (&["--dedupe-window", "1x"][..], "--dedupe-window"),
         (&["--libvirt-timeout", "0"][..], "--libvirt-timeout"),
+        (
+            &[
+                "--libvirt-uri",
+                "test:///default",
+                "--libvirt-uri",
+                "test:///default",
+            ][..],
+            "--libvirt-uri test:///default is given twice",
+        ),
         (&["--listen-address", "localhost"][..], "--listen-address"),
         (&["--no-such-flag"][..], "--no-such-flag"),
     ] {

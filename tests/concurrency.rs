@@ -185,7 +185,7 @@ fn one_silent_host(deadline: Duration, grace: Duration) -> (Fake, Fake, Fleet) {
     a.all_calls.shut();
     let hosts = vec![
         host(a.clone(), rescan(Duration::from_secs(5))),
-        Host::new(Box::new(b.clone()), 1, rescan(Duration::from_secs(5))),
+        Host::new(Box::new(b.clone()), rescan(Duration::from_secs(5))),
     ];
     (a, b, Fleet::new(hosts, false, Timing { deadline, grace }))
 }
@@ -340,4 +340,61 @@ fn unknown_macs_are_answered_without_a_worker_while_every_slot_is_busy() {
     }
     let (_, stats, _) = gateway.stop();
     assert_eq!((stats.handled, stats.waited_for_slot), (108, 0));
+}
+
+#[test]
+fn a_start_libvirt_never_answers_ends_as_a_waiting_request_not_a_stuck_one() {
+    let fake = fake_with("fake:///", 1);
+    fake.slow_down("vm0");
+    let fleet = one_host(&fake, Duration::from_millis(300));
+    let host = Arc::clone(&fleet.hosts()[0]);
+    let mut gateway = InProcess::start_with(fleet, WINDOW, Some(Duration::from_millis(500)));
+    gateway.wake(&mac_of(0));
+    assert!(wait_until(DEADLINE, || fake.actions.waiting() == 1));
+    // libvirtd stops answering in the middle of the start.
+    fake.all_calls.shut();
+    assert!(wait_until(DEADLINE, || matches!(
+        host.health(),
+        Health::Silent { .. }
+    )));
+    // The request waits for libvirt like any other: the idle exit comes,
+    // as for an unreachable daemon.
+    let (exit, stats) = gateway.join();
+    assert_eq!(exit, Exit::GaveUp);
+    assert_eq!((stats.handled, stats.unacted), (0, 1));
+    fake.all_calls.open();
+    fake.actions.open();
+}
+
+#[test]
+fn unknown_macs_wait_for_a_listing_held_up_without_holding_a_worker() {
+    let fake = fake_with("fake:///", 2);
+    let host = host(fake.clone(), rescan(Duration::from_millis(200)));
+    let fleet = Fleet::new(vec![host], false, Timing::with_deadline(DEADLINE));
+    let mut gateway = InProcess::start(fleet, WINDOW);
+    gateway.wake(&mac_of(0));
+    assert_eq!(gateway.decision(&mac_of(0), 0, DEADLINE).result, Some("ok"));
+    // Past the rescan interval, a listing is held up (a domain starting).
+    std::thread::sleep(Duration::from_millis(250));
+    fake.listings.shut();
+    for i in 0..20u8 {
+        gateway.wake(&format!("52:54:00:d2:00:{i:02x}"));
+    }
+    assert!(wait_until(DEADLINE, || fake.listings.waiting() == 1));
+    // A known MAC's wake still goes through at once: the unknown ones wait
+    // for the listing in the book, not in the eight worker slots.
+    gateway.wake(&mac_of(1));
+    assert_eq!(gateway.decision(&mac_of(1), 0, DEADLINE).result, Some("ok"));
+    assert_eq!(
+        fake.listings.waiting(),
+        1,
+        "one listing, the others wait for it"
+    );
+    fake.listings.open();
+    for i in 0..20u8 {
+        let record = gateway.decision(&format!("52:54:00:d2:00:{i:02x}"), 0, DEADLINE);
+        assert_eq!(record.result, Some("no-match"));
+    }
+    let (_, stats, _) = gateway.stop();
+    assert_eq!((stats.handled, stats.waited_for_slot), (22, 0));
 }

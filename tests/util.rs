@@ -532,7 +532,7 @@ pub fn rescan(interval: Duration) -> Rescan {
 
 /// A host on `connector`, first of its fleet.
 pub fn host(connector: impl Connector + 'static, rules: Rescan) -> Host {
-    Host::new(Box::new(connector), 0, rules)
+    Host::new(Box::new(connector), rules)
 }
 
 /// A fleet of `hosts` with a 10 s deadline (tests of timing set their own).
@@ -620,6 +620,9 @@ pub struct Fake {
     pub all_calls: Arc<Gate>,
     /// Actions wait here: shut it for a slow start.
     pub actions: Arc<Gate>,
+    /// Listings wait here: shut it for a listing held up (as libvirtd holds
+    /// every listing while a domain starts).
+    pub listings: Arc<Gate>,
     /// Actions on these domains (by name; `*`: all) wait at `actions`.
     pub slow: Arc<Mutex<Vec<String>>>,
 }
@@ -631,6 +634,7 @@ impl Fake {
             state: Arc::default(),
             all_calls: Arc::default(),
             actions: Arc::default(),
+            listings: Arc::default(),
             slow: Arc::default(),
         }
     }
@@ -693,6 +697,7 @@ impl Fake {
 impl Hypervisor for Fake {
     fn list(&self) -> Result<Vec<Listed>, HvError> {
         self.all_calls.pass();
+        self.listings.pass();
         let state = self.state.lock().expect("fake");
         Ok(state
             .domains
