@@ -22,7 +22,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    DEADLINE, Gateway, Launch, libvirtd_shared, summary_count, systemd_socket, wait_until,
+    DEADLINE, Gateway, Launch, libvirtd_exclusive, libvirtd_shared, summary_count, systemd_socket,
+    wait_until,
 };
 
 pub(crate) const URI: &str = "qemu:///system";
@@ -204,19 +205,12 @@ const HOOK_MARKER: &str = "# wol-libvirt-gateway e2e hook";
 const HOOK_LOG: &str = "/var/log/libvirt/wolgw-e2e-hook.log";
 const HOOK_SLEEP: Duration = Duration::from_secs(8);
 
-/// One slow start at a time: while a domain starts, libvirtd answers no
-/// domain listing (each waits for that domain), so another test's 8-second
-/// start would hold up this test's first scan.
-static SLOW_HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Checks the hook is installed; the guard keeps other slow starts out.
-fn require_slow_hook() -> std::sync::MutexGuard<'static, ()> {
+fn require_slow_hook() {
     let hook = std::fs::read_to_string(HOOK).unwrap_or_default();
     assert!(
         hook.lines().any(|l| l == HOOK_MARKER),
         "{HOOK} is not the end-to-end hook: run sudo tests/e2e/setup-host.sh"
     );
-    SLOW_HOOK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Slow `prepare`s the hook has logged for the domain `name`.
@@ -431,8 +425,10 @@ fn e2e_libvirtd_two_guests_queued_before_activation_both_run() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_a_slow_hook_delays_no_other_wake() {
-    let _libvirtd = libvirtd_shared();
-    let _one_slow_start = require_slow_hook();
+    // Alone: while a domain starts, libvirtd answers no listing, and the
+    // other tests' gateways listing meanwhile would use up its workers.
+    let _libvirtd = libvirtd_exclusive();
+    require_slow_hook();
     let slow = Guest::define("slowhook-a", "52:54:00:e2:00:09");
     let fast = Guest::define("fast-b", "52:54:00:e2:00:0a");
     let prepares = hook_prepares(&slow.name);
@@ -491,8 +487,10 @@ fn e2e_libvirtd_a_slow_hook_delays_no_other_wake() {
 #[test]
 #[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
 fn e2e_libvirtd_sigterm_during_a_slow_start_exits_at_once_and_libvirtd_finishes_it() {
-    let _libvirtd = libvirtd_shared();
-    let _one_slow_start = require_slow_hook();
+    // Alone: while a domain starts, libvirtd answers no listing, and the
+    // other tests' gateways listing meanwhile would use up its workers.
+    let _libvirtd = libvirtd_exclusive();
+    require_slow_hook();
     let slow = Guest::define("slowhook-term", "52:54:00:e2:00:0b");
     let prepares = hook_prepares(&slow.name);
     let (socket, addr) = systemd_socket();
