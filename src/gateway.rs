@@ -326,15 +326,17 @@ impl Gateway {
     /// Hands due requests to workers while slots are free. Answers at once
     /// those no host can have (a flood of unknown MACs costs no threads and
     /// needs no slot), and leaves waiting, without a slot, those a refresh
-    /// under way will answer. Returns true if a due request was left waiting.
+    /// under way will answer. Returns true when the requests due now all
+    /// wait for something (a slot, a refresh): `poll` need not wake for them.
     fn dispatch(&mut self, now: Instant) -> bool {
         let wall = SystemTime::now();
         let due: Vec<Mac> = self.book.due(now).take(LOOK_AHEAD).collect();
-        let mut left = false;
+        let (mut left, mut went, looked) = (false, false, due.len());
         for mac in due {
             self.status_changed = true;
             match self.fleet.route(mac, now, wall) {
                 Route::Lacks => {
+                    went = true;
                     self.book.take(mac);
                     let decision = Decision {
                         outcome: Outcome::NoMatch,
@@ -354,6 +356,7 @@ impl Gateway {
                     let Some(request) = self.book.take(mac) else {
                         continue;
                     };
+                    went = true;
                     if route == Route::Refresh {
                         self.refresher = Some(mac);
                     }
@@ -364,7 +367,9 @@ impl Gateway {
                 }
             }
         }
-        left || self.book.due(now).nth(LOOK_AHEAD).is_some()
+        // Perhaps more were due than looked at, and some went: look again
+        // at once rather than sleep on the ones that wait.
+        left && !(went && looked == LOOK_AHEAD)
     }
 
     fn spawn_worker(&mut self, mac: Mac, now: Instant) {
