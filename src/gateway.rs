@@ -26,7 +26,7 @@ use crate::hypervisor::HvError;
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Outcome, WaitFor};
 use crate::packet::{self, Mac};
-use crate::report::{Reporter, Stats, StatusView, Why};
+use crate::report::{Reporter, Stats, StatusView};
 use crate::sockets::{self, Listener};
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
@@ -49,37 +49,7 @@ pub struct Config {
     pub max_in_flight: usize,
 }
 
-/// Why the loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Idle timeout passed with nothing pending.
-    Idle,
-    /// SIGTERM or SIGINT.
-    Signal,
-    /// Idle timeout passed while libvirt stayed unreachable; requests were lost.
-    GaveUp,
-    /// A raw listener's interface disappeared.
-    ListenerLost,
-}
-
-impl Exit {
-    /// The process exit status.
-    pub fn code(self) -> i32 {
-        match self {
-            Exit::Idle | Exit::Signal => 0,
-            Exit::GaveUp | Exit::ListenerLost => 1,
-        }
-    }
-
-    fn why(self) -> Why {
-        match self {
-            Exit::Idle => Why::Idle,
-            Exit::Signal => Why::Signal,
-            Exit::GaveUp => Why::GaveUp,
-            Exit::ListenerLost => Why::ListenerLost,
-        }
-    }
-}
+pub use crate::outcome::Exit;
 
 /// A readable end that `poll` watches, and the writable end that rings it.
 fn bell() -> io::Result<(UnixStream, UnixStream)> {
@@ -548,7 +518,7 @@ impl Gateway {
         let undecided = self.book.undecided();
         self.stats.unacted = undecided.len() as u64;
         let status = self.reporter.exit(
-            exit.why(),
+            exit,
             &self.stats,
             &undecided,
             self.last_wait.as_ref().filter(|_| self.book.parked() > 0),

@@ -136,6 +136,29 @@ pub struct Decision {
     pub left_out: Vec<Arc<str>>,
 }
 
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Idle timeout passed with nothing pending.
+    Idle,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// Idle timeout passed while no libvirt host answered; requests were lost.
+    GaveUp,
+    /// A raw listener's interface disappeared.
+    ListenerLost,
+}
+
+impl Exit {
+    /// The process exit status.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Idle | Exit::Signal => 0,
+            Exit::GaveUp | Exit::ListenerLost => 1,
+        }
+    }
+}
+
 /// Why a request could not be decided: the hosts it waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitFor {

@@ -18,7 +18,7 @@ use tracing::{Level, debug, error, info, warn};
 use crate::book::{Request, Resumed};
 use crate::hypervisor::{DomainState, HvError, Unreadable};
 use crate::index::file::FileError;
-use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
+use crate::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
 use crate::packet::{Mac, Rejection};
 use crate::policy::Refusal;
 use crate::ratelimit::RateLimiter;
@@ -165,26 +165,12 @@ pub struct Stats {
 }
 
 /// Why the gateway exits, in words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// Idle timeout with nothing pending.
-    Idle,
-    /// SIGTERM or SIGINT.
-    Signal,
-    /// Idle timeout with requests waiting for libvirt.
-    GaveUp,
-    /// A raw listener's interface disappeared.
-    ListenerLost,
-}
-
-impl Why {
-    fn words(self) -> &'static str {
-        match self {
-            Why::Idle => "idle timeout",
-            Why::Signal => "signal",
-            Why::GaveUp => "idle timeout with libvirt unreachable",
-            Why::ListenerLost => "a listened-on interface disappeared",
-        }
+fn exit_words(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Idle => "idle timeout",
+        Exit::Signal => "signal",
+        Exit::GaveUp => "idle timeout with libvirt unreachable",
+        Exit::ListenerLost => "a listened-on interface disappeared",
     }
 }
 
@@ -543,7 +529,7 @@ impl Reporter {
     /// `STATUS=` text sent with `STOPPING=1`.
     pub fn exit(
         &mut self,
-        why: Why,
+        why: Exit,
         stats: &Stats,
         undecided: &[(Mac, bool)],
         waiting_for: Option<&WaitFor>,
@@ -568,7 +554,7 @@ impl Reporter {
             let in_flight = undecided.iter().filter(|(_, f)| *f).count();
             let mut text = format!(
                 "{}: not acting on {} wake request(s) read: {}",
-                why.words(),
+                exit_words(why),
                 undecided.len(),
                 macs.join(", ")
             );
@@ -582,7 +568,7 @@ impl Reporter {
                 );
             }
             match why {
-                Why::Signal => warn!("{text}"),
+                Exit::Signal => warn!("{text}"),
                 _ => error!("{text}"),
             }
         }
@@ -611,10 +597,10 @@ impl Reporter {
             "exiting ({}): {datagrams} datagrams, {handled} wake requests handled, \
              {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
              {full_scans} full scans; {:.1} ms spent reading datagrams",
-            why.words(),
+            exit_words(why),
             drain_time.as_secs_f64() * 1e3
         );
-        format!("exiting ({}); {}", why.words(), self.last_event)
+        format!("exiting ({}); {}", exit_words(why), self.last_event)
     }
 }
 
