@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
@@ -22,17 +22,12 @@ use crate::hypervisor::{
 };
 use crate::index::file::IndexFile;
 use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
+use crate::lock;
 use crate::outcome::Verb;
 use crate::packet::Mac;
 use crate::plan::{Candidate, action_for};
 use crate::policy::{DomainRef, Policy, Refusal};
 use crate::report;
-
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (every critical section here is a few assignments).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Why a host could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,12 +184,14 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// The connection an action runs on. With libvirt 9.0, two actions on one
-/// connection can wait for each other (a start held 8 s by a qemu hook
-/// delayed another domain's start on the same connection in about one run
-/// of eight; on two connections, never): an action that overlaps another
-/// gets a connection of its own, where connections are independent. Given
-/// back on drop, a panic included.
+/// The connection an action runs on: one of its own where connections are
+/// independent, never the one lookups use. With libvirt 9.0's client (no
+/// event loop registered), a call on a connection that also carries a long
+/// action can go unanswered until some other call on it wakes the reader:
+/// a start held 8 s by a qemu hook left another domain's state read waiting
+/// about 5 s in two runs of three, and two actions on one connection waited
+/// for each other in about one run of eight. On separate connections, never.
+/// Given back on drop (a panic included) and kept as a spare for the next.
 struct Lane<'a> {
     host: &'a Host,
     hv: Arc<dyn Hypervisor>,
@@ -203,12 +200,7 @@ struct Lane<'a> {
 
 impl<'a> Lane<'a> {
     fn take(host: &'a Host, main: Arc<dyn Hypervisor>) -> Lane<'a> {
-        let overlapping = {
-            let mut acting = lock(&host.acting);
-            *acting += 1;
-            *acting > 1
-        };
-        let own = if overlapping && host.connector.independent_connections() {
+        let own = if host.connector.independent_connections() {
             host.spare_or_new()
         } else {
             None
@@ -227,7 +219,6 @@ impl<'a> Lane<'a> {
 
 impl Drop for Lane<'_> {
     fn drop(&mut self) {
-        *lock(&self.host.acting) -= 1;
         if !self.is_main() && self.hv.is_alive() {
             let mut spares = lock(&self.host.spare_lanes);
             if spares.len() < MAX_SPARE_LANES {
@@ -252,11 +243,10 @@ pub struct Host {
     /// MACs wait for one refresh instead of each starting their own.
     refreshing: Mutex<()>,
     turns: Turns,
-    /// Actions running now, and idle connections for overlapping ones.
-    acting: Mutex<usize>,
     /// Actions finished so far: a candidate read before another action
     /// finished has its state read again before it is acted on.
     actions_done: AtomicU64,
+    /// Idle connections for actions (see [`Lane`]).
     spare_lanes: Mutex<Vec<Arc<dyn Hypervisor>>>,
     health: Mutex<Health>,
     /// When the running liveness ping started, if one runs.
@@ -282,8 +272,8 @@ struct Connection {
     failed: Option<(Instant, HvError)>,
 }
 
-/// Spare connections kept for actions that overlap another (see
-/// [`Host::act`]); more are closed after use.
+/// Idle action connections kept for the next actions (see [`Lane`]); more
+/// are closed after use.
 const MAX_SPARE_LANES: usize = 3;
 
 /// While a host cannot be reached, connecting is tried at most this often;
@@ -299,6 +289,15 @@ enum Failure {
     Died(HvError),
     /// libvirt answered with an error.
     Answered(HvError),
+}
+
+impl From<Failure> for HostError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Connect(e) | Failure::Died(e) => HostError::Unreachable(e),
+            Failure::Answered(e) => HostError::Failed(e),
+        }
+    }
 }
 
 impl Host {
@@ -320,7 +319,6 @@ impl Host {
             }),
             refreshing: Mutex::new(()),
             turns: Turns::default(),
-            acting: Mutex::new(0),
             actions_done: AtomicU64::new(0),
             spare_lanes: Mutex::new(Vec::new()),
             health: Mutex::new(Health::Answering),
@@ -533,16 +531,19 @@ impl Host {
         }
     }
 
-    /// Forgets a dead connection (if it is still the current one). The
-    /// index stays: it is only a hint, confirmed before every use.
+    /// Forgets a dead connection (if it is still the current one), and the
+    /// spare action connections, which went to the same daemon. The index
+    /// stays: it is only a hint, confirmed before every use.
     fn drop_connection(&self, dead: &Arc<dyn Hypervisor>) {
         let mut slot = lock(&self.connection);
         if slot.open.as_ref().is_some_and(|hv| Arc::ptr_eq(hv, dead)) {
             slot.open = None;
+            lock(&self.spare_lanes).clear();
         }
     }
 
-    /// Sorts a failed call: libvirt's own error, or a dead connection.
+    /// Sorts a failed call: libvirt's own error, or a dead connection
+    /// (forgotten, if it was the host's connection).
     fn failure(&self, hv: &Arc<dyn Hypervisor>, error: HvError) -> Failure {
         if hv.is_alive() {
             self.beat.beat();
@@ -566,19 +567,16 @@ impl Host {
             }
             other => other,
         };
+        let result = result.map_err(HostError::from);
+        self.note(&result);
+        result
+    }
+
+    /// Records what a call's outcome says about the host's health.
+    fn note<T>(&self, result: &Result<T, HostError>) {
         match result {
-            Ok(lookup) => {
-                self.answered();
-                Ok(lookup)
-            }
-            Err(Failure::Answered(e)) => {
-                self.answered();
-                Err(HostError::Failed(e))
-            }
-            Err(Failure::Connect(e) | Failure::Died(e)) => {
-                self.unreachable(&e);
-                Err(HostError::Unreachable(e))
-            }
+            Err(HostError::Unreachable(e)) => self.unreachable(e),
+            _ => self.answered(),
         }
     }
 
@@ -733,16 +731,20 @@ impl Host {
         };
         self.beat.beat();
         let full = decision == Refresh::Full;
-        let to_read: Vec<Listed> = if full {
-            listed.clone()
+        let listed_count = listed.len();
+        // A full scan reads the whole listing; a listing only the domains
+        // the index has not read, and keeps the UUIDs to forget the rest.
+        let (to_read, present): (Vec<Listed>, HashSet<Uuid>) = if full {
+            (listed, HashSet::new())
         } else {
+            let present = listed.iter().map(|l| l.uuid).collect();
             let state = lock(&self.index);
             let index = state.index.as_ref();
-            listed
-                .iter()
+            let new = listed
+                .into_iter()
                 .filter(|l| !index.is_some_and(|i| i.knows(l.uuid)))
-                .cloned()
-                .collect()
+                .collect();
+            (new, present)
         };
         let beat = self.beat.clone();
         let records = hv.records(&to_read, &move || beat.beat());
@@ -776,9 +778,8 @@ impl Host {
             state.fresh.scanned_at = Some(now);
             state.fresh.scanned_wall = Some(SystemTime::now());
             self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
-            (true, listed.len())
+            (true, listed_count)
         } else {
-            let present: HashSet<Uuid> = listed.iter().map(|l| l.uuid).collect();
             let index = state.index.get_or_insert_with(MacIndex::default);
             let gone: HashSet<Uuid> = index.domains().filter(|u| !present.contains(u)).collect();
             let forgot = index.forget(&gone);
@@ -791,7 +792,7 @@ impl Host {
         debug!(
             "{} {} on {}: read {count} domain(s) in {:.1} ms",
             if full { "scanned" } else { "listed" },
-            listed.len(),
+            listed_count,
             self.uri,
             started.elapsed().as_secs_f64() * 1e3,
         );
@@ -833,8 +834,8 @@ impl Host {
         }
     }
 
-    /// A connection of its own for an overlapping action: a spare one still
-    /// alive, or a new one; `None` (use the main one) if none can be had.
+    /// A connection of its own for an action: a spare one still alive, or a
+    /// new one; `None` (use the main one) if none can be had.
     fn spare_or_new(&self) -> Option<Arc<dyn Hypervisor>> {
         loop {
             let Some(spare) = lock(&self.spare_lanes).pop() else {
@@ -857,10 +858,7 @@ impl Host {
         dry_run: bool,
     ) -> Result<Acted, HostError> {
         let result = self.act_once(domain, action, dry_run);
-        match &result {
-            Err(HostError::Unreachable(e)) => self.unreachable(e),
-            _ => self.answered(),
-        }
+        self.note(&result);
         result
     }
 
@@ -872,13 +870,7 @@ impl Host {
     ) -> Result<Acted, HostError> {
         let main = self.connection().map_err(HostError::Unreachable)?;
         let lane = Lane::take(self, main);
-        let result = self.act_on(&lane.hv, domain, action, dry_run);
-        if let Err(HostError::Unreachable(_)) = &result {
-            if lane.is_main() {
-                self.drop_connection(&lane.main);
-            }
-        }
-        result
+        self.act_on(&lane.hv, domain, action, dry_run)
     }
 
     fn act_on(
@@ -889,13 +881,7 @@ impl Host {
         dry_run: bool,
     ) -> Result<Acted, HostError> {
         let uuid = domain.uuid;
-        let sort = |e: HvError| {
-            if hv.is_alive() {
-                HostError::Failed(e)
-            } else {
-                HostError::Unreachable(e)
-            }
-        };
+        let sort = |e| HostError::from(self.failure(hv, e));
         let (_turn, waited) = self.turns.take(domain.uuid);
         let mut managed_save = domain.managed_save;
         // Another request may have acted on it since its state was read

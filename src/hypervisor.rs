@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -20,6 +20,7 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
 use crate::domain_xml::{self, DomainXmlError};
+use crate::lock;
 use crate::packet::Mac;
 
 /// A domain's run state, as libvirt reports it.
@@ -389,12 +390,6 @@ impl fmt::Debug for Libvirt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Libvirt").finish_non_exhaustive()
     }
-}
-
-/// Locks a map that stays consistent even if a holder panicked (inserts,
-/// removals and clears only).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Libvirt {

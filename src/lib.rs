@@ -62,6 +62,15 @@ use crate::policy::Policy;
 use crate::report::Reporter;
 use crate::sockets::Origin;
 
+/// Locks a mutex whose data stays consistent even if a holder panicked:
+/// every critical section in this crate is a few assignments, inserts or
+/// removals, so the data is usable after a panic elsewhere.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Idle timeout when systemd passed the socket and none was given.
 pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wake requests handled at once; more wait their turn. Each holds a worker

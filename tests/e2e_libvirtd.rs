@@ -78,12 +78,22 @@ impl Guest {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("guest.xml");
         std::fs::write(&path, xml).expect("write guest xml");
+        // Leftovers of an earlier run killed before its guests' drop (same
+        // test, another process id) go first: they hold the same MAC, and
+        // the gateway would rightly refuse the ambiguity.
+        let prefix = format!("wolgw-e2e-{test}-");
+        for stale in virsh_ok(&["list", "--all", "--name"]).lines() {
+            if stale
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| pid.parse::<u32>().is_ok())
+            {
+                Guest::remove_named(stale.trim());
+            }
+        }
         let guest = Guest {
             name,
             mac: mac.to_owned(),
         };
-        // Leftovers of an aborted earlier run with the same name go first.
-        guest.remove();
         virsh_ok(&["define", &path.to_string_lossy()]);
         guest
     }
@@ -118,8 +128,12 @@ impl Guest {
     }
 
     fn remove(&self) {
-        let _ = virsh(&["destroy", &self.name]);
-        let _ = virsh(&["undefine", "--managed-save", &self.name]);
+        Guest::remove_named(&self.name);
+    }
+
+    fn remove_named(name: &str) {
+        let _ = virsh(&["destroy", name]);
+        let _ = virsh(&["undefine", "--managed-save", name]);
     }
 }
 
