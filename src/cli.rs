@@ -105,7 +105,34 @@ pub struct Args {
 pub enum Command {
     /// List every domain of the configured URI(s): its state, its MACs, and
     /// what a magic packet would do to it now.
+    List {
+        /// Print JSON (one object per domain) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage a domain's HTTP wake tokens (stored as SHA-256 hashes in the
+    /// domain's own libvirt metadata).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token` commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Give DOMAIN a new token and print it (only this once); one per client.
+    Add {
+        /// The domain's name.
+        domain: String,
+    },
+    /// Show which domains have tokens (a hash prefix each, never a token).
     List,
+    /// Remove DOMAIN's token whose hash starts with PREFIX, or all of them.
+    Revoke {
+        /// The domain's name.
+        domain: String,
+        /// The hash prefix `token list` shows.
+        prefix: Option<String>,
+    },
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {

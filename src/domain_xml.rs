@@ -7,6 +7,7 @@
 //! never mistaken for a NIC.
 
 use crate::packet::Mac;
+use crate::secret::Hash;
 
 /// Why a domain's XML yielded no trustworthy list of MACs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,14 +40,63 @@ pub const MAX_DEPTH: usize = 128;
 /// XML namespace of the gateway's element in a domain's `<metadata>`.
 pub const METADATA_NAMESPACE: &str = "https://wol-libvirt-gateway/xmlns/1";
 
+/// The key (namespace prefix) libvirt writes our element with.
+pub const METADATA_KEY: &str = "wol";
+
 /// What the gateway reads from one domain's XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainNics {
     /// Every interface's MAC, in document order.
     pub macs: Vec<Mac>,
-    /// The domain carries `<metadata><wake xmlns="…/xmlns/1"/></metadata>`,
-    /// its owner's opt-in to be woken (see `--require-opt-in`).
-    pub wake_opt_in: bool,
+    /// What its owner set in our `<metadata>` element.
+    pub meta: WakeMeta,
+}
+
+/// The domain owner's settings for the gateway, in the domain's own
+/// `<metadata>`:
+///
+/// ```xml
+/// <wol:wake xmlns:wol="https://wol-libvirt-gateway/xmlns/1" opt-in="no">
+///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
+/// </wol:wake>
+/// ```
+///
+/// The element's presence is the opt-in (`<wake/>`, as `--require-opt-in`
+/// documents) unless it says `opt-in="no"`: the token commands add the
+/// element without opting a domain in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WakeMeta {
+    /// The owner opted in to being woken (see `--require-opt-in`).
+    pub opt_in: bool,
+    /// The element exists (with or without the opt-in).
+    pub present: bool,
+    /// SHA-256 hashes of the domain's HTTP wake tokens.
+    pub tokens: Vec<Hash>,
+}
+
+impl WakeMeta {
+    /// The element that stores this, for `virDomainSetMetadata` with
+    /// [`METADATA_NAMESPACE`] and [`METADATA_KEY`]; `None` (remove the
+    /// element) when nothing is left and the domain had not opted in.
+    pub fn render(&self) -> Option<String> {
+        if !self.opt_in && self.tokens.is_empty() {
+            return None;
+        }
+        let mut xml = String::from("<wake");
+        if !self.opt_in {
+            xml.push_str(" opt-in=\"no\"");
+        }
+        if self.tokens.is_empty() {
+            xml.push_str("/>");
+            return Some(xml);
+        }
+        xml.push('>');
+        for token in &self.tokens {
+            xml.push_str(&format!("<token sha256=\"{token}\"/>"));
+        }
+        xml.push_str("</wake>");
+        Some(xml)
+    }
 }
 
 /// Returns the MAC address of every interface in a domain's XML, in document
@@ -81,17 +131,29 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
             .map_err(|_| DomainXmlError::BadMac(address.to_owned()))?;
         found.push(parsed);
     }
-    let wake_opt_in = children(domain, "metadata")
+    let meta = children(domain, "metadata")
         .flat_map(|metadata| metadata.children())
-        .any(|child| {
+        .find(|child| {
             child.is_element()
                 && child.tag_name().name() == "wake"
                 && child.tag_name().namespace() == Some(METADATA_NAMESPACE)
-        });
-    Ok(DomainNics {
-        macs: found,
-        wake_opt_in,
-    })
+        })
+        .map(wake_meta)
+        .unwrap_or_default();
+    Ok(DomainNics { macs: found, meta })
+}
+
+/// Reads our `<wake>` element. Its children carry no namespace of their
+/// own (libvirt sets one on the element only); a hash that is not 64 hex
+/// digits is no token (nothing could match it).
+fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
+    WakeMeta {
+        opt_in: wake.attribute("opt-in") != Some("no"),
+        present: true,
+        tokens: children(wake, "token")
+            .filter_map(|token| token.attribute("sha256").and_then(Hash::from_hex))
+            .collect(),
+    }
 }
 
 /// True if elements nest deeper than `limit`. A linear pre-scan, so the
@@ -225,7 +287,8 @@ mod tests {
                 "<domain><metadata>{metadata}</metadata><devices/></domain>"
             ))
             .unwrap()
-            .wake_opt_in
+            .meta
+            .opt_in
         };
         // What `virsh metadata DOM --uri https://wol-libvirt-gateway/xmlns/1
         // --key wol --set '<wake/>'` writes:
@@ -237,7 +300,58 @@ mod tests {
         assert!(!with(
             "<wol:sleep xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\"/>"
         ));
-        assert!(!read("<domain/>").unwrap().wake_opt_in);
+        assert!(!read("<domain/>").unwrap().meta.opt_in);
+        // What the token commands write on a domain that had not opted in.
+        assert!(!with(
+            "<wol:wake xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\" opt-in=\"no\"/>"
+        ));
+    }
+
+    #[test]
+    fn tokens_are_read_back_from_what_render_writes() {
+        let a = Hash::of(b"a");
+        let b = Hash::of(b"b");
+        let meta = WakeMeta {
+            opt_in: false,
+            present: true,
+            tokens: vec![a, b],
+        };
+        // libvirt puts the namespace on the element, as --key wol does.
+        let element = meta
+            .render()
+            .expect("tokens are kept")
+            .replacen(
+                "<wake",
+                "<wol:wake xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\"",
+                1,
+            )
+            .replace("</wake>", "</wol:wake>");
+        let xml = format!("<domain><metadata>{element}</metadata></domain>");
+        assert_eq!(read(&xml).unwrap().meta, meta);
+        // A malformed hash is skipped, not an error.
+        let odd = xml.replace(&a.to_string(), "not-a-hash");
+        assert_eq!(read(&odd).unwrap().meta.tokens, vec![b]);
+    }
+
+    #[test]
+    fn rendering_keeps_the_opt_in_and_drops_an_empty_element() {
+        let none = WakeMeta::default();
+        assert_eq!(none.render(), None);
+        let opted = WakeMeta {
+            opt_in: true,
+            ..WakeMeta::default()
+        };
+        assert_eq!(opted.render().as_deref(), Some("<wake/>"));
+        let token = WakeMeta {
+            tokens: vec![Hash::of(b"t")],
+            ..WakeMeta::default()
+        };
+        assert!(
+            token
+                .render()
+                .unwrap()
+                .starts_with("<wake opt-in=\"no\"><token sha256=\"")
+        );
     }
 
     #[test]

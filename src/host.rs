@@ -80,6 +80,8 @@ pub struct DomainInfo {
     pub state: Option<DomainState>,
     /// It has a managed-save image (a start restores it).
     pub managed_save: bool,
+    /// How many HTTP wake tokens its `<metadata>` holds.
+    pub tokens: usize,
 }
 
 /// Whether a host answers.
@@ -589,7 +591,7 @@ impl Host {
             let domain = DomainRef {
                 name: owner.record.name,
                 uuid: owner.record.uuid,
-                wake_opt_in: owner.record.wake_opt_in,
+                wake_opt_in: owner.record.meta.opt_in,
             };
             if let Err(reason) = self.policy.check(&domain, mac) {
                 lookup.refused.push((domain.name, reason));
@@ -923,15 +925,17 @@ impl Host {
                 let state = hv.state(record.uuid).ok();
                 let managed_save = state == Some(DomainState::ShutOff)
                     && hv.has_managed_save(record.uuid).unwrap_or(false);
+                let tokens = record.meta.tokens.len();
                 DomainInfo {
                     domain: DomainRef {
                         name: record.name,
                         uuid: record.uuid,
-                        wake_opt_in: record.wake_opt_in,
+                        wake_opt_in: record.meta.opt_in,
                     },
                     macs: record.macs,
                     state,
                     managed_save,
+                    tokens,
                 }
             })
             .collect())

@@ -19,7 +19,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
-use crate::domain_xml::{self, DomainXmlError};
+use crate::domain_xml::{self, DomainXmlError, WakeMeta};
 use crate::lock;
 use crate::packet::Mac;
 
@@ -209,8 +209,9 @@ pub struct DomainRecord {
     pub uuid: Uuid,
     /// The MACs of its interfaces, or why they are unknown.
     pub macs: Result<Vec<Mac>, Unreadable>,
-    /// Its `<metadata>` opts in to being woken (see `--require-opt-in`).
-    pub wake_opt_in: bool,
+    /// What its owner set in our `<metadata>` element (the opt-in, token
+    /// hashes).
+    pub meta: WakeMeta,
 }
 
 impl DomainRecord {
@@ -220,12 +221,15 @@ impl DomainRecord {
             Ok(xml) => domain_xml::read(&xml).map_err(Unreadable::from),
             Err(e) => Err(Unreadable::Fetch(e)),
         };
-        let wake_opt_in = nics.as_ref().is_ok_and(|n| n.wake_opt_in);
+        let (macs, meta) = match nics {
+            Ok(nics) => (Ok(nics.macs), nics.meta),
+            Err(e) => (Err(e), WakeMeta::default()),
+        };
         DomainRecord {
             name,
             uuid,
-            macs: nics.map(|n| n.macs),
-            wake_opt_in,
+            macs,
+            meta,
         }
     }
 }
@@ -407,6 +411,48 @@ impl Libvirt {
             handles: Mutex::new(HashMap::new()),
             listing: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The names of every defined domain.
+    pub fn domain_names(&self) -> Result<Vec<String>, HvError> {
+        Ok(self.list()?.into_iter().map(|listed| listed.name).collect())
+    }
+
+    /// What the owner set in `name`'s metadata, as its persistent
+    /// definition has it (the live one for a transient domain): the base
+    /// for editing it.
+    pub fn wake_meta(&self, name: &str) -> Result<WakeMeta, HvError> {
+        let domain = self.conn.lookup_domain_by_name(name)?;
+        let flags = if domain.is_persistent()? {
+            virt::sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            0
+        };
+        let xml = domain.xml_desc(flags)?;
+        let nics = domain_xml::read(&xml).map_err(|e| HvError::other(e.to_string()))?;
+        Ok(nics.meta)
+    }
+
+    /// Replaces our metadata element of `name` (`None` removes it) in its
+    /// persistent definition and, while it runs, in the live one too, so
+    /// the change counts at once and survives a restart.
+    pub fn set_wake_meta(&self, name: &str, element: Option<&str>) -> Result<(), HvError> {
+        let domain = self.conn.lookup_domain_by_name(name)?;
+        let mut flags = 0;
+        if domain.is_persistent()? {
+            flags |= virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
+        }
+        if domain.is_active()? {
+            flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        domain.set_metadata(
+            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            element,
+            Some(domain_xml::METADATA_KEY),
+            Some(domain_xml::METADATA_NAMESPACE),
+            flags,
+        )?;
+        Ok(())
     }
 
     fn lookup(&self, uuid: Uuid) -> Result<Domain, HvError> {

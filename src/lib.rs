@@ -40,7 +40,9 @@ pub mod policy;
 pub mod ratelimit;
 pub mod raw;
 pub mod report;
+pub mod secret;
 pub mod sockets;
+pub mod token;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -50,11 +52,11 @@ use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
 use crate::book::Rules;
-use crate::cli::{Args, Command};
+use crate::cli::{Args, Command, TokenCommand};
 use crate::fleet::{Fleet, Timing};
 use crate::gateway::{Config, Gateway, Shutdown};
 use crate::host::Host;
-use crate::hypervisor::LibvirtConnector;
+use crate::hypervisor::{Libvirt, LibvirtConnector};
 use crate::index::Rescan;
 use crate::index::file::{CacheDirSource, IndexFile};
 use crate::notify::Notifier;
@@ -112,9 +114,16 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
         eprintln!("error: --libvirt-uri {uri} is given twice: name each host once (see --help)");
         return 2;
     }
-    if let Some(Command::List) = args.command {
-        logging::init();
-        return list(&args);
+    match &args.command {
+        Some(Command::List { json }) => {
+            logging::init();
+            return list(&args, *json);
+        }
+        Some(Command::Token(command)) => {
+            logging::init();
+            return token(&args, command);
+        }
+        None => {}
     }
     // Claim the passed sockets before anything else opens a file descriptor:
     // with a wrong LISTEN_FDS count, fd 3+n could otherwise be one of ours
@@ -220,14 +229,126 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
         .collect()
 }
 
-/// `list`: the table on stdout, unreachable hosts on stderr (status 1).
-fn list(args: &Args) -> i32 {
+/// `list`: the table (or JSON) on stdout, unreachable hosts on stderr
+/// (status 1).
+fn list(args: &Args, json: bool) -> i32 {
     let policy = policy(args);
     let hosts = hosts(args, &policy);
-    let (table, problems) = list::list(&hosts, &policy);
-    print!("{table}");
+    let (entries, problems) = list::entries(&hosts);
+    if json {
+        println!("{}", list::json(&hosts, &entries, &policy));
+    } else {
+        print!("{}", list::table(&hosts, &entries, &policy));
+    }
     for problem in &problems {
         error!("{problem}");
     }
     i32::from(!problems.is_empty())
+}
+
+/// `token …`: a new token on stdout, what changed on stderr; status 1 when
+/// libvirt cannot be reached or refused, or the domain is not found; 2 for
+/// a prefix that matches no or several tokens.
+fn token(args: &Args, command: &TokenCommand) -> i32 {
+    let mut hosts = Vec::new();
+    for uri in &args.libvirt_uri {
+        match Libvirt::open(uri) {
+            Ok(hv) => hosts.push((uri.as_str(), hv)),
+            Err(e) => {
+                error!("cannot reach libvirt at {uri}: {e}");
+                return 1;
+            }
+        }
+    }
+    let domain = match command {
+        TokenCommand::List => return token_list(&hosts),
+        TokenCommand::Add { domain } | TokenCommand::Revoke { domain, .. } => domain,
+    };
+    let (uri, hv) = match host_of(domain, &hosts) {
+        Ok(found) => found,
+        Err(message) => {
+            error!("{message}");
+            return 1;
+        }
+    };
+    let outcome = match command {
+        TokenCommand::Revoke { prefix, .. } => {
+            token::revoke(hv, domain, prefix.as_deref()).map(|removed| {
+                let prefixes: Vec<String> = removed.iter().map(|h| h.prefix()).collect();
+                match removed.len() {
+                    0 => eprintln!("{domain}: had no tokens"),
+                    n => eprintln!("{domain}: revoked {n} token(s): {}", prefixes.join(" ")),
+                }
+            })
+        }
+        _ => token::add(hv, domain).map(|token| {
+            println!("{}", token.reveal());
+            eprintln!(
+                "{domain}: token {} added; it is shown only this once: give it to one client",
+                token.hash().prefix()
+            );
+        }),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{uri}: {e}");
+            match e {
+                token::TokenError::NoMatch { .. } | token::TokenError::Ambiguous { .. } => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+/// `token list`: the domains with tokens, on every host.
+fn token_list(hosts: &[(&str, Libvirt)]) -> i32 {
+    let several = hosts.len() > 1;
+    let mut rows = Vec::new();
+    for (uri, hv) in hosts {
+        match token::list(hv) {
+            Ok(found) => rows.extend(
+                found
+                    .into_iter()
+                    .map(|(name, hashes)| (several.then_some(*uri), name, hashes)),
+            ),
+            Err(e) => {
+                error!("{uri}: {e}");
+                return 1;
+            }
+        }
+    }
+    print!("{}", token::table(&rows));
+    0
+}
+
+/// The one host that has a domain named `domain`.
+fn host_of<'a>(
+    domain: &str,
+    hosts: &'a [(&'a str, Libvirt)],
+) -> Result<(&'a str, &'a Libvirt), String> {
+    let mut having = Vec::new();
+    for (uri, hv) in hosts {
+        match hv.wake_meta(domain) {
+            Ok(_) => having.push((*uri, hv)),
+            Err(e) if e.kind == hypervisor::HvErrorKind::NoDomain => {}
+            Err(e) => return Err(format!("{uri}: {e}")),
+        }
+    }
+    let uris: Vec<&str> = hosts.iter().map(|(uri, _)| *uri).collect();
+    match having.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "no domain named '{domain}' on {} (see `wol-libvirt-gateway list`)",
+            uris.join(", ")
+        )),
+        _ => Err(format!(
+            "a domain named '{domain}' is on several hosts ({}): give the one --libvirt-uri to change",
+            having
+                .iter()
+                .map(|(uri, _)| *uri)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }

@@ -60,9 +60,9 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
     }
 }
 
-/// Lists every host's domains. Returns the table, and one line per host
+/// Every host's domains, sorted by host and name, and one line per host
 /// that could not be listed.
-pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
+pub fn entries(hosts: &[Host]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
@@ -72,6 +72,91 @@ pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
         }
     }
     entries.sort_by(|a, b| (a.host, &a.info.domain.name).cmp(&(b.host, &b.info.domain.name)));
+    (entries, problems)
+}
+
+/// One domain in `list --json` (and the HTTP API's domain list).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DomainView {
+    /// The domain's name.
+    pub domain: String,
+    /// Its UUID.
+    pub uuid: String,
+    /// The libvirt URI of its host.
+    pub host: String,
+    /// Its state in the log's words (`shut off`, `running`, ...), if known.
+    pub state: Option<&'static str>,
+    /// It has a managed-save image (a start restores it).
+    pub managed_save: bool,
+    /// Its `<metadata>` opts in to being woken (`--require-opt-in`).
+    pub opt_in: bool,
+    /// How many HTTP wake tokens it has.
+    pub tokens: usize,
+    /// Its MACs and what a wake for each would do now; empty when it has no
+    /// NIC or they could not be read (then `unreadable` says why).
+    pub macs: Vec<MacView>,
+    /// Why its MACs are unknown.
+    pub unreadable: Option<String>,
+}
+
+/// One MAC of a domain and what a wake for it would do now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MacView {
+    /// The MAC.
+    pub mac: String,
+    /// `start`, `restore`, `resume`, `pm-wakeup`, or `none`: the journal's
+    /// `ACTION` words.
+    pub action: &'static str,
+    /// The whole answer in `list`'s words (why `none`).
+    pub on_wake: String,
+}
+
+/// The view of one entry.
+pub fn view(hosts: &[Host], entry: &Entry, entries: &[Entry], policy: &Policy) -> DomainView {
+    let (macs, unreadable) = match &entry.info.macs {
+        Ok(macs) => (
+            macs.iter()
+                .map(|mac| {
+                    let effect = on_wake(entry, *mac, entries, policy);
+                    MacView {
+                        mac: mac.to_string(),
+                        action: match effect {
+                            Effect::Act(verb) => report::action_word(verb),
+                            _ => "none",
+                        },
+                        on_wake: report::effect_words(&effect),
+                    }
+                })
+                .collect(),
+            None,
+        ),
+        Err(reason) => (Vec::new(), Some(reason.to_string())),
+    };
+    DomainView {
+        domain: entry.info.domain.name.clone(),
+        uuid: entry.info.domain.uuid.to_string(),
+        host: hosts[entry.host].uri().to_string(),
+        state: entry.info.state.map(|s| s.as_str()),
+        managed_save: entry.info.managed_save,
+        opt_in: entry.info.domain.wake_opt_in,
+        tokens: entry.info.tokens,
+        macs,
+        unreadable,
+    }
+}
+
+/// `list --json`: an array of [`DomainView`]s, pretty-printed.
+pub fn json(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
+    let views: Vec<DomainView> = entries
+        .iter()
+        .map(|entry| view(hosts, entry, entries, policy))
+        .collect();
+    // Plain data of strings, numbers and booleans: serialising cannot fail.
+    serde_json::to_string_pretty(&views).unwrap_or_else(|_| "[]".into())
+}
+
+/// `list`'s table.
+pub fn table(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
     let several = hosts.len() > 1;
     let mut rows = vec![[
         "URI".to_owned(),
@@ -80,7 +165,7 @@ pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
         "MAC".to_owned(),
         "ON A MAGIC PACKET".to_owned(),
     ]];
-    for entry in &entries {
+    for entry in entries {
         let uri = hosts[entry.host].uri().to_string();
         let state = entry.info.state.map_or("?", |s| s.as_str()).to_owned();
         let row = |mac: String, effect: String| {
@@ -97,7 +182,7 @@ pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
             Ok(macs) if macs.is_empty() => rows.push(row("-".into(), report::NO_NIC_WORDS.into())),
             Ok(macs) => {
                 for mac in macs {
-                    let effect = on_wake(entry, *mac, &entries, policy);
+                    let effect = on_wake(entry, *mac, entries, policy);
                     rows.push(row(mac.to_string(), report::effect_words(&effect)));
                 }
             }
@@ -120,7 +205,7 @@ pub fn list(hosts: &[Host], policy: &Policy) -> (String, Vec<String>) {
             .collect();
         let _ = writeln!(table, "{}", cells.join("  ").trim_end());
     }
-    (table, problems)
+    table
 }
 
 #[cfg(test)]
@@ -144,6 +229,7 @@ mod tests {
                 macs: Ok(vec![MAC]),
                 state: Some(state),
                 managed_save: false,
+                tokens: 0,
             },
         }
     }

@@ -15,4 +15,5 @@ mod index_cache;
 mod properties;
 mod raw;
 mod standalone;
+mod tokens;
 mod wake_states;

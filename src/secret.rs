@@ -1,0 +1,278 @@
+//! The secrets a domain's owner gives the gateway: HTTP wake tokens and
+//! SecureOn passwords. Only their SHA-256 hashes are stored (in the
+//! domain's `<metadata>`, see [`crate::domain_xml::WakeMeta`]); a clear token exists
+//! once, when `token add` prints it. Nothing here is ever logged.
+
+use std::fmt;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Random bytes in a token: 256 bits, far beyond guessing.
+const TOKEN_BYTES: usize = 32;
+/// Hex digits of a hash shown by `token list` and taken by `token revoke`.
+pub const PREFIX_LEN: usize = 8;
+
+/// A SHA-256 hash of a secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Hash {
+        Hash(Sha256::digest(bytes).into())
+    }
+
+    /// Equality in constant time: how long it takes tells nothing about
+    /// how many leading bytes matched.
+    pub fn matches(&self, other: &Hash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// The first [`PREFIX_LEN`] hex digits: enough to tell a domain's
+    /// tokens apart, useless for finding the token.
+    pub fn prefix(&self) -> String {
+        let mut hex = self.to_string();
+        hex.truncate(PREFIX_LEN);
+        hex
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<Hash> {
+        let text = text.trim();
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Hash(bytes))
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Hash {
+    // A hash of a 48-bit SecureOn password can be brute-forced: keep it out
+    // of debug output too.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({}…)", self.prefix())
+    }
+}
+
+/// A new token, shown to the user once; its [`Hash`] is what is stored.
+pub struct Token(String);
+
+impl Token {
+    /// A new random token: 32 bytes from the OS, URL-safe base64 (43
+    /// characters, usable in `?token=` without escaping).
+    pub fn generate() -> Result<Token, getrandom::Error> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        getrandom::fill(&mut bytes)?;
+        Ok(Token(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        ))
+    }
+
+    /// The token's text, to print once.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    /// What is stored.
+    pub fn hash(&self) -> Hash {
+        token_hash(&self.0)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// The stored hash of a presented token.
+pub fn token_hash(presented: &str) -> Hash {
+    Hash::of(presented.as_bytes())
+}
+
+/// A SecureOn password: the 4 or 6 bytes a sender appends to the magic
+/// packet.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecureOn(Vec<u8>);
+
+impl SecureOn {
+    /// A password from the bytes after a magic packet, if there are 4 or 6.
+    pub fn from_bytes(bytes: &[u8]) -> Option<SecureOn> {
+        matches!(bytes.len(), 4 | 6).then(|| SecureOn(bytes.to_vec()))
+    }
+
+    /// A salted hash of this password, with a new random salt.
+    pub fn seal(&self) -> Result<Sealed, getrandom::Error> {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt)?;
+        Ok(Sealed {
+            salt,
+            hash: salted(&salt, &self.0),
+        })
+    }
+}
+
+impl fmt::Debug for SecureOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecureOn({} bytes)", self.0.len())
+    }
+}
+
+impl std::str::FromStr for SecureOn {
+    type Err = String;
+
+    /// `01:02:03:04:05:06` or `01:02:03:04` (also with `-`), as etherwake's
+    /// `-p` takes it; a 4-byte one may also be written `192.168.1.1`.
+    fn from_str(s: &str) -> Result<SecureOn, String> {
+        let bad = || {
+            "a SecureOn password is 4 or 6 bytes: six hex pairs such as \
+             01:02:03:04:05:06, or four (01:02:03:04 or 1.2.3.4)"
+                .to_owned()
+        };
+        let bytes: Option<Vec<u8>> = if s.contains('.') {
+            s.split('.').map(|part| part.parse::<u8>().ok()).collect()
+        } else {
+            s.split([':', '-'])
+                .map(|part| {
+                    (part.len() == 2)
+                        .then(|| u8::from_str_radix(part, 16).ok())
+                        .flatten()
+                })
+                .collect()
+        };
+        bytes.and_then(|b| SecureOn::from_bytes(&b)).ok_or_else(bad)
+    }
+}
+
+/// A stored SecureOn password: a random salt and SHA-256(salt ‖ password).
+/// The salt keeps equal passwords on two domains from looking equal; a
+/// 48-bit password stays brute-forceable from its hash (README).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Random per password.
+    pub salt: [u8; 16],
+    /// SHA-256 of the salt followed by the password.
+    pub hash: Hash,
+}
+
+impl Sealed {
+    /// True if `password` is the sealed one (compared in constant time).
+    pub fn opens(&self, password: &SecureOn) -> bool {
+        self.hash.matches(&salted(&self.salt, &password.0))
+    }
+
+    /// The salt as 32 hex digits.
+    pub fn salt_hex(&self) -> String {
+        self.salt.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses what [`Sealed::salt_hex`] and the hash's hex wrote.
+    pub fn from_hex(salt: &str, hash: &str) -> Option<Sealed> {
+        let salt = salt.trim();
+        if salt.len() != 32 || !salt.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&salt[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Sealed {
+            salt: bytes,
+            hash: Hash::from_hex(hash)?,
+        })
+    }
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealed(…)")
+    }
+}
+
+fn salted(salt: &[u8], password: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password);
+    Hash(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_long_url_safe_and_new_each_time() {
+        let a = Token::generate().expect("random");
+        let b = Token::generate().expect("random");
+        assert_eq!(a.reveal().len(), 43);
+        assert!(
+            a.reveal()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+            "{}",
+            a.reveal()
+        );
+        assert_ne!(a.reveal(), b.reveal());
+        assert!(a.hash().matches(&token_hash(a.reveal())));
+        assert!(!a.hash().matches(&token_hash(b.reveal())));
+        assert_eq!(format!("{a:?}"), "Token(…)");
+    }
+
+    #[test]
+    fn hashes_are_sha256_and_round_trip_as_hex() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        let abc = Hash::of(b"abc");
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(abc.to_string(), hex);
+        assert_eq!(abc.prefix(), "ba7816bf");
+        assert_eq!(Hash::from_hex(hex), Some(abc));
+        assert_eq!(Hash::from_hex(&hex[1..]), None);
+        assert_eq!(Hash::from_hex(&hex.replace('b', "g")), None);
+        assert!(!format!("{abc:?}").contains(hex));
+    }
+
+    #[test]
+    fn secureon_passwords_parse_in_the_usual_forms() {
+        let six: SecureOn = "01:02:03:04:05:0a".parse().expect("six");
+        assert_eq!(six, SecureOn(vec![1, 2, 3, 4, 5, 10]));
+        assert_eq!("01-02-03-04-05-0A".parse::<SecureOn>(), Ok(six));
+        let four = SecureOn(vec![192, 168, 1, 1]);
+        assert_eq!("192.168.1.1".parse::<SecureOn>(), Ok(four.clone()));
+        assert_eq!("c0:a8:01:01".parse::<SecureOn>(), Ok(four));
+        for bad in [
+            "",
+            "01:02:03",
+            "01:02:03:04:05",
+            "1:2:3:4",
+            "zz:02:03:04",
+            "1.2.3.256",
+        ] {
+            assert!(bad.parse::<SecureOn>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_password_opens_only_for_itself_and_salts_differ() {
+        let password: SecureOn = "01:02:03:04:05:06".parse().expect("password");
+        let sealed = password.seal().expect("random");
+        assert!(sealed.opens(&password));
+        assert!(!sealed.opens(&"01:02:03:04:05:07".parse().expect("other")));
+        assert!(!sealed.opens(&"01:02:03:04".parse().expect("short")));
+        let again = password.seal().expect("random");
+        assert_ne!(sealed.hash, again.hash, "the same password, another salt");
+        let stored = Sealed::from_hex(&sealed.salt_hex(), &sealed.hash.to_string());
+        assert_eq!(stored, Some(sealed));
+    }
+}
