@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::packet::Mac;
+use crate::packet::{Mac, Magic, Password};
 use crate::sockets::Source;
 
 /// The book's settings.
@@ -78,8 +78,8 @@ pub enum Offer {
 /// A request, as the book hands it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The MAC asked for.
-    pub mac: Mac,
+    /// What the packet asked for: the MAC (and a SecureOn password).
+    pub magic: Magic,
     /// The first packet's sender.
     pub source: Source,
     /// Packets that joined it.
@@ -143,13 +143,13 @@ pub struct Resumed {
 #[derive(Debug)]
 pub struct Book {
     rules: Rules,
-    entries: HashMap<Mac, Entry>,
+    entries: HashMap<Magic, Entry>,
     /// Waiting requests by (due, arrival): the next one due is the first.
-    queue: BTreeSet<(Instant, u64, Mac)>,
+    queue: BTreeSet<(Instant, u64, Magic)>,
     seq: u64,
     in_flight: usize,
     parked: usize,
-    recent: HashMap<Mac, Recent>,
+    recent: HashMap<Magic, Recent>,
     last_prune: Option<Instant>,
     outage: Option<Outage>,
 }
@@ -170,8 +170,8 @@ impl Book {
         }
     }
 
-    /// A packet for `mac` from `source` arrived at `now`.
-    pub fn offer(&mut self, mac: Mac, source: Source, now: Instant) -> Offer {
+    /// A packet asking for `mac` from `source` arrived at `now`.
+    pub fn offer(&mut self, mac: Magic, source: Source, now: Instant) -> Offer {
         if let Some(entry) = self.entries.get_mut(&mac) {
             entry.request.repeats = entry.request.repeats.saturating_add(1);
             return Offer::Repeat;
@@ -199,7 +199,7 @@ impl Book {
             mac,
             Entry {
                 request: Request {
-                    mac,
+                    magic: mac,
                     source,
                     repeats: 0,
                     parked: false,
@@ -219,7 +219,7 @@ impl Book {
     }
 
     /// The MACs of the requests due at `now`, in order, left waiting.
-    pub fn due(&self, now: Instant) -> impl Iterator<Item = Mac> + '_ {
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = Magic> + '_ {
         self.queue
             .iter()
             .take_while(move |&&(due, _, _)| due <= now)
@@ -227,7 +227,7 @@ impl Book {
     }
 
     /// Takes the waiting request for `mac`, now counted as being handled.
-    pub fn take(&mut self, mac: Mac) -> Option<Request> {
+    pub fn take(&mut self, mac: Magic) -> Option<Request> {
         let entry = self.entries.get_mut(&mac)?;
         let Stage::Waiting {
             key: (due, seq),
@@ -253,14 +253,21 @@ impl Book {
     /// When the first request due after `now` is, if any.
     pub fn next_due_after(&self, now: Instant) -> Option<Instant> {
         use std::ops::Bound::{Excluded, Unbounded};
-        let after = (now, u64::MAX, Mac([0xff; 6]));
+        let after = (
+            now,
+            u64::MAX,
+            Magic {
+                mac: Mac([0xff; 6]),
+                password: Password::new(&[0xff; 6]),
+            },
+        );
         self.queue
             .range((Excluded(after), Unbounded))
             .next()
             .map(|&(due, _, _)| due)
     }
 
-    fn take_in_flight(&mut self, mac: Mac) -> Option<Entry> {
+    fn take_in_flight(&mut self, mac: Magic) -> Option<Entry> {
         match self.entries.get(&mac)?.stage {
             Stage::InFlight => {}
             Stage::Waiting { .. } => return None,
@@ -271,7 +278,7 @@ impl Book {
 
     /// The request for `mac` was decided at `now`; `brought_up` says whether
     /// its domain is up now (see the module rules). Returns the request.
-    pub fn settle(&mut self, mac: Mac, brought_up: bool, now: Instant) -> Option<Request> {
+    pub fn settle(&mut self, mac: Magic, brought_up: bool, now: Instant) -> Option<Request> {
         let entry = self.take_in_flight(mac)?;
         if entry.request.parked {
             // A request that waited for libvirt was decided: the host it
@@ -286,7 +293,7 @@ impl Book {
     /// The request for `mac` could not be decided: libvirt is unreachable
     /// or silent. It waits for the next retry (with backoff, shared by all
     /// parked requests), or until [`Book::hosts_back`].
-    pub fn park(&mut self, mac: Mac, now: Instant) -> Option<Parked> {
+    pub fn park(&mut self, mac: Magic, now: Instant) -> Option<Parked> {
         let rules = &self.rules;
         let began = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
@@ -331,8 +338,8 @@ impl Book {
             } = entry.stage
             {
                 if due > now {
-                    self.queue.remove(&(due, seq, entry.request.mac));
-                    self.queue.insert((now, seq, entry.request.mac));
+                    self.queue.remove(&(due, seq, entry.request.magic));
+                    self.queue.insert((now, seq, entry.request.magic));
                     entry.stage = Stage::Waiting {
                         key: (now, seq),
                         parked: true,
@@ -348,7 +355,7 @@ impl Book {
         })
     }
 
-    fn remember(&mut self, mac: Mac, brought_up: bool, now: Instant) {
+    fn remember(&mut self, mac: Magic, brought_up: bool, now: Instant) {
         let keep = self.rules.dedupe_window.max(self.rules.retry_spacing);
         // Pruning walks the whole map: at most once a second, or a flood of
         // distinct MACs would pay a full walk per request.
@@ -401,7 +408,7 @@ impl Book {
             .values()
             .map(|e| {
                 let in_flight = matches!(e.stage, Stage::InFlight);
-                (e.seq, e.request.mac, in_flight)
+                (e.seq, e.request.magic.mac, in_flight)
             })
             .collect();
         all.sort_unstable_by_key(|(seq, _, _)| *seq);
@@ -414,8 +421,8 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
-    fn mac(last: u8) -> Mac {
-        Mac([0x52, 0x54, 0, 0, 0, last])
+    fn mac(last: u8) -> Magic {
+        Magic::from(Mac([0x52, 0x54, 0, 0, 0, last]))
     }
 
     fn source() -> Source {
@@ -470,7 +477,7 @@ mod tests {
             }
         );
         assert_eq!(book.offer(mac(1), source(), secs(t0, 11.0)), Offer::Queued);
-        assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.mac), Some(mac(1)));
+        assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.magic), Some(mac(1)));
     }
 
     #[test]
@@ -483,7 +490,7 @@ mod tests {
         assert_eq!(book.offer(mac(1), source(), secs(t0, 0.8)), Offer::Queued);
         assert_eq!(book.next_due(secs(t0, 1.4)), None);
         assert_eq!(book.next_due_at(), Some(secs(t0, 1.5)));
-        assert_eq!(book.next_due(secs(t0, 1.5)).map(|r| r.mac), Some(mac(1)));
+        assert_eq!(book.next_due(secs(t0, 1.5)).map(|r| r.magic), Some(mac(1)));
         book.settle(mac(1), false, secs(t0, 1.6));
         // Fixed and retried by the user 5 s later: due at once.
         assert_eq!(book.offer(mac(1), source(), secs(t0, 6.6)), Offer::Queued);
@@ -497,12 +504,13 @@ mod tests {
             book.offer(mac(i), source(), secs(t0, f64::from(i) * 0.001));
         }
         let now = secs(t0, 1.0);
-        let order: Vec<Mac> = std::iter::from_fn(|| book.next_due(now).map(|r| r.mac)).collect();
+        let order: Vec<Magic> =
+            std::iter::from_fn(|| book.next_due(now).map(|r| r.magic)).collect();
         assert_eq!(order, [mac(1), mac(2), mac(3)]);
         assert_eq!(book.in_flight(), 3);
         assert_eq!(
             book.undecided(),
-            [(mac(1), true), (mac(2), true), (mac(3), true)]
+            [(mac(1).mac, true), (mac(2).mac, true), (mac(3).mac, true)]
         );
     }
 
@@ -534,7 +542,7 @@ mod tests {
         // A new MAC during the outage is tried at once (it may be on a host
         // that answers), and parked with the others if not.
         assert_eq!(book.offer(mac(2), source(), secs(t0, 0.1)), Offer::Queued);
-        assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.mac), Some(mac(2)));
+        assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.magic), Some(mac(2)));
         assert_eq!(
             book.park(mac(2), secs(t0, 0.2)),
             Some(Parked {
@@ -544,8 +552,8 @@ mod tests {
         );
         assert_eq!(book.next_due(secs(t0, 0.4)), None);
         let retry = secs(t0, 0.5);
-        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(1)));
-        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(2)));
+        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(1)));
+        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(2)));
         // Both fail again: one round, the delay doubles once.
         assert_eq!(
             book.park(mac(1), retry).map(|p| p.retry_at),
@@ -584,7 +592,7 @@ mod tests {
         book.next_due(retry);
         book.settle(mac(1), true, retry);
         assert_eq!(book.hosts_back(retry), None, "the outage is over");
-        assert_eq!(book.next_due(retry).map(|r| r.mac), Some(mac(2)));
+        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(2)));
         // A later outage starts its backoff afresh.
         let later = secs(t0, 30.0);
         assert_eq!(
@@ -594,11 +602,38 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_secureon_password_first_never_makes_the_right_one_a_duplicate() {
+        let (mut book, t0) = book();
+        let with = |password: &[u8]| Magic {
+            password: Password::new(password),
+            ..mac(1)
+        };
+        let (wrong, right) = (with(&[9, 9, 9, 9]), with(&[1, 2, 3, 4]));
+        assert_eq!(book.offer(wrong, source(), t0), Offer::Queued);
+        // Same burst: its own request, not a repeat of the wrong one.
+        assert_eq!(book.offer(right, source(), t0), Offer::Queued);
+        assert_eq!(book.offer(right, source(), t0), Offer::Repeat);
+        let first = book.next_due(t0).expect("due");
+        let second = book.next_due(t0).expect("due");
+        assert_eq!((first.magic, second.magic), (wrong, right));
+        // The wrong one is refused, the right one wakes the domain; a later
+        // wrong one is asked again (and refused again), a later right one is
+        // a duplicate.
+        book.settle(wrong, false, secs(t0, 0.1));
+        book.settle(right, true, secs(t0, 0.1));
+        assert!(matches!(
+            book.offer(right, source(), secs(t0, 2.0)),
+            Offer::Duplicate { .. }
+        ));
+        assert_eq!(book.offer(wrong, source(), secs(t0, 2.0)), Offer::Queued);
+    }
+
+    #[test]
     fn a_flood_of_distinct_macs_keeps_memory_bounded() {
         let (mut book, t0) = book();
         book.rules.max_recent = 100;
         for i in 0..1_000u32 {
-            let m = Mac([0x52, 0x54, 0, 0, (i >> 8) as u8, i as u8]);
+            let m = Magic::from(Mac([0x52, 0x54, 0, 0, (i >> 8) as u8, i as u8]));
             let now = t0 + Duration::from_millis(u64::from(i));
             book.offer(m, source(), now);
             book.next_due(now);

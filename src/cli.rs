@@ -114,6 +114,29 @@ pub enum Command {
     /// domain's own libvirt metadata).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Set or clear a domain's SecureOn password: magic packets for it must
+    /// then carry the password (stored salted and hashed in its metadata).
+    #[command(subcommand)]
+    Secureon(SecureonCommand),
+}
+
+/// `secureon` commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SecureonCommand {
+    /// Require PASSWORD (4 or 6 bytes: 01:02:03:04:05:06, or 1.2.3.4) in
+    /// every magic packet for DOMAIN.
+    Set {
+        /// The domain's name.
+        domain: String,
+        /// The password, as etherwake -p takes it.
+        #[arg(value_name = "PASSWORD")]
+        password: crate::packet::Password,
+    },
+    /// Take DOMAIN's password away: any magic packet wakes it again.
+    Clear {
+        /// The domain's name.
+        domain: String,
+    },
 }
 
 /// `token` commands.

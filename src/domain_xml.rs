@@ -7,7 +7,7 @@
 //! never mistaken for a NIC.
 
 use crate::packet::Mac;
-use crate::secret::Hash;
+use crate::secret::{Hash, Sealed};
 
 /// Why a domain's XML yielded no trustworthy list of MACs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,7 @@ pub struct DomainNics {
 /// ```xml
 /// <wol:wake xmlns:wol="https://wol-libvirt-gateway/xmlns/1" opt-in="no">
 ///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
+///   <secureon salt="…" sha256="…"/>   <!-- `secureon set` -->
 /// </wol:wake>
 /// ```
 ///
@@ -72,6 +73,8 @@ pub struct WakeMeta {
     pub present: bool,
     /// SHA-256 hashes of the domain's HTTP wake tokens.
     pub tokens: Vec<Hash>,
+    /// Its SecureOn password, sealed: magic packets without it are refused.
+    pub secureon: Option<Sealed>,
 }
 
 impl WakeMeta {
@@ -79,20 +82,27 @@ impl WakeMeta {
     /// [`METADATA_NAMESPACE`] and [`METADATA_KEY`]; `None` (remove the
     /// element) when nothing is left and the domain had not opted in.
     pub fn render(&self) -> Option<String> {
-        if !self.opt_in && self.tokens.is_empty() {
+        if !self.opt_in && self.tokens.is_empty() && self.secureon.is_none() {
             return None;
         }
         let mut xml = String::from("<wake");
         if !self.opt_in {
             xml.push_str(" opt-in=\"no\"");
         }
-        if self.tokens.is_empty() {
+        if self.tokens.is_empty() && self.secureon.is_none() {
             xml.push_str("/>");
             return Some(xml);
         }
         xml.push('>');
         for token in &self.tokens {
             xml.push_str(&format!("<token sha256=\"{token}\"/>"));
+        }
+        if let Some(sealed) = &self.secureon {
+            xml.push_str(&format!(
+                "<secureon salt=\"{}\" sha256=\"{}\"/>",
+                sealed.salt_hex(),
+                sealed.hash
+            ));
         }
         xml.push_str("</wake>");
         Some(xml)
@@ -153,6 +163,15 @@ fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
         tokens: children(wake, "token")
             .filter_map(|token| token.attribute("sha256").and_then(Hash::from_hex))
             .collect(),
+        secureon: children(wake, "secureon").next().map(|element| {
+            Sealed::from_hex(
+                element.attribute("salt").unwrap_or_default(),
+                element.attribute("sha256").unwrap_or_default(),
+            )
+            // A malformed one still refuses every packet: a password was
+            // meant to be needed, and no packet can have the right one.
+            .unwrap_or(Sealed::UNOPENABLE)
+        }),
     }
 }
 
@@ -315,6 +334,7 @@ mod tests {
             opt_in: false,
             present: true,
             tokens: vec![a, b],
+            secureon: Some(Sealed::seal(&"01:02:03:04".parse().unwrap()).unwrap()),
         };
         // libvirt puts the namespace on the element, as --key wol does.
         let element = meta
@@ -331,6 +351,14 @@ mod tests {
         // A malformed hash is skipped, not an error.
         let odd = xml.replace(&a.to_string(), "not-a-hash");
         assert_eq!(read(&odd).unwrap().meta.tokens, vec![b]);
+        // A malformed SecureOn element refuses every password.
+        let broken = xml.replace("salt=\"", "salt=\"zz");
+        let sealed = read(&broken)
+            .unwrap()
+            .meta
+            .secureon
+            .expect("still required");
+        assert!(!sealed.opens(&"01:02:03:04".parse().unwrap()));
     }
 
     #[test]

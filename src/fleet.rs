@@ -19,7 +19,7 @@ use crate::host::{Acted, Health, Host, HostError, Lookup, Route};
 use crate::hypervisor::Action;
 use crate::hypervisor::HvError;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
-use crate::packet::Mac;
+use crate::packet::{Mac, Magic};
 use crate::plan::{Candidate, Plan, plan};
 
 /// How long to wait for hosts.
@@ -159,9 +159,10 @@ impl Fleet {
         route
     }
 
-    /// Finds the domain owning `mac` on the hosts and brings it up. Blocks
-    /// (on a worker thread) until decided, or until it must wait.
-    pub fn wake(&self, mac: Mac) -> Conclusion {
+    /// Finds the domain owning the packet's MAC on the hosts and brings it
+    /// up. Blocks (on a worker thread) until decided, or until it must wait.
+    pub fn wake(&self, magic: impl Into<Magic>) -> Conclusion {
+        let magic = magic.into();
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
         let mut answers: Vec<Option<Answer>> = vec![None; self.hosts.len()];
@@ -175,7 +176,7 @@ impl Fleet {
             let spawned = std::thread::Builder::new()
                 .name("wol-lookup".into())
                 .spawn(move || {
-                    let answer = catch_unwind(AssertUnwindSafe(|| host.lookup(mac)))
+                    let answer = catch_unwind(AssertUnwindSafe(|| host.lookup(magic)))
                         .unwrap_or_else(|_| {
                             Err(HostError::Failed(HvError::other(
                                 "internal error (a panic)",

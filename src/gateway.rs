@@ -25,7 +25,7 @@ use crate::host::{Health, HostEvent, Route};
 use crate::hypervisor::HvError;
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Outcome, WaitFor};
-use crate::packet::{self, Mac};
+use crate::packet::{self, Magic};
 use crate::report::{Reporter, Stats, StatusView};
 use crate::sockets::{self, Listener};
 
@@ -122,7 +122,7 @@ impl Shutdown {
 /// What workers and hosts tell the loop.
 enum Message {
     /// A request ended (decided, or waiting for libvirt).
-    Concluded(Mac, Conclusion),
+    Concluded(Magic, Conclusion),
     /// Something changed on a host.
     Host(HostEvent),
 }
@@ -163,7 +163,7 @@ pub struct Gateway {
     /// The request whose worker refreshes an index for an unknown MAC; other
     /// unknown MACs wait for it in the book, not in worker slots (a listing
     /// can take as long as another domain's start).
-    refresher: Option<Mac>,
+    refresher: Option<Magic>,
     listener_lost: bool,
     last_wait: Option<WaitFor>,
     status_changed: bool,
@@ -285,7 +285,7 @@ impl Gateway {
         }
     }
 
-    fn decided(&mut self, mac: Mac, decision: &Decision, now: Instant) {
+    fn decided(&mut self, mac: Magic, decision: &Decision, now: Instant) {
         let Some(request) = self.book.settle(mac, decision.outcome.brings_up(), now) else {
             return;
         };
@@ -300,11 +300,11 @@ impl Gateway {
     /// wait for something (a slot, a refresh): `poll` need not wake for them.
     fn dispatch(&mut self, now: Instant) -> bool {
         let wall = SystemTime::now();
-        let due: Vec<Mac> = self.book.due(now).take(LOOK_AHEAD).collect();
+        let due: Vec<Magic> = self.book.due(now).take(LOOK_AHEAD).collect();
         let (mut left, mut went, looked) = (false, false, due.len());
         for mac in due {
             self.status_changed = true;
-            match self.fleet.route(mac, now, wall) {
+            match self.fleet.route(mac.mac, now, wall) {
                 Route::Lacks => {
                     went = true;
                     self.book.take(mac);
@@ -342,7 +342,7 @@ impl Gateway {
         left && !(went && looked == LOOK_AHEAD)
     }
 
-    fn spawn_worker(&mut self, mac: Mac, now: Instant) {
+    fn spawn_worker(&mut self, mac: Magic, now: Instant) {
         let (fleet, mailbox) = (Arc::clone(&self.fleet), self.mailbox.clone());
         let spawned = std::thread::Builder::new()
             .name("wol-wake".into())
@@ -362,7 +362,7 @@ impl Gateway {
                 mailbox.send(Message::Concluded(mac, conclusion));
             });
         if let Err(e) = spawned {
-            self.reporter.no_worker(mac, &e, now);
+            self.reporter.no_worker(mac.mac, &e, now);
             self.book.park(mac, now);
         }
     }
@@ -477,30 +477,26 @@ impl Gateway {
             config,
             ..
         } = self;
-        let drained =
-            sockets::drain(
-                listeners,
-                buf,
-                MAX_DRAIN_BATCH,
-                |payload, source| match packet::parse(payload) {
-                    Ok(mac) => match book.offer(mac, source.clone(), now) {
-                        Offer::Queued => {}
-                        Offer::Repeat => stats.duplicates += 1,
-                        Offer::Duplicate { ago, first } => {
-                            stats.duplicates += 1;
-                            reporter.duplicate(mac, &source, ago, first, now);
-                        }
-                        Offer::Dropped => {
-                            stats.dropped += 1;
-                            reporter.dropped(mac, &source, config.rules.max_pending, now);
-                        }
-                    },
-                    Err(reason) => {
-                        stats.rejected += 1;
-                        reporter.rejected(&source, payload.len(), &reason, now);
+        let drained = sockets::drain(listeners, buf, MAX_DRAIN_BATCH, |payload, source| {
+            match packet::parse_with_password(payload) {
+                Ok(magic) => match book.offer(magic, source.clone(), now) {
+                    Offer::Queued => {}
+                    Offer::Repeat => stats.duplicates += 1,
+                    Offer::Duplicate { ago, first } => {
+                        stats.duplicates += 1;
+                        reporter.duplicate(magic.mac, &source, ago, first, now);
+                    }
+                    Offer::Dropped => {
+                        stats.dropped += 1;
+                        reporter.dropped(magic.mac, &source, config.rules.max_pending, now);
                     }
                 },
-            );
+                Err(reason) => {
+                    stats.rejected += 1;
+                    reporter.rejected(&source, payload.len(), &reason, now);
+                }
+            }
+        });
         if drained.lost.is_some() {
             self.listener_lost = true;
         }

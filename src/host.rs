@@ -24,9 +24,9 @@ use crate::index::file::IndexFile;
 use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
 use crate::lock;
 use crate::outcome::Verb;
-use crate::packet::Mac;
+use crate::packet::{Mac, Magic};
 use crate::plan::{Candidate, action_for};
-use crate::policy::{DomainRef, Policy, Refusal};
+use crate::policy::{self, DomainRef, Policy, Refusal};
 use crate::report;
 
 /// Why a host could not answer.
@@ -82,6 +82,8 @@ pub struct DomainInfo {
     pub managed_save: bool,
     /// How many HTTP wake tokens its `<metadata>` holds.
     pub tokens: usize,
+    /// It set a SecureOn password.
+    pub secureon: bool,
 }
 
 /// Whether a host answers.
@@ -561,11 +563,12 @@ impl Host {
     ///
     /// A connection that died since the last request (libvirtd restarted)
     /// gets one immediate reconnect before the host counts as unreachable.
-    pub fn lookup(&self, mac: Mac) -> Result<Lookup, HostError> {
-        let result = match self.lookup_once(mac) {
+    pub fn lookup(&self, magic: impl Into<Magic>) -> Result<Lookup, HostError> {
+        let magic = magic.into();
+        let result = match self.lookup_once(magic) {
             Err(Failure::Died(e)) => {
                 debug!("connection to {} lost ({e}); reconnecting", self.uri);
-                self.lookup_once(mac)
+                self.lookup_once(magic)
             }
             other => other,
         };
@@ -582,7 +585,8 @@ impl Host {
         }
     }
 
-    fn lookup_once(&self, mac: Mac) -> Result<Lookup, Failure> {
+    fn lookup_once(&self, magic: Magic) -> Result<Lookup, Failure> {
+        let mac = magic.mac;
         let hv = self.connection().map_err(Failure::Connect)?;
         let epoch = self.actions_done.load(Ordering::SeqCst);
         let owners = self.owners(&hv, mac).map_err(|e| self.failure(&hv, e))?;
@@ -593,7 +597,12 @@ impl Host {
                 uuid: owner.record.uuid,
                 wake_opt_in: owner.record.meta.opt_in,
             };
-            if let Err(reason) = self.policy.check(&domain, mac) {
+            let secureon = owner.record.meta.secureon.as_ref();
+            let allowed = self
+                .policy
+                .check(&domain, mac)
+                .and_then(|()| policy::check_secureon(secureon, magic.password.as_ref()));
+            if let Err(reason) = allowed {
                 lookup.refused.push((domain.name, reason));
                 continue;
             }
@@ -926,6 +935,7 @@ impl Host {
                 let managed_save = state == Some(DomainState::ShutOff)
                     && hv.has_managed_save(record.uuid).unwrap_or(false);
                 let tokens = record.meta.tokens.len();
+                let secureon = record.meta.secureon.is_some();
                 DomainInfo {
                     domain: DomainRef {
                         name: record.name,
@@ -936,6 +946,7 @@ impl Host {
                     state,
                     managed_save,
                     tokens,
+                    secureon,
                 }
             })
             .collect())

@@ -41,6 +41,7 @@ pub mod ratelimit;
 pub mod raw;
 pub mod report;
 pub mod secret;
+pub mod secureon;
 pub mod sockets;
 pub mod token;
 
@@ -52,7 +53,7 @@ use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
 use crate::book::Rules;
-use crate::cli::{Args, Command, TokenCommand};
+use crate::cli::{Args, Command, SecureonCommand, TokenCommand};
 use crate::fleet::{Fleet, Timing};
 use crate::gateway::{Config, Gateway, Shutdown};
 use crate::host::Host;
@@ -122,6 +123,10 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
         Some(Command::Token(command)) => {
             logging::init();
             return token(&args, command);
+        }
+        Some(Command::Secureon(command)) => {
+            logging::init();
+            return secureon(&args, command);
         }
         None => {}
     }
@@ -250,16 +255,9 @@ fn list(args: &Args, json: bool) -> i32 {
 /// libvirt cannot be reached or refused, or the domain is not found; 2 for
 /// a prefix that matches no or several tokens.
 fn token(args: &Args, command: &TokenCommand) -> i32 {
-    let mut hosts = Vec::new();
-    for uri in &args.libvirt_uri {
-        match Libvirt::open(uri) {
-            Ok(hv) => hosts.push((uri.as_str(), hv)),
-            Err(e) => {
-                error!("cannot reach libvirt at {uri}: {e}");
-                return 1;
-            }
-        }
-    }
+    let Some(hosts) = open_all(args) else {
+        return 1;
+    };
     let domain = match command {
         TokenCommand::List => return token_list(&hosts),
         TokenCommand::Add { domain } | TokenCommand::Revoke { domain, .. } => domain,
@@ -299,6 +297,57 @@ fn token(args: &Args, command: &TokenCommand) -> i32 {
             }
         }
     }
+}
+
+/// `secureon set | clear`: what changed on stderr; status 1 when libvirt
+/// cannot be reached or refused, or the domain is not found.
+fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
+    let Some(hosts) = open_all(args) else {
+        return 1;
+    };
+    let (SecureonCommand::Set { domain, .. } | SecureonCommand::Clear { domain }) = command;
+    let (uri, hv) = match host_of(domain, &hosts) {
+        Ok(found) => found,
+        Err(message) => {
+            error!("{message}");
+            return 1;
+        }
+    };
+    let outcome = match command {
+        SecureonCommand::Set { password, .. } => secureon::set(hv, domain, password).map(|()| {
+            eprintln!("{domain}: magic packets must now carry its SecureOn password");
+        }),
+        SecureonCommand::Clear { .. } => secureon::clear(hv, domain).map(|had| {
+            if had {
+                eprintln!("{domain}: SecureOn password cleared; any magic packet wakes it");
+            } else {
+                eprintln!("{domain}: had no SecureOn password");
+            }
+        }),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{uri}: {e}");
+            1
+        }
+    }
+}
+
+/// A connection to every `--libvirt-uri`, or `None` after saying which one
+/// cannot be reached.
+fn open_all(args: &Args) -> Option<Vec<(&str, Libvirt)>> {
+    let mut hosts = Vec::new();
+    for uri in &args.libvirt_uri {
+        match Libvirt::open(uri) {
+            Ok(hv) => hosts.push((uri.as_str(), hv)),
+            Err(e) => {
+                error!("cannot reach libvirt at {uri}: {e}");
+                return None;
+            }
+        }
+    }
+    Some(hosts)
 }
 
 /// `token list`: the domains with tokens, on every host.

@@ -92,6 +92,8 @@ pub struct DomainView {
     pub opt_in: bool,
     /// How many HTTP wake tokens it has.
     pub tokens: usize,
+    /// Magic packets for it must carry its SecureOn password.
+    pub secureon: bool,
     /// Its MACs and what a wake for each would do now; empty when it has no
     /// NIC or they could not be read (then `unreadable` says why).
     pub macs: Vec<MacView>,
@@ -140,6 +142,7 @@ pub fn view(hosts: &[Host], entry: &Entry, entries: &[Entry], policy: &Policy) -
         managed_save: entry.info.managed_save,
         opt_in: entry.info.domain.wake_opt_in,
         tokens: entry.info.tokens,
+        secureon: entry.info.secureon,
         macs,
         unreadable,
     }
@@ -230,6 +233,7 @@ mod tests {
                 state: Some(state),
                 managed_save: false,
                 tokens: 0,
+                secureon: false,
             },
         }
     }

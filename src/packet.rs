@@ -5,8 +5,9 @@
 //! pattern sit anywhere in the payload, and real senders add bytes after it (a
 //! 4- or 6-byte SecureOn password, Plan 9's `wol` trailer, old pywakeonlan's
 //! twenty repetitions), so [`parse`] searches the whole datagram and ignores
-//! whatever surrounds the first valid pattern. The SecureOn password is never
-//! read: WOL has no authentication and we do not pretend otherwise.
+//! whatever surrounds the first valid pattern. A SecureOn password is the 4
+//! or 6 bytes that end the datagram right after the pattern
+//! ([`parse_with_password`]); only domains that set one check it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -149,11 +150,108 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// A SecureOn password as a packet carries it: 4 or 6 bytes. Its bytes are
+/// never shown (Debug says only its length).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Password {
+    len: u8,
+    bytes: [u8; 6],
+}
+
+impl Password {
+    /// The password in `bytes`, if there are 4 or 6.
+    pub fn new(bytes: &[u8]) -> Option<Password> {
+        let len = bytes.len();
+        if len != 4 && len != 6 {
+            return None;
+        }
+        let mut all = [0u8; 6];
+        all[..len].copy_from_slice(bytes);
+        Some(Password {
+            len: len as u8,
+            bytes: all,
+        })
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl FromStr for Password {
+    type Err = String;
+
+    /// `01:02:03:04:05:06` or `01:02:03:04` (also with `-`), as etherwake's
+    /// `-p` takes it; a 4-byte one may also be written `192.168.1.1`.
+    fn from_str(s: &str) -> Result<Password, String> {
+        let bytes: Option<Vec<u8>> = if s.contains('.') {
+            s.split('.').map(|part| part.parse::<u8>().ok()).collect()
+        } else {
+            s.split([':', '-'])
+                .map(|part| {
+                    (part.len() == 2)
+                        .then(|| u8::from_str_radix(part, 16).ok())
+                        .flatten()
+                })
+                .collect()
+        };
+        bytes.and_then(|b| Password::new(&b)).ok_or_else(|| {
+            "a SecureOn password is 4 or 6 bytes: six hex pairs such as 01:02:03:04:05:06, \
+             or four (01:02:03:04 or 192.168.1.1)"
+                .to_owned()
+        })
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Password({} bytes)", self.len)
+    }
+}
+
 /// Finds the first magic packet in `datagram` and returns its MAC address.
 ///
 /// Runs in time linear in the datagram's length and never allocates, so a
 /// flood of junk costs no more than reading it.
 pub fn parse(datagram: &[u8]) -> Result<Mac, Rejection> {
+    parse_with_password(datagram).map(|magic| magic.mac)
+}
+
+/// What a magic packet asks for: a MAC, and a SecureOn password if it
+/// carries one. Requests for the same MAC with different passwords are
+/// different requests: a wrong password sent first must not make the right
+/// one a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Magic {
+    /// The MAC to wake.
+    pub mac: Mac,
+    /// The SecureOn password after the pattern, if any.
+    pub password: Option<Password>,
+}
+
+impl From<Mac> for Magic {
+    fn from(mac: Mac) -> Magic {
+        Magic {
+            mac,
+            password: None,
+        }
+    }
+}
+
+/// [`parse`], and the SecureOn password: exactly 4 or 6 bytes between the
+/// pattern and the end of the datagram (etherwake's `-p`). Any other
+/// trailer (none, Plan 9's, extra repetitions) carries no password.
+pub fn parse_with_password(datagram: &[u8]) -> Result<Magic, Rejection> {
+    let (mac, end) = find(datagram)?;
+    Ok(Magic {
+        mac,
+        password: Password::new(&datagram[end..]),
+    })
+}
+
+/// The first valid pattern's MAC and the offset just after it.
+fn find(datagram: &[u8]) -> Result<(Mac, usize), Rejection> {
     if datagram.len() < MIN_PACKET_LEN {
         return Err(Rejection::TooShort {
             len: datagram.len(),
@@ -179,7 +277,7 @@ pub fn parse(datagram: &[u8]) -> Result<Mac, Rejection> {
         // least six 0xff bytes. That keeps the scan linear.
         if run_len >= SYNC_LEN {
             let rejection = match candidate_at(datagram, after_run) {
-                Ok(mac) => return Ok(mac),
+                Ok(mac) => return Ok((mac, after_run + REPETITIONS * MAC_LEN)),
                 Err(rejection) => rejection,
             };
             if rejection.rank() > best.rank() {
@@ -242,6 +340,57 @@ mod tests {
         let packet = magic_packet(MAC);
         assert_eq!(packet.len(), 102);
         assert_eq!(parse(&packet), Ok(MAC));
+    }
+
+    #[test]
+    fn a_secureon_password_is_the_4_or_6_bytes_that_end_the_datagram() {
+        let with = |trailer: &[u8]| {
+            let mut packet = magic_packet(MAC);
+            packet.extend_from_slice(trailer);
+            parse_with_password(&packet).map(|m| (m.mac, m.password.map(|p| p.as_bytes().to_vec())))
+        };
+        assert_eq!(with(&[]), Ok((MAC, None)));
+        assert_eq!(with(&[1, 2, 3, 4]), Ok((MAC, Some(vec![1, 2, 3, 4]))));
+        assert_eq!(
+            with(&[1, 2, 3, 4, 5, 6]),
+            Ok((MAC, Some(vec![1, 2, 3, 4, 5, 6])))
+        );
+        for other in [
+            &[1u8][..],
+            &[1, 2, 3, 4, 5],
+            &[1, 2, 3, 4, 5, 6, 7],
+            &MAC.0.repeat(4),
+        ] {
+            assert_eq!(with(other), Ok((MAC, None)), "{other:?}");
+        }
+        // Bytes before the pattern are not a password.
+        let mut led = vec![9, 9, 9, 9];
+        led.extend_from_slice(&magic_packet(MAC));
+        assert_eq!(parse_with_password(&led), Ok(Magic::from(MAC)));
+        assert_eq!(
+            format!("{:?}", Password::new(&[1, 2, 3, 4])),
+            "Some(Password(4 bytes))"
+        );
+    }
+
+    #[test]
+    fn secureon_passwords_parse_in_the_usual_forms() {
+        let six: Password = "01:02:03:04:05:0a".parse().expect("six");
+        assert_eq!(six.as_bytes(), [1, 2, 3, 4, 5, 10]);
+        assert_eq!("01-02-03-04-05-0A".parse::<Password>(), Ok(six));
+        let four = Password::new(&[192, 168, 1, 1]);
+        assert_eq!("192.168.1.1".parse::<Password>().ok(), four);
+        assert_eq!("c0:a8:01:01".parse::<Password>().ok(), four);
+        for bad in [
+            "",
+            "01:02:03",
+            "01:02:03:04:05",
+            "1:2:3:4",
+            "zz:02:03:04",
+            "1.2.3.256",
+        ] {
+            assert!(bad.parse::<Password>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

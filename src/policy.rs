@@ -6,7 +6,8 @@
 use std::str::FromStr;
 
 use crate::hypervisor::Uuid;
-use crate::packet::Mac;
+use crate::packet::{Mac, Password};
+use crate::secret::Sealed;
 
 /// What the policy looks at in a domain: read from its current XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,23 @@ pub enum Refusal {
         "no wake opt-in in its <metadata> (--require-opt-in; see README, \"Who may wake what\")"
     )]
     NoOptIn,
+    /// The domain set a SecureOn password and the packet carried none.
+    #[error("SecureOn password missing (the domain set one: send it with the packet)")]
+    SecureOnMissing,
+    /// The packet's SecureOn password is not the domain's.
+    #[error("SecureOn password wrong")]
+    SecureOnWrong,
+}
+
+/// Whether a magic packet's SecureOn password (if any) opens a domain that
+/// set one (`sealed`). Domains without one take any packet, as before.
+pub fn check_secureon(sealed: Option<&Sealed>, given: Option<&Password>) -> Result<(), Refusal> {
+    match (sealed, given) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(Refusal::SecureOnMissing),
+        (Some(sealed), Some(password)) if sealed.opens(password) => Ok(()),
+        (Some(_), Some(_)) => Err(Refusal::SecureOnWrong),
+    }
 }
 
 /// The operator's restrictions.
@@ -156,6 +174,24 @@ mod tests {
             require_opt_in: false,
         };
         assert_eq!(policy.check(&web01(true), mac), Err(Refusal::NotAllowed));
+    }
+
+    #[test]
+    fn a_secureon_password_is_needed_only_where_one_is_set() {
+        let password: Password = "01:02:03:04:05:06".parse().unwrap();
+        let other: Password = "01:02:03:04:05:07".parse().unwrap();
+        let sealed = Sealed::seal(&password).unwrap();
+        assert_eq!(check_secureon(None, None), Ok(()));
+        assert_eq!(check_secureon(None, Some(&other)), Ok(()));
+        assert_eq!(check_secureon(Some(&sealed), Some(&password)), Ok(()));
+        assert_eq!(
+            check_secureon(Some(&sealed), None),
+            Err(Refusal::SecureOnMissing)
+        );
+        assert_eq!(
+            check_secureon(Some(&sealed), Some(&other)),
+            Err(Refusal::SecureOnWrong)
+        );
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl Reporter {
 
     /// One line per decided request.
     pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
-        let (mac, source) = (request.mac, &request.source);
+        let (mac, source) = (request.magic.mac, &request.source);
         let burst = match request.repeats {
             0 => String::new(),
             1 => " (1 duplicate packet in this burst ignored)".into(),

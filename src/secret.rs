@@ -1,5 +1,5 @@
 //! The secrets a domain's owner gives the gateway: HTTP wake tokens and
-//! SecureOn passwords. Only their SHA-256 hashes are stored (in the
+//! SecureOn passwords ([`Password`]). Only their SHA-256 hashes are stored (in the
 //! domain's `<metadata>`, see [`crate::domain_xml::WakeMeta`]); a clear token exists
 //! once, when `token add` prints it. Nothing here is ever logged.
 
@@ -8,6 +8,8 @@ use std::fmt;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::packet::Password;
 
 /// Random bytes in a token: 256 bits, far beyond guessing.
 const TOKEN_BYTES: usize = 32;
@@ -102,60 +104,6 @@ pub fn token_hash(presented: &str) -> Hash {
     Hash::of(presented.as_bytes())
 }
 
-/// A SecureOn password: the 4 or 6 bytes a sender appends to the magic
-/// packet.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecureOn(Vec<u8>);
-
-impl SecureOn {
-    /// A password from the bytes after a magic packet, if there are 4 or 6.
-    pub fn from_bytes(bytes: &[u8]) -> Option<SecureOn> {
-        matches!(bytes.len(), 4 | 6).then(|| SecureOn(bytes.to_vec()))
-    }
-
-    /// A salted hash of this password, with a new random salt.
-    pub fn seal(&self) -> Result<Sealed, getrandom::Error> {
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt)?;
-        Ok(Sealed {
-            salt,
-            hash: salted(&salt, &self.0),
-        })
-    }
-}
-
-impl fmt::Debug for SecureOn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecureOn({} bytes)", self.0.len())
-    }
-}
-
-impl std::str::FromStr for SecureOn {
-    type Err = String;
-
-    /// `01:02:03:04:05:06` or `01:02:03:04` (also with `-`), as etherwake's
-    /// `-p` takes it; a 4-byte one may also be written `192.168.1.1`.
-    fn from_str(s: &str) -> Result<SecureOn, String> {
-        let bad = || {
-            "a SecureOn password is 4 or 6 bytes: six hex pairs such as \
-             01:02:03:04:05:06, or four (01:02:03:04 or 1.2.3.4)"
-                .to_owned()
-        };
-        let bytes: Option<Vec<u8>> = if s.contains('.') {
-            s.split('.').map(|part| part.parse::<u8>().ok()).collect()
-        } else {
-            s.split([':', '-'])
-                .map(|part| {
-                    (part.len() == 2)
-                        .then(|| u8::from_str_radix(part, 16).ok())
-                        .flatten()
-                })
-                .collect()
-        };
-        bytes.and_then(|b| SecureOn::from_bytes(&b)).ok_or_else(bad)
-    }
-}
-
 /// A stored SecureOn password: a random salt and SHA-256(salt ‖ password).
 /// The salt keeps equal passwords on two domains from looking equal; a
 /// 48-bit password stays brute-forceable from its hash (README).
@@ -168,9 +116,26 @@ pub struct Sealed {
 }
 
 impl Sealed {
+    /// Stands for a stored password that cannot be read: no password opens
+    /// it (finding a SHA-256 preimage of zero is not a risk we can see).
+    pub const UNOPENABLE: Sealed = Sealed {
+        salt: [0; 16],
+        hash: Hash([0; 32]),
+    };
+
+    /// A salted hash of `password`, with a new random salt.
+    pub fn seal(password: &Password) -> Result<Sealed, getrandom::Error> {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt)?;
+        Ok(Sealed {
+            salt,
+            hash: salted(&salt, password.as_bytes()),
+        })
+    }
+
     /// True if `password` is the sealed one (compared in constant time).
-    pub fn opens(&self, password: &SecureOn) -> bool {
-        self.hash.matches(&salted(&self.salt, &password.0))
+    pub fn opens(&self, password: &Password) -> bool {
+        self.hash.matches(&salted(&self.salt, password.as_bytes()))
     }
 
     /// The salt as 32 hex digits.
@@ -244,33 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn secureon_passwords_parse_in_the_usual_forms() {
-        let six: SecureOn = "01:02:03:04:05:0a".parse().expect("six");
-        assert_eq!(six, SecureOn(vec![1, 2, 3, 4, 5, 10]));
-        assert_eq!("01-02-03-04-05-0A".parse::<SecureOn>(), Ok(six));
-        let four = SecureOn(vec![192, 168, 1, 1]);
-        assert_eq!("192.168.1.1".parse::<SecureOn>(), Ok(four.clone()));
-        assert_eq!("c0:a8:01:01".parse::<SecureOn>(), Ok(four));
-        for bad in [
-            "",
-            "01:02:03",
-            "01:02:03:04:05",
-            "1:2:3:4",
-            "zz:02:03:04",
-            "1.2.3.256",
-        ] {
-            assert!(bad.parse::<SecureOn>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn a_sealed_password_opens_only_for_itself_and_salts_differ() {
-        let password: SecureOn = "01:02:03:04:05:06".parse().expect("password");
-        let sealed = password.seal().expect("random");
+        let password: Password = "01:02:03:04:05:06".parse().expect("password");
+        let sealed = Sealed::seal(&password).expect("random");
         assert!(sealed.opens(&password));
         assert!(!sealed.opens(&"01:02:03:04:05:07".parse().expect("other")));
         assert!(!sealed.opens(&"01:02:03:04".parse().expect("short")));
-        let again = password.seal().expect("random");
+        let again = Sealed::seal(&password).expect("random");
         assert_ne!(sealed.hash, again.hash, "the same password, another salt");
         let stored = Sealed::from_hex(&sealed.salt_hex(), &sealed.hash.to_string());
         assert_eq!(stored, Some(sealed));

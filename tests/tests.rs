@@ -14,6 +14,7 @@ mod hosts;
 mod index_cache;
 mod properties;
 mod raw;
+mod secureon;
 mod standalone;
 mod tokens;
 mod wake_states;

@@ -78,6 +78,16 @@ pub struct DomainSpec {
     pub name: String,
     pub macs: Vec<String>,
     pub state: RunState,
+    /// Written inside `<metadata>` (e.g. the gateway's `<wol:wake>`).
+    pub metadata: String,
+}
+
+impl DomainSpec {
+    /// The same domain with `element` in its `<metadata>`.
+    pub fn with_metadata(mut self, element: &str) -> DomainSpec {
+        self.metadata = element.to_owned();
+        self
+    }
 }
 
 /// Shorthand for a domain with one NIC.
@@ -86,6 +96,7 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
         name: name.into(),
         macs: vec![mac.into()],
         state,
+        metadata: String::new(),
     }
 }
 
@@ -151,9 +162,10 @@ fn node_xml(domains: &[DomainSpec]) -> String {
             xml,
             "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\
              <name>{}</name><uuid>{}</uuid><memory>65536</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64'>hvm</type></os><devices>",
+             <os><type arch='x86_64'>hvm</type></os><metadata>{}</metadata><devices>",
             d.name,
-            uuid_for(&d.name)
+            uuid_for(&d.name),
+            d.metadata
         );
         for mac in &d.macs {
             let _ = write!(
