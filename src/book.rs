@@ -16,11 +16,11 @@
 //!   host answers again;
 //! - at most `max_pending` requests wait; more are dropped (and counted).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::ask::{Ask, Target};
 use crate::backoff::Backoff;
-use crate::packet::{Mac, Magic, Password};
 use crate::sockets::Source;
 
 /// The book's settings.
@@ -78,8 +78,8 @@ pub enum Offer {
 /// A request, as the book hands it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// What the packet asked for: the MAC (and a SecureOn password).
-    pub magic: Magic,
+    /// What was asked for, and with what credential.
+    pub ask: Ask,
     /// The first packet's sender.
     pub source: Source,
     /// Packets that joined it.
@@ -143,13 +143,13 @@ pub struct Resumed {
 #[derive(Debug)]
 pub struct Book {
     rules: Rules,
-    entries: HashMap<Magic, Entry>,
+    entries: HashMap<Ask, Entry>,
     /// Waiting requests by (due, arrival): the next one due is the first.
-    queue: BTreeSet<(Instant, u64, Magic)>,
+    queue: BTreeMap<(Instant, u64), Ask>,
     seq: u64,
     in_flight: usize,
     parked: usize,
-    recent: HashMap<Magic, Recent>,
+    recent: HashMap<Ask, Recent>,
     last_prune: Option<Instant>,
     outage: Option<Outage>,
 }
@@ -160,7 +160,7 @@ impl Book {
         Book {
             rules,
             entries: HashMap::new(),
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
             seq: 0,
             in_flight: 0,
             parked: 0,
@@ -171,7 +171,7 @@ impl Book {
     }
 
     /// A packet asking for `mac` from `source` arrived at `now`.
-    pub fn offer(&mut self, mac: Magic, source: Source, now: Instant) -> Offer {
+    pub fn offer(&mut self, mac: Ask, source: Source, now: Instant) -> Offer {
         if let Some(entry) = self.entries.get_mut(&mac) {
             entry.request.repeats = entry.request.repeats.saturating_add(1);
             return Offer::Repeat;
@@ -194,12 +194,12 @@ impl Book {
         // on one that answers (an unreachable host answers at once).
         self.seq += 1;
         let key = (due, self.seq);
-        self.queue.insert((due, self.seq, mac));
+        self.queue.insert((due, self.seq), mac.clone());
         self.entries.insert(
-            mac,
+            mac.clone(),
             Entry {
                 request: Request {
-                    magic: mac,
+                    ask: mac,
                     source,
                     repeats: 0,
                     parked: false,
@@ -215,20 +215,20 @@ impl Book {
     /// The next request due at `now`, now counted as being handled.
     pub fn next_due(&mut self, now: Instant) -> Option<Request> {
         let mac = self.due(now).next()?;
-        self.take(mac)
+        self.take(&mac)
     }
 
-    /// The MACs of the requests due at `now`, in order, left waiting.
-    pub fn due(&self, now: Instant) -> impl Iterator<Item = Magic> + '_ {
+    /// What the requests due at `now` ask for, in order, left waiting.
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = Ask> + '_ {
         self.queue
             .iter()
-            .take_while(move |&&(due, _, _)| due <= now)
-            .map(|&(_, _, mac)| mac)
+            .take_while(move |&(&(due, _), _)| due <= now)
+            .map(|(_, ask)| ask.clone())
     }
 
     /// Takes the waiting request for `mac`, now counted as being handled.
-    pub fn take(&mut self, mac: Magic) -> Option<Request> {
-        let entry = self.entries.get_mut(&mac)?;
+    pub fn take(&mut self, mac: &Ask) -> Option<Request> {
+        let entry = self.entries.get_mut(mac)?;
         let Stage::Waiting {
             key: (due, seq),
             parked,
@@ -236,7 +236,7 @@ impl Book {
         else {
             return None;
         };
-        self.queue.remove(&(due, seq, mac));
+        self.queue.remove(&(due, seq));
         if parked {
             self.parked -= 1;
         }
@@ -247,38 +247,30 @@ impl Book {
 
     /// When the next waiting request is due, if any waits.
     pub fn next_due_at(&self) -> Option<Instant> {
-        self.queue.first().map(|&(due, _, _)| due)
+        self.queue.first_key_value().map(|(&(due, _), _)| due)
     }
 
     /// When the first request due after `now` is, if any.
     pub fn next_due_after(&self, now: Instant) -> Option<Instant> {
         use std::ops::Bound::{Excluded, Unbounded};
-        let after = (
-            now,
-            u64::MAX,
-            Magic {
-                mac: Mac([0xff; 6]),
-                password: Password::new(&[0xff; 6]),
-            },
-        );
         self.queue
-            .range((Excluded(after), Unbounded))
+            .range((Excluded((now, u64::MAX)), Unbounded))
             .next()
-            .map(|&(due, _, _)| due)
+            .map(|(&(due, _), _)| due)
     }
 
-    fn take_in_flight(&mut self, mac: Magic) -> Option<Entry> {
-        match self.entries.get(&mac)?.stage {
+    fn take_in_flight(&mut self, mac: &Ask) -> Option<Entry> {
+        match self.entries.get(mac)?.stage {
             Stage::InFlight => {}
             Stage::Waiting { .. } => return None,
         }
         self.in_flight -= 1;
-        self.entries.remove(&mac)
+        self.entries.remove(mac)
     }
 
     /// The request for `mac` was decided at `now`; `brought_up` says whether
     /// its domain is up now (see the module rules). Returns the request.
-    pub fn settle(&mut self, mac: Magic, brought_up: bool, now: Instant) -> Option<Request> {
+    pub fn settle(&mut self, mac: &Ask, brought_up: bool, now: Instant) -> Option<Request> {
         let entry = self.take_in_flight(mac)?;
         if entry.request.parked {
             // A request that waited for libvirt was decided: the host it
@@ -286,14 +278,14 @@ impl Book {
             // away: their requests come back at once and park again).
             self.end_outage(now);
         }
-        self.remember(mac, brought_up, now);
+        self.remember(entry.request.ask.clone(), brought_up, now);
         Some(entry.request)
     }
 
     /// The request for `mac` could not be decided: libvirt is unreachable
     /// or silent. It waits for the next retry (with backoff, shared by all
     /// parked requests), or until [`Book::hosts_back`].
-    pub fn park(&mut self, mac: Magic, now: Instant) -> Option<Parked> {
+    pub fn park(&mut self, mac: &Ask, now: Instant) -> Option<Parked> {
         let rules = &self.rules;
         let began = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
@@ -306,7 +298,7 @@ impl Book {
             outage.retry_at = now + outage.backoff.next_delay();
         }
         let retry_at = outage.retry_at;
-        let entry = self.entries.get_mut(&mac)?;
+        let entry = self.entries.get_mut(mac)?;
         let Stage::InFlight = entry.stage else {
             return None;
         };
@@ -319,7 +311,7 @@ impl Book {
             key: (retry_at, self.seq),
             parked: true,
         };
-        self.queue.insert((retry_at, self.seq, mac));
+        self.queue.insert((retry_at, self.seq), mac.clone());
         Some(Parked { began, retry_at })
     }
 
@@ -338,8 +330,8 @@ impl Book {
             } = entry.stage
             {
                 if due > now {
-                    self.queue.remove(&(due, seq, entry.request.magic));
-                    self.queue.insert((now, seq, entry.request.magic));
+                    self.queue.remove(&(due, seq));
+                    self.queue.insert((now, seq), entry.request.ask.clone());
                     entry.stage = Stage::Waiting {
                         key: (now, seq),
                         parked: true,
@@ -355,7 +347,7 @@ impl Book {
         })
     }
 
-    fn remember(&mut self, mac: Magic, brought_up: bool, now: Instant) {
+    fn remember(&mut self, mac: Ask, brought_up: bool, now: Instant) {
         let keep = self.rules.dedupe_window.max(self.rules.retry_spacing);
         // Pruning walks the whole map: at most once a second, or a flood of
         // distinct MACs would pay a full walk per request.
@@ -402,27 +394,29 @@ impl Book {
 
     /// Every request not decided, in arrival order, and whether it is
     /// being handled (for the exit report).
-    pub fn undecided(&self) -> Vec<(Mac, bool)> {
-        let mut all: Vec<(u64, Mac, bool)> = self
+    pub fn undecided(&self) -> Vec<(Target, bool)> {
+        let mut all: Vec<(u64, Target, bool)> = self
             .entries
             .values()
             .map(|e| {
                 let in_flight = matches!(e.stage, Stage::InFlight);
-                (e.seq, e.request.magic.mac, in_flight)
+                (e.seq, e.request.ask.target.clone(), in_flight)
             })
             .collect();
         all.sort_unstable_by_key(|(seq, _, _)| *seq);
-        all.into_iter().map(|(_, mac, f)| (mac, f)).collect()
+        all.into_iter().map(|(_, target, f)| (target, f)).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ask::Credential;
+    use crate::packet::{Mac, Password};
     use std::net::SocketAddr;
 
-    fn mac(last: u8) -> Magic {
-        Magic::from(Mac([0x52, 0x54, 0, 0, 0, last]))
+    fn mac(last: u8) -> Ask {
+        Ask::from(Mac([0x52, 0x54, 0, 0, 0, last]))
     }
 
     fn source() -> Source {
@@ -451,7 +445,9 @@ mod tests {
         assert_eq!(request.repeats, 3);
         // Repeats keep joining while it is being handled.
         assert_eq!(book.offer(mac(1), source(), secs(t0, 0.1)), Offer::Repeat);
-        let settled = book.settle(mac(1), true, secs(t0, 0.2)).expect("in flight");
+        let settled = book
+            .settle(&mac(1), true, secs(t0, 0.2))
+            .expect("in flight");
         assert_eq!(settled.repeats, 4);
         assert!(book.is_empty());
     }
@@ -461,7 +457,7 @@ mod tests {
         let (mut book, t0) = book();
         book.offer(mac(1), source(), t0);
         book.next_due(t0);
-        book.settle(mac(1), true, secs(t0, 1.0));
+        book.settle(&mac(1), true, secs(t0, 1.0));
         assert_eq!(
             book.offer(mac(1), source(), secs(t0, 3.0)),
             Offer::Duplicate {
@@ -477,7 +473,7 @@ mod tests {
             }
         );
         assert_eq!(book.offer(mac(1), source(), secs(t0, 11.0)), Offer::Queued);
-        assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.magic), Some(mac(1)));
+        assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.ask), Some(mac(1)));
     }
 
     #[test]
@@ -485,13 +481,13 @@ mod tests {
         let (mut book, t0) = book();
         book.offer(mac(1), source(), t0);
         book.next_due(t0);
-        book.settle(mac(1), false, secs(t0, 0.5));
+        book.settle(&mac(1), false, secs(t0, 0.5));
         // 0.3 s after the failure: not swallowed, but due 1 s after it.
         assert_eq!(book.offer(mac(1), source(), secs(t0, 0.8)), Offer::Queued);
         assert_eq!(book.next_due(secs(t0, 1.4)), None);
         assert_eq!(book.next_due_at(), Some(secs(t0, 1.5)));
-        assert_eq!(book.next_due(secs(t0, 1.5)).map(|r| r.magic), Some(mac(1)));
-        book.settle(mac(1), false, secs(t0, 1.6));
+        assert_eq!(book.next_due(secs(t0, 1.5)).map(|r| r.ask), Some(mac(1)));
+        book.settle(&mac(1), false, secs(t0, 1.6));
         // Fixed and retried by the user 5 s later: due at once.
         assert_eq!(book.offer(mac(1), source(), secs(t0, 6.6)), Offer::Queued);
         assert!(book.next_due(secs(t0, 6.6)).is_some());
@@ -504,13 +500,16 @@ mod tests {
             book.offer(mac(i), source(), secs(t0, f64::from(i) * 0.001));
         }
         let now = secs(t0, 1.0);
-        let order: Vec<Magic> =
-            std::iter::from_fn(|| book.next_due(now).map(|r| r.magic)).collect();
+        let order: Vec<Ask> = std::iter::from_fn(|| book.next_due(now).map(|r| r.ask)).collect();
         assert_eq!(order, [mac(1), mac(2), mac(3)]);
         assert_eq!(book.in_flight(), 3);
         assert_eq!(
             book.undecided(),
-            [(mac(1).mac, true), (mac(2).mac, true), (mac(3).mac, true)]
+            [
+                (mac(1).target, true),
+                (mac(2).target, true),
+                (mac(3).target, true)
+            ]
         );
     }
 
@@ -530,7 +529,7 @@ mod tests {
         let (mut book, t0) = book();
         book.offer(mac(1), source(), t0);
         book.next_due(t0);
-        let parked = book.park(mac(1), t0).expect("in flight");
+        let parked = book.park(&mac(1), t0).expect("in flight");
         assert_eq!(
             parked,
             Parked {
@@ -542,9 +541,9 @@ mod tests {
         // A new MAC during the outage is tried at once (it may be on a host
         // that answers), and parked with the others if not.
         assert_eq!(book.offer(mac(2), source(), secs(t0, 0.1)), Offer::Queued);
-        assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.magic), Some(mac(2)));
+        assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.ask), Some(mac(2)));
         assert_eq!(
-            book.park(mac(2), secs(t0, 0.2)),
+            book.park(&mac(2), secs(t0, 0.2)),
             Some(Parked {
                 began: false,
                 retry_at: secs(t0, 0.5)
@@ -552,15 +551,15 @@ mod tests {
         );
         assert_eq!(book.next_due(secs(t0, 0.4)), None);
         let retry = secs(t0, 0.5);
-        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(1)));
-        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(2)));
+        assert_eq!(book.next_due(retry).map(|r| r.ask), Some(mac(1)));
+        assert_eq!(book.next_due(retry).map(|r| r.ask), Some(mac(2)));
         // Both fail again: one round, the delay doubles once.
         assert_eq!(
-            book.park(mac(1), retry).map(|p| p.retry_at),
+            book.park(&mac(1), retry).map(|p| p.retry_at),
             Some(secs(t0, 1.5))
         );
         assert_eq!(
-            book.park(mac(2), retry).map(|p| p.retry_at),
+            book.park(&mac(2), retry).map(|p| p.retry_at),
             Some(secs(t0, 1.5))
         );
         // A host answers again at 0.7 s: both are due now.
@@ -586,17 +585,17 @@ mod tests {
         }
         book.next_due(t0);
         book.next_due(t0);
-        book.park(mac(1), t0);
-        book.park(mac(2), t0);
+        book.park(&mac(1), t0);
+        book.park(&mac(2), t0);
         let retry = book.next_due_at().expect("parked");
         book.next_due(retry);
-        book.settle(mac(1), true, retry);
+        book.settle(&mac(1), true, retry);
         assert_eq!(book.hosts_back(retry), None, "the outage is over");
-        assert_eq!(book.next_due(retry).map(|r| r.magic), Some(mac(2)));
+        assert_eq!(book.next_due(retry).map(|r| r.ask), Some(mac(2)));
         // A later outage starts its backoff afresh.
         let later = secs(t0, 30.0);
         assert_eq!(
-            book.park(mac(2), later).map(|p| p.retry_at),
+            book.park(&mac(2), later).map(|p| p.retry_at),
             Some(secs(t0, 30.5))
         );
     }
@@ -604,28 +603,31 @@ mod tests {
     #[test]
     fn a_wrong_secureon_password_first_never_makes_the_right_one_a_duplicate() {
         let (mut book, t0) = book();
-        let with = |password: &[u8]| Magic {
-            password: Password::new(password),
+        let with = |password: &[u8]| Ask {
+            credential: Credential::SecureOn(Password::new(password).expect("4 bytes")),
             ..mac(1)
         };
         let (wrong, right) = (with(&[9, 9, 9, 9]), with(&[1, 2, 3, 4]));
-        assert_eq!(book.offer(wrong, source(), t0), Offer::Queued);
+        assert_eq!(book.offer(wrong.clone(), source(), t0), Offer::Queued);
         // Same burst: its own request, not a repeat of the wrong one.
-        assert_eq!(book.offer(right, source(), t0), Offer::Queued);
-        assert_eq!(book.offer(right, source(), t0), Offer::Repeat);
+        assert_eq!(book.offer(right.clone(), source(), t0), Offer::Queued);
+        assert_eq!(book.offer(right.clone(), source(), t0), Offer::Repeat);
         let first = book.next_due(t0).expect("due");
         let second = book.next_due(t0).expect("due");
-        assert_eq!((first.magic, second.magic), (wrong, right));
+        assert_eq!((&first.ask, &second.ask), (&wrong, &right));
         // The wrong one is refused, the right one wakes the domain; a later
         // wrong one is asked again (and refused again), a later right one is
         // a duplicate.
-        book.settle(wrong, false, secs(t0, 0.1));
-        book.settle(right, true, secs(t0, 0.1));
+        book.settle(&wrong, false, secs(t0, 0.1));
+        book.settle(&right, true, secs(t0, 0.1));
         assert!(matches!(
-            book.offer(right, source(), secs(t0, 2.0)),
+            book.offer(right.clone(), source(), secs(t0, 2.0)),
             Offer::Duplicate { .. }
         ));
-        assert_eq!(book.offer(wrong, source(), secs(t0, 2.0)), Offer::Queued);
+        assert_eq!(
+            book.offer(wrong.clone(), source(), secs(t0, 2.0)),
+            Offer::Queued
+        );
     }
 
     #[test]
@@ -633,11 +635,11 @@ mod tests {
         let (mut book, t0) = book();
         book.rules.max_recent = 100;
         for i in 0..1_000u32 {
-            let m = Magic::from(Mac([0x52, 0x54, 0, 0, (i >> 8) as u8, i as u8]));
+            let m = Ask::from(Mac([0x52, 0x54, 0, 0, (i >> 8) as u8, i as u8]));
             let now = t0 + Duration::from_millis(u64::from(i));
-            book.offer(m, source(), now);
+            book.offer(m.clone(), source(), now);
             book.next_due(now);
-            book.settle(m, true, now);
+            book.settle(&m, true, now);
         }
         assert!(book.recent.len() <= 100, "{}", book.recent.len());
         assert!(book.is_empty());

@@ -33,6 +33,18 @@ pub struct Args {
     )]
     pub listen_address: Vec<SocketAddr>,
 
+    /// Also take HTTP wake requests (with a token; see `token add`) on this
+    /// TCP address when systemd passes no socket, e.g. 127.0.0.1:9109.
+    /// Repeatable. Given alone, no UDP socket is bound.
+    #[arg(long = "http-listen", value_name = "IP:PORT", value_parser = parse_socket_addr)]
+    pub http_listen: Vec<SocketAddr>,
+
+    /// Serve the HTTP wake without TLS on an address that is not loopback
+    /// (for a VPN interface that already encrypts); tokens then cross that
+    /// network in clear.
+    #[arg(long)]
+    pub allow_plain_http: bool,
+
     /// libvirt connection URI whose domains may be woken. Repeat the flag
     /// for several hosts (e.g. qemu+ssh://host2/system): a MAC is looked up
     /// on all of them, and one that cannot be reached does not block the

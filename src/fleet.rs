@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::ask::{Ask, Target};
 use crate::host::{Acted, Health, Host, HostError, Lookup, Route};
 use crate::hypervisor::Action;
 use crate::hypervisor::HvError;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
-use crate::packet::{Mac, Magic};
 use crate::plan::{Candidate, Plan, plan};
 
 /// How long to wait for hosts.
@@ -141,12 +141,16 @@ impl Fleet {
             .fold((0, 0), |(l, f), h| (l + h.listings(), f + h.full_scans()))
     }
 
-    /// Where a request for `mac` should go, known without asking libvirt
-    /// (see [`Host::route`]): a worker if any host needs one to ask libvirt;
-    /// else one to refresh an index, if any host's may be refreshed; else
-    /// after a refresh under way, if any; else no host has it
-    /// ([`Route::Lacks`]: decided "no domain" at once, in the caller).
-    pub fn route(&self, mac: Mac, now: Instant, wall: SystemTime) -> Route {
+    /// Where a request for `target` should go, known without asking
+    /// libvirt (see [`Host::route`]): a worker if any host needs one to ask
+    /// libvirt; else one to refresh an index, if any host's may be
+    /// refreshed; else after a refresh under way, if any; else no host has
+    /// it ([`Route::Lacks`]: decided "no domain" at once, in the caller). A
+    /// domain by name is always asked for.
+    pub fn route(&self, target: &Target, now: Instant, wall: SystemTime) -> Route {
+        let Target::Mac(mac) = *target else {
+            return Route::Worker;
+        };
         let mut route = Route::Lacks;
         for host in &self.hosts {
             route = match (route, host.route(mac, now, wall)) {
@@ -161,8 +165,8 @@ impl Fleet {
 
     /// Finds the domain owning the packet's MAC on the hosts and brings it
     /// up. Blocks (on a worker thread) until decided, or until it must wait.
-    pub fn wake(&self, magic: impl Into<Magic>) -> Conclusion {
-        let magic = magic.into();
+    pub fn wake(&self, ask: impl Into<Ask>) -> Conclusion {
+        let ask = ask.into();
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
         let mut answers: Vec<Option<Answer>> = vec![None; self.hosts.len()];
@@ -172,11 +176,11 @@ impl Fleet {
                 answers[i] = Some(Answer::Silent);
                 continue;
             }
-            let (host, tx) = (Arc::clone(host), tx.clone());
+            let (host, tx, ask) = (Arc::clone(host), tx.clone(), ask.clone());
             let spawned = std::thread::Builder::new()
                 .name("wol-lookup".into())
                 .spawn(move || {
-                    let answer = catch_unwind(AssertUnwindSafe(|| host.lookup(magic)))
+                    let answer = catch_unwind(AssertUnwindSafe(|| host.lookup(&ask)))
                         .unwrap_or_else(|_| {
                             Err(HostError::Failed(HvError::other(
                                 "internal error (a panic)",

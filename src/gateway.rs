@@ -9,25 +9,28 @@
 //! slow start, a stopped daemon or a silent host delays nobody else, and
 //! SIGTERM is answered at once.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::warn;
 
+use crate::ask::Ask;
 use crate::book::{Book, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
 use crate::host::{Health, HostEvent, Route};
 use crate::hypervisor::HvError;
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Outcome, WaitFor};
-use crate::packet::{self, Magic};
+use crate::packet;
 use crate::report::{Reporter, Stats, StatusView};
-use crate::sockets::{self, Listener};
+use crate::sockets::{self, Listener, Source};
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
 const MAX_DATAGRAM: usize = 65_536;
@@ -122,9 +125,81 @@ impl Shutdown {
 /// What workers and hosts tell the loop.
 enum Message {
     /// A request ended (decided, or waiting for libvirt).
-    Concluded(Magic, Conclusion),
+    Concluded(Ask, Conclusion),
     /// Something changed on a host.
     Host(HostEvent),
+    /// An HTTP wake request.
+    Http(Submission),
+    /// An HTTP request was answered: activity, for the idle timeout.
+    HttpDone,
+}
+
+/// What the loop tells an HTTP wake request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Decided, as a magic packet for it would have been.
+    Decided(Decision),
+    /// The same request brought its domain up `ago`: a duplicate, nothing
+    /// done.
+    Duplicate {
+        /// Since that request was decided.
+        ago: Duration,
+    },
+    /// Too many requests wait already: dropped, nothing done.
+    Dropped,
+    /// libvirt does not answer: the request waits in the book and is done
+    /// when it does.
+    Waiting(WaitFor),
+}
+
+/// An HTTP wake request for the loop, and where its answer goes. Dropping
+/// `reply` unanswered (the gateway stops) tells the HTTP side as much.
+#[derive(Debug)]
+pub struct Submission {
+    /// What is asked, with the token's hash.
+    pub ask: Ask,
+    /// The HTTP peer.
+    pub source: Source,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// The HTTP side's way into the loop: requests enter the same book as
+/// magic packets (de-duplication, retries, the slots), and are decided by
+/// the same workers.
+#[derive(Clone)]
+pub struct Submitter {
+    mailbox: Mailbox,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Submitter {
+    /// Hands a request to the loop.
+    pub fn submit(&self, submission: Submission) {
+        self.mailbox.send(Message::Http(submission));
+    }
+
+    /// Keeps the gateway from its idle exit while an HTTP request is being
+    /// answered (a caller waiting for its domain to come up included); the
+    /// idle time counts from the answer.
+    pub fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy {
+            submitter: self.clone(),
+        }
+    }
+}
+
+/// An HTTP request being answered; see [`Submitter::busy`].
+pub struct Busy {
+    submitter: Submitter,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.submitter.busy.fetch_sub(1, Ordering::SeqCst);
+        self.submitter.mailbox.send(Message::HttpDone);
+    }
 }
 
 /// The workers' side of the mailbox: send, then ring the bell.
@@ -163,11 +238,17 @@ pub struct Gateway {
     /// The request whose worker refreshes an index for an unknown MAC; other
     /// unknown MACs wait for it in the book, not in worker slots (a listing
     /// can take as long as another domain's start).
-    refresher: Option<Magic>,
+    refresher: Option<Ask>,
     listener_lost: bool,
     last_wait: Option<WaitFor>,
     status_changed: bool,
     buf: Vec<u8>,
+    /// HTTP requests waiting for their request's decision.
+    replies: HashMap<Ask, Vec<tokio::sync::oneshot::Sender<Reply>>>,
+    /// HTTP requests being answered.
+    http_busy: Arc<AtomicUsize>,
+    /// Where the HTTP wake listens (for the "listening on" line).
+    http_addresses: Vec<String>,
 }
 
 impl Gateway {
@@ -210,12 +291,36 @@ impl Gateway {
             last_wait: None,
             status_changed: false,
             buf: vec![0; MAX_DATAGRAM],
+            replies: HashMap::new(),
+            http_busy: Arc::new(AtomicUsize::new(0)),
+            http_addresses: Vec::new(),
         })
+    }
+
+    /// Names the HTTP wake's addresses in the "listening on" line.
+    pub fn announce_http(&mut self, addresses: &[String]) {
+        self.http_addresses = addresses.iter().map(|a| format!("{a} (HTTP)")).collect();
+    }
+
+    /// The way in for HTTP wake requests.
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            mailbox: self.mailbox.clone(),
+            busy: Arc::clone(&self.http_busy),
+        }
+    }
+
+    /// The hosts, for what the HTTP side asks of them directly (domain
+    /// lists, the state while a caller waits).
+    pub fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.fleet)
     }
 
     /// Serves until idle or stopped.
     pub fn run(mut self) -> (Exit, Stats) {
-        let addresses: Vec<String> = self.listeners.iter().map(Listener::describe).collect();
+        let addresses: Vec<String> = (self.listeners.iter().map(Listener::describe))
+            .chain(self.http_addresses.iter().cloned())
+            .collect();
         self.reporter
             .listening(&addresses, &self.uris, self.config.idle_timeout);
         // Ready once the sockets are held, before libvirt is contacted.
@@ -260,17 +365,22 @@ impl Gateway {
         }
         while let Ok(message) = self.inbox.try_recv() {
             self.status_changed = true;
-            if let Message::Concluded(mac, _) = &message {
-                if self.refresher == Some(*mac) {
+            if let Message::Concluded(ask, _) = &message {
+                if self.refresher.as_ref() == Some(ask) {
                     self.refresher = None;
                 }
             }
             match message {
-                Message::Concluded(mac, Conclusion::Decided(decision)) => {
-                    self.decided(mac, &decision, now)
+                Message::Concluded(ask, Conclusion::Decided(decision)) => {
+                    self.decided(&ask, &decision, now)
                 }
-                Message::Concluded(mac, Conclusion::Wait(waiting)) => {
-                    self.book.park(mac, now);
+                Message::Concluded(ask, Conclusion::Wait(waiting)) => {
+                    // HTTP callers hear it now; the request stays and is
+                    // done when libvirt answers.
+                    for reply in self.replies.remove(&ask).unwrap_or_default() {
+                        let _ = reply.send(Reply::Waiting(waiting.clone()));
+                    }
+                    self.book.park(&ask, now);
                     self.last_wait = Some(waiting);
                 }
                 Message::Host(HostEvent::Back) => {
@@ -281,12 +391,36 @@ impl Gateway {
                 // Requests that waited for the refresh are looked at again
                 // in this round's dispatch.
                 Message::Host(HostEvent::Refreshed) => {}
+                Message::Http(submission) => self.http(submission, now),
+                Message::HttpDone => self.last_datagram = now,
             }
         }
     }
 
-    fn decided(&mut self, mac: Magic, decision: &Decision, now: Instant) {
-        let Some(request) = self.book.settle(mac, decision.outcome.brings_up(), now) else {
+    /// An HTTP request enters the book like a packet (and counts as
+    /// activity for the idle timeout); its answer waits for the decision.
+    fn http(&mut self, submission: Submission, now: Instant) {
+        let Submission { ask, source, reply } = submission;
+        self.last_datagram = now;
+        self.stats.http_requests += 1;
+        match self.book.offer(ask.clone(), source, now) {
+            Offer::Queued | Offer::Repeat => self.replies.entry(ask).or_default().push(reply),
+            Offer::Duplicate { ago, .. } => {
+                self.stats.duplicates += 1;
+                let _ = reply.send(Reply::Duplicate { ago });
+            }
+            Offer::Dropped => {
+                self.stats.dropped += 1;
+                let _ = reply.send(Reply::Dropped);
+            }
+        }
+    }
+
+    fn decided(&mut self, ask: &Ask, decision: &Decision, now: Instant) {
+        for reply in self.replies.remove(ask).unwrap_or_default() {
+            let _ = reply.send(Reply::Decided(decision.clone()));
+        }
+        let Some(request) = self.book.settle(ask, decision.outcome.brings_up(), now) else {
             return;
         };
         self.stats.handled += 1;
@@ -300,19 +434,19 @@ impl Gateway {
     /// wait for something (a slot, a refresh): `poll` need not wake for them.
     fn dispatch(&mut self, now: Instant) -> bool {
         let wall = SystemTime::now();
-        let due: Vec<Magic> = self.book.due(now).take(LOOK_AHEAD).collect();
+        let due: Vec<Ask> = self.book.due(now).take(LOOK_AHEAD).collect();
         let (mut left, mut went, looked) = (false, false, due.len());
-        for mac in due {
+        for ask in due {
             self.status_changed = true;
-            match self.fleet.route(mac.mac, now, wall) {
+            match self.fleet.route(&ask.target, now, wall) {
                 Route::Lacks => {
                     went = true;
-                    self.book.take(mac);
+                    self.book.take(&ask);
                     let decision = Decision {
                         outcome: Outcome::NoMatch,
                         left_out: Vec::new(),
                     };
-                    self.decided(mac, &decision, now);
+                    self.decided(&ask, &decision, now);
                 }
                 Route::AfterRefresh => left = true,
                 Route::Refresh if self.refresher.is_some() => left = true,
@@ -323,17 +457,17 @@ impl Gateway {
                     left = true;
                 }
                 route @ (Route::Worker | Route::Refresh) => {
-                    let Some(request) = self.book.take(mac) else {
+                    let Some(request) = self.book.take(&ask) else {
                         continue;
                     };
                     went = true;
                     if route == Route::Refresh {
-                        self.refresher = Some(mac);
+                        self.refresher = Some(ask.clone());
                     }
                     if self.slots_full_at.is_some_and(|full| full >= request.due) {
                         self.stats.waited_for_slot += 1;
                     }
-                    self.spawn_worker(mac, now);
+                    self.spawn_worker(ask, now);
                 }
             }
         }
@@ -342,15 +476,16 @@ impl Gateway {
         left && !(went && looked == LOOK_AHEAD)
     }
 
-    fn spawn_worker(&mut self, mac: Magic, now: Instant) {
+    fn spawn_worker(&mut self, ask: Ask, now: Instant) {
         let (fleet, mailbox) = (Arc::clone(&self.fleet), self.mailbox.clone());
+        let asked = ask.clone();
         let spawned = std::thread::Builder::new()
             .name("wol-wake".into())
             .spawn(move || {
                 // A panic must still conclude the request, or it would
                 // count as in flight forever.
-                let conclusion =
-                    catch_unwind(AssertUnwindSafe(|| fleet.wake(mac))).unwrap_or_else(|_| {
+                let conclusion = catch_unwind(AssertUnwindSafe(|| fleet.wake(asked.clone())))
+                    .unwrap_or_else(|_| {
                         Conclusion::Decided(Decision {
                             outcome: Outcome::LookupFailed {
                                 uri: Arc::from(fleet.uris()),
@@ -359,11 +494,11 @@ impl Gateway {
                             left_out: Vec::new(),
                         })
                     });
-                mailbox.send(Message::Concluded(mac, conclusion));
+                mailbox.send(Message::Concluded(asked, conclusion));
             });
         if let Err(e) = spawned {
-            self.reporter.no_worker(mac.mac, &e, now);
-            self.book.park(mac, now);
+            self.reporter.no_worker(&ask.target, &e, now);
+            self.book.park(&ask, now);
         }
     }
 
@@ -372,7 +507,9 @@ impl Gateway {
     /// (a slow start) are waited for.
     fn idle_exit(&self, now: Instant) -> Option<Exit> {
         let idle = self.config.idle_timeout?;
-        if now.saturating_duration_since(self.last_datagram) < idle {
+        if now.saturating_duration_since(self.last_datagram) < idle
+            || self.http_busy.load(Ordering::SeqCst) > 0
+        {
             return None;
         }
         if self.book.is_empty() {
@@ -479,7 +616,7 @@ impl Gateway {
         } = self;
         let drained = sockets::drain(listeners, buf, MAX_DRAIN_BATCH, |payload, source| {
             match packet::parse_with_password(payload) {
-                Ok(magic) => match book.offer(magic, source.clone(), now) {
+                Ok(magic) => match book.offer(Ask::from(magic), source.clone(), now) {
                     Offer::Queued => {}
                     Offer::Repeat => stats.duplicates += 1,
                     Offer::Duplicate { ago, first } => {

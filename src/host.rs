@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
 
+use crate::ask::{Ask, Target};
 use crate::hypervisor::{
     Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
     Listed, Unreadable,
@@ -24,10 +25,11 @@ use crate::index::file::IndexFile;
 use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
 use crate::lock;
 use crate::outcome::Verb;
-use crate::packet::{Mac, Magic};
+use crate::packet::Mac;
 use crate::plan::{Candidate, action_for};
 use crate::policy::{self, DomainRef, Policy, Refusal};
 use crate::report;
+use crate::secret::Hash;
 
 /// Why a host could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,8 +82,8 @@ pub struct DomainInfo {
     pub state: Option<DomainState>,
     /// It has a managed-save image (a start restores it).
     pub managed_save: bool,
-    /// How many HTTP wake tokens its `<metadata>` holds.
-    pub tokens: usize,
+    /// The hashes of its HTTP wake tokens.
+    pub tokens: Vec<Hash>,
     /// It set a SecureOn password.
     pub secureon: bool,
 }
@@ -237,7 +239,7 @@ pub struct Host {
     uri: Arc<str>,
     /// Its place among the `--libvirt-uri`s, set by [`Host::at`].
     position: usize,
-    connector: Box<dyn Connector>,
+    connector: Arc<dyn Connector>,
     policy: Policy,
     rescan: Rescan,
     beat: Heartbeat,
@@ -251,7 +253,7 @@ pub struct Host {
     /// finished has its state read again before it is acted on.
     actions_done: AtomicU64,
     /// Idle connections for actions (see [`Lane`]).
-    spare_lanes: Mutex<Vec<Arc<dyn Hypervisor>>>,
+    spare_lanes: Arc<Mutex<Vec<Arc<dyn Hypervisor>>>>,
     health: Mutex<Health>,
     /// When the running liveness ping started, if one runs.
     ping: Mutex<Option<Instant>>,
@@ -310,7 +312,7 @@ impl Host {
         Host {
             uri: Arc::from(connector.uri()),
             position: 0,
-            connector,
+            connector: Arc::from(connector),
             policy: Policy::default(),
             rescan,
             beat: Heartbeat::default(),
@@ -324,7 +326,7 @@ impl Host {
             refreshing: Mutex::new(()),
             turns: Turns::default(),
             actions_done: AtomicU64::new(0),
-            spare_lanes: Mutex::new(Vec::new()),
+            spare_lanes: Arc::new(Mutex::new(Vec::new())),
             health: Mutex::new(Health::Answering),
             ping: Mutex::new(None),
             counters: Counters::default(),
@@ -522,6 +524,7 @@ impl Host {
         match self.connector.connect() {
             Ok(hv) => {
                 self.beat.beat();
+                self.prepare_lane();
                 *slot = Connection {
                     open: Some(Arc::clone(&hv)),
                     failed: None,
@@ -533,6 +536,27 @@ impl Host {
                 Err(error)
             }
         }
+    }
+
+    /// Opens an action connection (see [`Lane`]) in the background while
+    /// the first lookup runs on the new main connection: a cold wake then
+    /// finds it ready instead of connecting between lookup and start.
+    fn prepare_lane(&self) {
+        if !self.connector.independent_connections() {
+            return;
+        }
+        let (connector, spares) = (Arc::clone(&self.connector), Arc::clone(&self.spare_lanes));
+        // Without the thread, the first action connects itself.
+        let _ = std::thread::Builder::new()
+            .name("wol-lane".into())
+            .spawn(move || {
+                if let Ok(hv) = connector.connect() {
+                    let mut spares = lock(&spares);
+                    if spares.len() < MAX_SPARE_LANES {
+                        spares.push(hv);
+                    }
+                }
+            });
     }
 
     /// Forgets a dead connection (if it is still the current one), and the
@@ -563,12 +587,11 @@ impl Host {
     ///
     /// A connection that died since the last request (libvirtd restarted)
     /// gets one immediate reconnect before the host counts as unreachable.
-    pub fn lookup(&self, magic: impl Into<Magic>) -> Result<Lookup, HostError> {
-        let magic = magic.into();
-        let result = match self.lookup_once(magic) {
+    pub fn lookup(&self, ask: &Ask) -> Result<Lookup, HostError> {
+        let result = match self.lookup_once(ask) {
             Err(Failure::Died(e)) => {
                 debug!("connection to {} lost ({e}); reconnecting", self.uri);
-                self.lookup_once(magic)
+                self.lookup_once(ask)
             }
             other => other,
         };
@@ -585,11 +608,14 @@ impl Host {
         }
     }
 
-    fn lookup_once(&self, magic: Magic) -> Result<Lookup, Failure> {
-        let mac = magic.mac;
+    fn lookup_once(&self, ask: &Ask) -> Result<Lookup, Failure> {
         let hv = self.connection().map_err(Failure::Connect)?;
         let epoch = self.actions_done.load(Ordering::SeqCst);
-        let owners = self.owners(&hv, mac).map_err(|e| self.failure(&hv, e))?;
+        let owners = match &ask.target {
+            Target::Mac(mac) => self.owners(&hv, *mac),
+            Target::Domain(name) => self.named(&hv, name),
+        }
+        .map_err(|e| self.failure(&hv, e))?;
         let mut lookup = Lookup::default();
         for owner in owners {
             let domain = DomainRef {
@@ -597,11 +623,16 @@ impl Host {
                 uuid: owner.record.uuid,
                 wake_opt_in: owner.record.meta.opt_in,
             };
-            let secureon = owner.record.meta.secureon.as_ref();
+            // A domain by name is allowed by any of its MACs.
+            let macs = match (ask.mac(), &owner.record.macs) {
+                (Some(mac), _) => vec![mac],
+                (None, Ok(macs)) => macs.clone(),
+                (None, Err(_)) => Vec::new(),
+            };
             let allowed = self
                 .policy
-                .check(&domain, mac)
-                .and_then(|()| policy::check_secureon(secureon, magic.password.as_ref()));
+                .check(&domain, &macs)
+                .and_then(|()| policy::check_credential(&owner.record.meta, &ask.credential));
             if let Err(reason) = allowed {
                 lookup.refused.push((domain.name, reason));
                 continue;
@@ -642,6 +673,21 @@ impl Host {
         refreshed?;
         let hint = self.hint(mac);
         Ok(self.confirm(hv.as_ref(), mac, &hint)?.0)
+    }
+
+    /// The domain named `name`, read for a wake (none if there is none).
+    fn named(&self, hv: &Arc<dyn Hypervisor>, name: &str) -> Result<Vec<Inspection>, HvError> {
+        let Some(uuid) = hv.find(name)? else {
+            return Ok(Vec::new());
+        };
+        self.beat.beat();
+        match hv.inspect(uuid) {
+            Ok(inspection) if inspection.record.name == name => Ok(vec![inspection]),
+            // Renamed or undefined since: as if not found.
+            Ok(_) => Ok(Vec::new()),
+            Err(e) if e.kind == HvErrorKind::NoDomain => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// What the index (or, before it is loaded, the index file) says owns
@@ -922,6 +968,21 @@ impl Host {
         }
     }
 
+    /// The current state of the domain named `name` (`None`: no such
+    /// domain), for an HTTP caller waiting for it to come up.
+    pub fn state_of(&self, name: &str) -> Result<Option<DomainState>, HostError> {
+        let hv = self.connection().map_err(HostError::Unreachable)?;
+        let sort = |e| HostError::from(self.failure(&hv, e));
+        let Some(uuid) = hv.find(name).map_err(sort)? else {
+            return Ok(None);
+        };
+        match hv.state(uuid) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
+            Err(e) => Err(sort(e)),
+        }
+    }
+
     /// Every domain of this host with its MACs, state and managed-save
     /// image, for `list`.
     pub fn inventory(&self) -> Result<Vec<DomainInfo>, HostError> {
@@ -934,8 +995,8 @@ impl Host {
                 let state = hv.state(record.uuid).ok();
                 let managed_save = state == Some(DomainState::ShutOff)
                     && hv.has_managed_save(record.uuid).unwrap_or(false);
-                let tokens = record.meta.tokens.len();
                 let secureon = record.meta.secureon.is_some();
+                let tokens = record.meta.tokens;
                 DomainInfo {
                     domain: DomainRef {
                         name: record.name,

@@ -291,6 +291,15 @@ pub trait Hypervisor: Send + Sync {
     fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError>;
+    /// The UUID of the domain named `name`, if there is one. By default
+    /// from a listing; libvirt looks a name up in one call.
+    fn find(&self, name: &str) -> Result<Option<Uuid>, HvError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|listed| listed.name == name)
+            .map(|listed| listed.uuid))
+    }
     /// What a wake needs to know of a domain: its XML, state and image, one
     /// call after another. (Asked together on three threads they were
     /// slower: through a local libvirtd a round trip costs less than
@@ -566,6 +575,24 @@ impl Hypervisor for Libvirt {
             e
         })?;
         Ok(DomainRecord::from_xml(name, uuid, Ok(xml)))
+    }
+
+    fn find(&self, name: &str) -> Result<Option<Uuid>, HvError> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(domain) => {
+                let uuid = Uuid::from_str(&domain.uuid_string()?)
+                    .map_err(|e| HvError::other(e.to_string()))?;
+                Ok(Some(uuid))
+            }
+            Err(e) => {
+                let e = HvError::from(e);
+                if e.kind == HvErrorKind::NoDomain {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError> {

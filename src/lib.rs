@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ask;
 pub mod backoff;
 pub mod book;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod domain_xml;
 pub mod fleet;
 pub mod gateway;
 pub mod host;
+pub mod http;
 pub mod hypervisor;
 pub mod index;
 pub mod list;
@@ -133,7 +135,7 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     // Claim the passed sockets before anything else opens a file descriptor:
     // with a wrong LISTEN_FDS count, fd 3+n could otherwise be one of ours
     // (the journal socket, the signal pipe) and be taken for a passed one.
-    let listeners = sockets::acquire(&args.listen_address, &args.raw_interface);
+    let listeners = sockets::acquire(&args.listen_address, &args.raw_interface, &args.http_listen);
     logging::init();
     match listeners.and_then(|listeners| serve(&args, listeners)) {
         Ok(code) => code,
@@ -144,9 +146,25 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
+fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> {
     use anyhow::Context;
 
+    // Tokens must not cross a network in clear unless the operator says
+    // that network is private.
+    if !args.allow_plain_http {
+        for listener in &listeners.http {
+            let addr = listener
+                .local_addr()
+                .context("cannot read an HTTP socket's address")?;
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing plain HTTP on {addr}: tokens would cross the network in clear; \
+                     listen on loopback, or give --allow-plain-http for a VPN interface that \
+                     already encrypts"
+                );
+            }
+        }
+    }
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
     // Only a socket systemd holds for us survives our exit; raw listeners
     // and our own sockets would close, so those run until stopped.
@@ -187,8 +205,8 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         rules: Rules::with_dedupe_window(args.dedupe_window),
         max_in_flight: MAX_IN_FLIGHT,
     };
-    let gateway = Gateway::new(
-        listeners.listeners,
+    let mut gateway = Gateway::new(
+        std::mem::take(&mut listeners.listeners),
         fleet,
         config,
         shutdown,
@@ -196,6 +214,17 @@ fn serve(args: &Args, listeners: sockets::Listeners) -> anyhow::Result<i32> {
         reporter,
     )
     .context("cannot set up the event loop")?;
+    if !listeners.http.is_empty() {
+        let addresses: Vec<String> = listeners
+            .http
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let context = http::Context::new(gateway.submitter(), gateway.fleet(), policy.clone());
+        http::spawn(listeners.http, context).context("cannot start the HTTP wake")?;
+        gateway.announce_http(&addresses);
+    }
     let (exit, _stats) = gateway.run();
     Ok(exit.code())
 }

@@ -3,6 +3,7 @@
 //! as a real wake, in the same words as the log. It replaces "find your VM's
 //! MAC with virsh domiflist".
 
+use std::borrow::Borrow;
 use std::fmt::Write as _;
 
 use crate::host::{DomainInfo, Host};
@@ -24,13 +25,13 @@ pub struct Entry {
 /// What a magic packet for `mac` would do to `entry` now, among all
 /// `entries` of all hosts.
 pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> Effect {
-    if let Err(reason) = policy.check(&entry.info.domain, mac) {
+    if let Err(reason) = policy.check(&entry.info.domain, &[mac]) {
         return Effect::Refused(reason);
     }
     let candidates: Vec<Candidate> = entries
         .iter()
         .filter(|e| e.info.macs.as_ref().is_ok_and(|m| m.contains(&mac)))
-        .filter(|e| policy.check(&e.info.domain, mac).is_ok())
+        .filter(|e| policy.check(&e.info.domain, &[mac]).is_ok())
         .filter_map(|e| {
             Some(Candidate {
                 name: e.info.domain.name.clone(),
@@ -62,10 +63,11 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
 
 /// Every host's domains, sorted by host and name, and one line per host
 /// that could not be listed.
-pub fn entries(hosts: &[Host]) -> (Vec<Entry>, Vec<String>) {
+pub fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
+        let host = host.borrow();
         match host.inventory() {
             Ok(found) => entries.extend(found.into_iter().map(|info| Entry { host: i, info })),
             Err(e) => problems.push(report::cannot_list(host.uri(), &e)),
@@ -114,7 +116,12 @@ pub struct MacView {
 }
 
 /// The view of one entry.
-pub fn view(hosts: &[Host], entry: &Entry, entries: &[Entry], policy: &Policy) -> DomainView {
+pub fn view<H: Borrow<Host>>(
+    hosts: &[H],
+    entry: &Entry,
+    entries: &[Entry],
+    policy: &Policy,
+) -> DomainView {
     let (macs, unreadable) = match &entry.info.macs {
         Ok(macs) => (
             macs.iter()
@@ -137,11 +144,11 @@ pub fn view(hosts: &[Host], entry: &Entry, entries: &[Entry], policy: &Policy) -
     DomainView {
         domain: entry.info.domain.name.clone(),
         uuid: entry.info.domain.uuid.to_string(),
-        host: hosts[entry.host].uri().to_string(),
+        host: hosts[entry.host].borrow().uri().to_string(),
         state: entry.info.state.map(|s| s.as_str()),
         managed_save: entry.info.managed_save,
         opt_in: entry.info.domain.wake_opt_in,
-        tokens: entry.info.tokens,
+        tokens: entry.info.tokens.len(),
         secureon: entry.info.secureon,
         macs,
         unreadable,
@@ -149,7 +156,7 @@ pub fn view(hosts: &[Host], entry: &Entry, entries: &[Entry], policy: &Policy) -
 }
 
 /// `list --json`: an array of [`DomainView`]s, pretty-printed.
-pub fn json(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
+pub fn json<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
     let views: Vec<DomainView> = entries
         .iter()
         .map(|entry| view(hosts, entry, entries, policy))
@@ -159,7 +166,7 @@ pub fn json(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
 }
 
 /// `list`'s table.
-pub fn table(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
+pub fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
     let several = hosts.len() > 1;
     let mut rows = vec![[
         "URI".to_owned(),
@@ -169,7 +176,7 @@ pub fn table(hosts: &[Host], entries: &[Entry], policy: &Policy) -> String {
         "ON A MAGIC PACKET".to_owned(),
     ]];
     for entry in entries {
-        let uri = hosts[entry.host].uri().to_string();
+        let uri = hosts[entry.host].borrow().uri().to_string();
         let state = entry.info.state.map_or("?", |s| s.as_str()).to_owned();
         let row = |mac: String, effect: String| {
             [
@@ -232,7 +239,7 @@ mod tests {
                 macs: Ok(vec![MAC]),
                 state: Some(state),
                 managed_save: false,
-                tokens: 0,
+                tokens: Vec::new(),
                 secureon: false,
             },
         }

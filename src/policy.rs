@@ -5,6 +5,8 @@
 
 use std::str::FromStr;
 
+use crate::ask::Credential;
+use crate::domain_xml::WakeMeta;
 use crate::hypervisor::Uuid;
 use crate::packet::{Mac, Password};
 use crate::secret::Sealed;
@@ -67,6 +69,33 @@ pub enum Refusal {
     /// The packet's SecureOn password is not the domain's.
     #[error("SecureOn password wrong")]
     SecureOnWrong,
+    /// The HTTP request's token is not one of the domain's.
+    #[error("the token is not one of this domain's")]
+    NotThisToken,
+}
+
+/// Whether a request's credential opens `meta`'s domain: a token must be
+/// one of the domain's (and then needs no SecureOn password: it is the
+/// stronger secret); a magic packet needs the domain's SecureOn password if
+/// it set one.
+pub fn check_credential(meta: &WakeMeta, credential: &Credential) -> Result<(), Refusal> {
+    match credential {
+        Credential::Token(hash) => {
+            // Every stored hash is compared, in constant time each: how
+            // long it takes says nothing about which one matched.
+            let found = meta
+                .tokens
+                .iter()
+                .fold(false, |found, stored| found | stored.matches(hash));
+            if found {
+                Ok(())
+            } else {
+                Err(Refusal::NotThisToken)
+            }
+        }
+        Credential::SecureOn(password) => check_secureon(meta.secureon.as_ref(), Some(password)),
+        Credential::None => check_secureon(meta.secureon.as_ref(), None),
+    }
 }
 
 /// Whether a magic packet's SecureOn password (if any) opens a domain that
@@ -90,11 +119,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Whether a packet for `mac` may wake `domain`.
-    pub fn check(&self, domain: &DomainRef, mac: Mac) -> Result<(), Refusal> {
+    /// Whether a request for `macs` (a packet's MAC; for a domain asked
+    /// for by name, its MACs) may wake `domain`.
+    pub fn check(&self, domain: &DomainRef, macs: &[Mac]) -> Result<(), Refusal> {
         let listed = self.allow.is_empty()
             || self.allow.iter().any(|entry| match entry {
-                AllowEntry::Mac(allowed) => *allowed == mac,
+                AllowEntry::Mac(allowed) => macs.contains(allowed),
                 AllowEntry::Uuid(uuid) => domain.uuid == *uuid,
                 AllowEntry::Name(name) => domain.name == *name,
             });
@@ -148,9 +178,9 @@ mod tests {
 
     #[test]
     fn default_policy_allows_everything() {
-        let mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        let mac: Mac = "52:54:00:aa:bb:cc".parse().unwrap();
         assert!(Policy::default().is_open());
-        assert_eq!(Policy::default().check(&web01(false), mac), Ok(()));
+        assert_eq!(Policy::default().check(&web01(false), &[mac]), Ok(()));
     }
 
     #[test]
@@ -162,18 +192,21 @@ mod tests {
                 allow: vec![entry("db01"), entry(allowed)],
                 require_opt_in: false,
             };
-            assert_eq!(policy.check(&web01(false), mac), Ok(()), "{allowed}");
+            assert_eq!(policy.check(&web01(false), &[mac]), Ok(()), "{allowed}");
         }
         let policy = Policy {
             allow: vec![entry("52:54:00:aa:bb:cc")],
             require_opt_in: false,
         };
-        assert_eq!(policy.check(&web01(false), other), Err(Refusal::NotAllowed));
+        assert_eq!(
+            policy.check(&web01(false), &[other]),
+            Err(Refusal::NotAllowed)
+        );
         let policy = Policy {
             allow: vec![entry("db01")],
             require_opt_in: false,
         };
-        assert_eq!(policy.check(&web01(true), mac), Err(Refusal::NotAllowed));
+        assert_eq!(policy.check(&web01(true), &[mac]), Err(Refusal::NotAllowed));
     }
 
     #[test]
@@ -196,12 +229,12 @@ mod tests {
 
     #[test]
     fn opt_in_is_required_on_top_of_the_list() {
-        let mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        let mac: Mac = "52:54:00:aa:bb:cc".parse().unwrap();
         let policy = Policy {
             allow: vec![],
             require_opt_in: true,
         };
-        assert_eq!(policy.check(&web01(false), mac), Err(Refusal::NoOptIn));
-        assert_eq!(policy.check(&web01(true), mac), Ok(()));
+        assert_eq!(policy.check(&web01(false), &[mac]), Err(Refusal::NoOptIn));
+        assert_eq!(policy.check(&web01(true), &[mac]), Ok(()));
     }
 }

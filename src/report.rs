@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{Level, debug, error, info, warn};
 
+use crate::ask::Target;
 use crate::book::{Request, Resumed};
 use crate::hypervisor::{DomainState, HvError, Unreadable};
 use crate::index::file::FileError;
@@ -38,6 +39,20 @@ pub fn action_word(verb: Verb) -> &'static str {
         Verb::Restore => "restore",
         Verb::Resume => "resume",
         Verb::PmWakeup => "pm-wakeup",
+    }
+}
+
+/// The `RESULT` journal field for an outcome (also the HTTP wake's
+/// `result`).
+pub fn result_word(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done { .. } => "ok",
+        Outcome::Failed { .. } | Outcome::LookupFailed { .. } => "failed",
+        Outcome::AlreadyUp { .. } => "already-up",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Ambiguous { .. } => "ambiguous",
+        Outcome::NoMatch => "no-match",
+        Outcome::DryRun { .. } => "dry-run",
     }
 }
 
@@ -89,11 +104,15 @@ impl Record {
         self.action = verb.map(action_word);
     }
 
-    fn about(level: Level, mac: Mac, source: &Source, message: String) -> Self {
+    fn about(level: Level, target: &Target, source: &Source, message: String) -> Self {
+        let mac = match target {
+            Target::Mac(mac) => Some(*mac),
+            Target::Domain(_) => None,
+        };
         Record {
             level,
             message,
-            mac: Some(mac),
+            mac,
             source: Some(source.to_string()),
             via: Some(source.via()),
             domain: None,
@@ -147,6 +166,8 @@ pub struct StatusView<'a> {
 pub struct Stats {
     /// Datagrams read.
     pub datagrams: u64,
+    /// HTTP wake requests taken in.
+    pub http_requests: u64,
     /// Datagrams that were not magic packets.
     pub rejected: u64,
     /// Magic packets for a MAC already waiting, being handled, or brought
@@ -271,7 +292,7 @@ impl Reporter {
             self.duplicates.suppress(now);
             false
         };
-        let mut record = Record::about(Level::INFO, mac, source, message);
+        let mut record = Record::about(Level::INFO, &Target::Mac(mac), source, message);
         record.action = Some("none");
         record.result = Some("duplicate");
         self.send(record, shown);
@@ -283,7 +304,7 @@ impl Reporter {
             "dropping wake request for {mac} from {source}: {max_pending} requests are already \
              waiting (counted in the exit summary)"
         );
-        let mut record = Record::about(Level::WARN, mac, source, message);
+        let mut record = Record::about(Level::WARN, &Target::Mac(mac), source, message);
         record.action = Some("none");
         record.result = Some("dropped");
         let shown = self.overflow.allow(now);
@@ -292,7 +313,7 @@ impl Reporter {
 
     /// One line per decided request.
     pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
-        let (mac, source) = (request.magic.mac, &request.source);
+        let (mac, source) = (&request.ask.target, &request.source);
         let burst = match request.repeats {
             0 => String::new(),
             1 => " (1 duplicate packet in this burst ignored)".into(),
@@ -311,7 +332,7 @@ impl Reporter {
         let from = format!("{mac} from {source}");
         let mut record = Record::about(Level::INFO, mac, source, String::new());
         let mut shown = true;
-        let (level, result, headline, message) = match &decision.outcome {
+        let (level, headline, message) = match &decision.outcome {
             Outcome::Done {
                 domain,
                 state,
@@ -321,7 +342,6 @@ impl Reporter {
                 let what = done(*verb, &self.name(domain));
                 (
                     Level::INFO,
-                    "ok",
                     format!("{what} ({mac})"),
                     format!("{what} (was {state}) for {from}"),
                 )
@@ -338,7 +358,6 @@ impl Reporter {
                 let verb = action_word(*verb);
                 (
                     Level::ERROR,
-                    "failed",
                     format!("failed to {verb} {name} ({mac})"),
                     format!("cannot {verb} {name} (was {state}) for {from}: {error}"),
                 )
@@ -360,7 +379,6 @@ impl Reporter {
                 };
                 (
                     Level::INFO,
-                    "already-up",
                     format!("{name} ({mac}) already up"),
                     format!("{name} is already up ({state}); nothing to do for {from}{also}"),
                 )
@@ -371,7 +389,6 @@ impl Reporter {
                 let names = self.names(domains);
                 (
                     Level::WARN,
-                    "refused",
                     format!("refused to wake {names} ({mac})"),
                     format!("refused to wake {names} for {from}: {reason}"),
                 )
@@ -382,7 +399,6 @@ impl Reporter {
                 let names = self.names(domains);
                 (
                     Level::ERROR,
-                    "ambiguous",
                     format!("{mac} is ambiguous, nothing started"),
                     format!(
                         "{from}: MAC is on several shut-off domains ({names}); starting none. \
@@ -392,11 +408,14 @@ impl Reporter {
             }
             Outcome::NoMatch => {
                 shown = self.unknown.allow(now);
+                let missing = match mac {
+                    Target::Mac(_) => format!("no domain on {uris} has MAC {mac}"),
+                    Target::Domain(_) => format!("no domain named {mac} on {uris}"),
+                };
                 (
                     Level::WARN,
-                    "no-match",
                     format!("no domain has {mac}"),
-                    format!("no domain on {uris} has MAC {mac} (from {source}); nothing to do"),
+                    format!("{missing} (from {source}); nothing to do"),
                 )
             }
             Outcome::DryRun {
@@ -409,7 +428,6 @@ impl Reporter {
                 let verb = action_word(*verb);
                 (
                     Level::INFO,
-                    "dry-run",
                     format!("dry run: would {verb} {name} ({mac})"),
                     format!("dry run: would {verb} {name} (is {state}) for {from}"),
                 )
@@ -419,7 +437,6 @@ impl Reporter {
                 shown = self.problems.allow(now);
                 (
                     Level::ERROR,
-                    "failed",
                     format!("lookup of {mac} failed"),
                     format!("cannot look up {from} on {uri}: {error}"),
                 )
@@ -427,7 +444,7 @@ impl Reporter {
         };
         record.level = level;
         record.action = record.action.or(Some("none"));
-        record.result = Some(result);
+        record.result = Some(result_word(&decision.outcome));
         record.message = format!("{message}{left_out}{burst}");
         self.last_event = headline;
         self.send(record, shown);
@@ -435,15 +452,18 @@ impl Reporter {
 
     /// No thread could be started for a request (it waits and is tried
     /// again); at most a few lines per window.
-    pub fn no_worker(&mut self, mac: Mac, error: &std::io::Error, now: Instant) {
+    pub fn no_worker(&mut self, target: &Target, error: &std::io::Error, now: Instant) {
         let shown = self.problems.allow(now);
         let message = format!(
-            "cannot start a worker thread for {mac} ({error}); it waits and is tried again"
+            "cannot start a worker thread for {target} ({error}); it waits and is tried again"
         );
         let record = Record {
             level: Level::WARN,
             message,
-            mac: Some(mac),
+            mac: match target {
+                Target::Mac(mac) => Some(*mac),
+                Target::Domain(_) => None,
+            },
             source: None,
             via: None,
             domain: None,
@@ -531,7 +551,7 @@ impl Reporter {
         &mut self,
         why: Exit,
         stats: &Stats,
-        undecided: &[(Mac, bool)],
+        undecided: &[(Target, bool)],
         waiting_for: Option<&WaitFor>,
         refreshes: (u64, u64),
     ) -> String {
@@ -574,6 +594,7 @@ impl Reporter {
         }
         let Stats {
             datagrams,
+            http_requests,
             rejected,
             duplicates,
             handled,
@@ -593,8 +614,13 @@ impl Reporter {
             let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
         }
         let (listings, full_scans) = refreshes;
+        // Said only where HTTP is in use: the line is matched by scripts.
+        let http = match http_requests {
+            0 => String::new(),
+            n => format!("{n} HTTP requests, "),
+        };
         info!(
-            "exiting ({}): {datagrams} datagrams, {handled} wake requests handled, \
+            "exiting ({}): {datagrams} datagrams, {http}{handled} wake requests handled, \
              {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
              {full_scans} full scans; {:.1} ms spent reading datagrams",
             exit_words(why),

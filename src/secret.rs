@@ -17,7 +17,7 @@ const TOKEN_BYTES: usize = 32;
 pub const PREFIX_LEN: usize = 8;
 
 /// A SHA-256 hash of a secret.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {

@@ -19,14 +19,17 @@ pub enum Source {
     Udp(SocketAddr),
     /// A raw frame's source MAC and interface.
     Raw(RawSource),
+    /// An HTTP wake request's peer.
+    Http(SocketAddr),
 }
 
 impl Source {
-    /// How it arrived, for the `VIA` journal field: `udp` or `raw`.
+    /// How it arrived, for the `VIA` journal field: `udp`, `raw` or `http`.
     pub fn via(&self) -> &'static str {
         match self {
             Source::Udp(_) => "udp",
             Source::Raw(_) => "raw",
+            Source::Http(_) => "http",
         }
     }
 }
@@ -36,6 +39,7 @@ impl fmt::Display for Source {
         match self {
             Source::Udp(addr) => addr.fmt(f),
             Source::Raw(raw) => raw.fmt(f),
+            Source::Http(addr) => write!(f, "{addr} (HTTP)"),
         }
     }
 }
@@ -155,23 +159,36 @@ pub struct Listeners {
     /// UDP sockets in `LISTEN_FDS` or `--listen-address` order, then the raw
     /// listeners in `--raw-interface` order.
     pub listeners: Vec<Listener>,
-    /// Where the UDP sockets came from.
+    /// TCP sockets for the HTTP wake (passed, or bound for `--http-listen`).
+    pub http: Vec<std::net::TcpListener>,
+    /// Where the sockets came from.
     pub origin: Origin,
 }
 
-/// Takes every socket systemd passed, or, with none passed, binds each of
-/// `listen_addresses` (the default address if there are none and no raw
-/// interface either); then opens each raw interface.
-pub fn acquire(listen_addresses: &[SocketAddr], raw_interfaces: &[String]) -> Result<Listeners> {
+/// Takes every socket systemd passed (UDP for magic packets, TCP stream
+/// sockets for the HTTP wake: told apart by their type, whatever their
+/// order or `FileDescriptorName=`), or, with none passed, binds each of
+/// `listen_addresses` (the default address if there are none, no raw
+/// interface and no HTTP address either) and `http_addresses`; then opens
+/// each raw interface.
+pub fn acquire(
+    listen_addresses: &[SocketAddr],
+    raw_interfaces: &[String],
+    http_addresses: &[SocketAddr],
+) -> Result<Listeners> {
     let mut passed = ListenFd::from_env();
-    let (sockets, origin) = if passed.len() > 0 {
-        let sockets = (0..passed.len())
-            .map(|i| take_udp(&mut passed, i))
-            .collect::<Result<Vec<_>>>()?;
-        (sockets, Origin::Activated)
+    let (sockets, http, origin) = if passed.len() > 0 {
+        let (mut sockets, mut http) = (Vec::new(), Vec::new());
+        for i in 0..passed.len() {
+            match take_passed(&mut passed, i)? {
+                Passed::Udp(socket) => sockets.push(socket),
+                Passed::Tcp(listener) => http.push(listener),
+            }
+        }
+        (sockets, http, Origin::Activated)
     } else {
-        let default: Vec<SocketAddr> = match (listen_addresses, raw_interfaces) {
-            ([], []) => DEFAULT_LISTEN_ADDRESS.parse().into_iter().collect(),
+        let default: Vec<SocketAddr> = match (listen_addresses, raw_interfaces, http_addresses) {
+            ([], [], []) => DEFAULT_LISTEN_ADDRESS.parse().into_iter().collect(),
             _ => Vec::new(),
         };
         let sockets = listen_addresses
@@ -179,7 +196,11 @@ pub fn acquire(listen_addresses: &[SocketAddr], raw_interfaces: &[String]) -> Re
             .chain(&default)
             .map(|addr| bind(*addr))
             .collect::<Result<Vec<_>>>()?;
-        (sockets, Origin::Bound)
+        let http = http_addresses
+            .iter()
+            .map(|addr| bind_http(*addr))
+            .collect::<Result<Vec<_>>>()?;
+        (sockets, http, Origin::Bound)
     };
     let mut listeners = Vec::with_capacity(sockets.len() + raw_interfaces.len());
     for socket in sockets {
@@ -191,21 +212,33 @@ pub fn acquire(listen_addresses: &[SocketAddr], raw_interfaces: &[String]) -> Re
     for interface in raw_interfaces {
         listeners.push(Listener::Raw(RawListener::open(interface)?));
     }
-    Ok(Listeners { listeners, origin })
+    Ok(Listeners {
+        listeners,
+        http,
+        origin,
+    })
 }
 
-/// Takes passed socket `i`, explaining what it is when it is not UDP.
-fn take_udp(passed: &mut ListenFd, i: usize) -> Result<UdpSocket> {
+/// A socket systemd passed.
+enum Passed {
+    Udp(UdpSocket),
+    Tcp(std::net::TcpListener),
+}
+
+/// Takes passed socket `i`, explaining what it is when it is neither UDP
+/// nor a listening TCP socket.
+fn take_passed(passed: &mut ListenFd, i: usize) -> Result<Passed> {
     let fd = 3 + i;
     let not_udp = match passed.take_udp_socket(i) {
-        Ok(Some(socket)) => return Ok(socket),
+        Ok(Some(socket)) => return Ok(Passed::Udp(socket)),
         Ok(None) => bail!("passed fd {fd} is missing"),
         Err(e) => e,
     };
     // listenfd leaves a rejected fd in place, so we can ask what it is.
-    let what = if passed.take_tcp_listener(i).is_ok() {
-        "a TCP socket"
-    } else if passed.take_unix_listener(i).is_ok() {
+    if let Ok(Some(listener)) = passed.take_tcp_listener(i) {
+        return Ok(Passed::Tcp(listener));
+    }
+    let what = if passed.take_unix_listener(i).is_ok() {
         "a unix stream socket"
     } else if passed.take_unix_datagram(i).is_ok() {
         "a unix datagram socket"
@@ -215,9 +248,22 @@ fn take_udp(passed: &mut ListenFd, i: usize) -> Result<UdpSocket> {
         "a socket of another kind"
     };
     bail!(
-        "passed fd {fd} (LISTEN_FDS) is {what}, not a UDP socket; \
-         the .socket unit must use ListenDatagram= (e.g. ListenDatagram=127.0.0.1:9)"
+        "passed fd {fd} (LISTEN_FDS) is {what}, not a UDP or TCP socket; \
+         the .socket units must use ListenDatagram= (e.g. ListenDatagram=127.0.0.1:9) \
+         or ListenStream= (e.g. ListenStream=127.0.0.1:8009)"
     )
+}
+
+fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::AddrInUse => "another program holds it; pick another --http-listen",
+            io::ErrorKind::PermissionDenied => "ports below 1024 need privileges; pick another",
+            io::ErrorKind::AddrNotAvailable => "no interface has that address",
+            _ => "check the address",
+        };
+        anyhow::anyhow!("cannot listen for HTTP on {addr}: {e} ({hint})")
+    })
 }
 
 fn bind(addr: SocketAddr) -> Result<UdpSocket> {

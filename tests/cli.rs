@@ -1,6 +1,6 @@
 //! The command-line contract: help, version, exit statuses and one-line errors.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::Duration;
@@ -144,17 +144,6 @@ fn passed_fd_error(fds: Vec<OwnedFd>, listen_fds: Option<&str>) -> String {
     assert_eq!(log.lines().count(), 1, "one line:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
     log
-}
-
-#[test]
-fn a_passed_tcp_socket_is_refused_by_name() {
-    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
-    let log = passed_fd_error(vec![tcp.into()], None);
-    assert!(
-        log.contains("fd 3") && log.contains("a TCP socket"),
-        "{log}"
-    );
-    assert!(log.contains("ListenDatagram="), "{log}");
 }
 
 #[test]

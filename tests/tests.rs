@@ -11,6 +11,7 @@ mod e2e_faults;
 mod e2e_journald;
 mod e2e_libvirtd;
 mod hosts;
+mod http;
 mod index_cache;
 mod properties;
 mod raw;

@@ -1,0 +1,80 @@
+//! What a wake request asks for, whichever way it came in: a target (a MAC
+//! from a magic packet or the HTTP wake, or a domain name from the HTTP
+//! wake) and the credential it carries. Requests are de-duplicated on the
+//! whole of it: a wrong password or another client's token sent first must
+//! never make the right one a duplicate.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::packet::{Mac, Password};
+use crate::secret::Hash;
+
+/// The domain a request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// The domain that owns this MAC (the ambiguity rule applies).
+    Mac(Mac),
+    /// The domain of this name.
+    Domain(Arc<str>),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Mac(mac) => mac.fmt(f),
+            Target::Domain(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What a request proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Credential {
+    /// Nothing: a magic packet without a password.
+    None,
+    /// A magic packet's SecureOn password.
+    SecureOn(Password),
+    /// The hash of an HTTP wake token (the token itself is never kept).
+    Token(Hash),
+}
+
+/// A wake request's target and credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ask {
+    /// The domain asked for.
+    pub target: Target,
+    /// What the request proves.
+    pub credential: Credential,
+}
+
+impl Ask {
+    /// The MAC asked for, if the target is one.
+    pub fn mac(&self) -> Option<Mac> {
+        match self.target {
+            Target::Mac(mac) => Some(mac),
+            Target::Domain(_) => None,
+        }
+    }
+}
+
+impl From<Mac> for Ask {
+    /// A magic packet without a password.
+    fn from(mac: Mac) -> Ask {
+        Ask {
+            target: Target::Mac(mac),
+            credential: Credential::None,
+        }
+    }
+}
+
+impl From<crate::packet::Magic> for Ask {
+    fn from(magic: crate::packet::Magic) -> Ask {
+        Ask {
+            target: Target::Mac(magic.mac),
+            credential: magic
+                .password
+                .map_or(Credential::None, Credential::SecureOn),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! What a wake request is answered: a pure mapping from the loop's reply
+//! to the HTTP status and JSON, in the journal's words.
+
+use std::sync::Arc;
+
+use hyper::http::StatusCode;
+use serde::Serialize;
+
+use crate::ask::Target;
+use crate::gateway::Reply;
+use crate::hypervisor::DomainState;
+use crate::outcome::Outcome;
+use crate::report::{self, action_word};
+
+/// 404 for every "no domain this token may wake": the domain does not
+/// exist, or the token is another domain's, or no domain's. A token must
+/// not reveal which domains exist.
+pub const NOT_FOUND: &str = "no domain this token may wake matches";
+
+/// The answer to a wake request.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct WakeAnswer {
+    /// The domain acted on (or asked for).
+    pub domain: Option<String>,
+    /// Its host's libvirt URI.
+    pub host: Option<String>,
+    /// Its state before.
+    pub state_before: Option<&'static str>,
+    /// `start`, `restore`, `resume`, `pm-wakeup` or `none`.
+    pub action: &'static str,
+    /// The journal's `RESULT` word (`ok`, `already-up`, `failed`, …, or
+    /// `duplicate`).
+    pub result: &'static str,
+    /// Its state when the answer was made.
+    pub state: Option<&'static str>,
+    /// What the answer waited for: `running`, or `null` without `?wait=`.
+    pub waited_for: Option<&'static str>,
+    /// How long the request waited for its domain to come up.
+    pub waited_ms: u64,
+    /// libvirt's message, or why nothing was done.
+    pub error: Option<String>,
+}
+
+/// What to answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// A wake answer; `follow` names the domain (host URI, name) whose state
+    /// is read before answering (and waited for with `?wait=`).
+    Wake {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The body.
+        answer: WakeAnswer,
+        /// The domain to read the state of.
+        follow: Option<(Arc<str>, String)>,
+    },
+    /// `{"error": message}`.
+    Error {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Why.
+        message: String,
+        /// It counts as a failed authentication (toward 429).
+        failed_auth: bool,
+        /// `Retry-After` seconds.
+        retry_after: Option<u64>,
+    },
+}
+
+/// The answer to `reply`, for a request for `target`.
+pub fn answer(reply: &Reply, target: &Target) -> Answered {
+    let error = |status, message: String, failed_auth, retry_after| Answered::Error {
+        status,
+        message,
+        failed_auth,
+        retry_after,
+    };
+    let decision = match reply {
+        Reply::Decided(decision) => decision,
+        Reply::Duplicate { ago } => {
+            return Answered::Wake {
+                status: StatusCode::OK,
+                answer: WakeAnswer {
+                    domain: match target {
+                        Target::Domain(name) => Some(name.to_string()),
+                        Target::Mac(_) => None,
+                    },
+                    host: None,
+                    state_before: None,
+                    action: "none",
+                    result: "duplicate",
+                    state: None,
+                    waited_for: None,
+                    waited_ms: 0,
+                    error: Some(format!(
+                        "the same request brought it up {:.1} s ago",
+                        ago.as_secs_f64()
+                    )),
+                },
+                follow: None,
+            };
+        }
+        Reply::Dropped => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many wake requests wait already; try again".into(),
+                false,
+                Some(1),
+            );
+        }
+        Reply::Waiting(waiting) => {
+            let uris: Vec<&str> = waiting.hosts.iter().map(|(uri, _)| &**uri).collect();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "libvirt at {} does not answer; the request is kept and done when it does",
+                    uris.join(", ")
+                ),
+                false,
+                Some(5),
+            );
+        }
+    };
+    let (status, domain, state, action, message) = match &decision.outcome {
+        Outcome::Done {
+            domain,
+            state,
+            verb,
+        }
+        | Outcome::DryRun {
+            domain,
+            state,
+            verb,
+        } => (
+            StatusCode::OK,
+            Some(domain),
+            Some(*state),
+            action_word(*verb),
+            None,
+        ),
+        Outcome::AlreadyUp { domain, state, .. } => {
+            (StatusCode::OK, Some(domain), Some(*state), "none", None)
+        }
+        Outcome::Failed {
+            domain,
+            state,
+            verb,
+            error,
+        } => (
+            StatusCode::BAD_GATEWAY,
+            Some(domain),
+            Some(*state),
+            action_word(*verb),
+            Some(error.to_string()),
+        ),
+        Outcome::Ambiguous { .. } => (
+            StatusCode::CONFLICT,
+            None,
+            None,
+            "none",
+            Some("the MAC is on several shut-off domains; none was started".to_owned()),
+        ),
+        Outcome::LookupFailed { error, .. } => (
+            StatusCode::BAD_GATEWAY,
+            None,
+            None,
+            "none",
+            Some(error.to_string()),
+        ),
+        Outcome::Refused { .. } | Outcome::NoMatch => {
+            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
+        }
+    };
+    // A dry run changed nothing: its state is the one read.
+    let follow = match (&decision.outcome, domain) {
+        (Outcome::DryRun { .. }, _) | (_, None) => None,
+        (_, Some(_)) if status != StatusCode::OK => None,
+        (_, Some(domain)) => Some((Arc::clone(&domain.uri), domain.name.clone())),
+    };
+    Answered::Wake {
+        status,
+        answer: WakeAnswer {
+            domain: domain.map(|d| d.name.clone()),
+            host: domain.map(|d| d.uri.to_string()),
+            state_before: state.map(DomainState::as_str),
+            action,
+            result: report::result_word(&decision.outcome),
+            state: state.map(DomainState::as_str),
+            waited_for: None,
+            waited_ms: 0,
+            error: message,
+        },
+        follow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hypervisor::HvError;
+    use crate::outcome::{Decision, Named, Verb, WaitFor};
+    use crate::policy::Refusal;
+
+    fn web01() -> Named {
+        Named {
+            name: "web01".into(),
+            uri: Arc::from("qemu:///system"),
+        }
+    }
+
+    fn decided(outcome: Outcome) -> Answered {
+        let reply = Reply::Decided(Decision {
+            outcome,
+            left_out: Vec::new(),
+        });
+        answer(&reply, &Target::Domain(Arc::from("web01")))
+    }
+
+    fn code(answered: &Answered) -> (StatusCode, bool) {
+        match answered {
+            Answered::Wake { status, .. } => (*status, false),
+            Answered::Error {
+                status,
+                failed_auth,
+                ..
+            } => (*status, *failed_auth),
+        }
+    }
+
+    #[test]
+    fn each_outcome_has_its_status() {
+        let done = decided(Outcome::Done {
+            domain: web01(),
+            state: DomainState::ShutOff,
+            verb: Verb::Restore,
+        });
+        let Answered::Wake {
+            status,
+            answer,
+            follow,
+        } = done
+        else {
+            panic!("{done:?}")
+        };
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (answer.action, answer.result, answer.state_before),
+            ("restore", "ok", Some("shut off"))
+        );
+        assert_eq!(follow, Some((Arc::from("qemu:///system"), "web01".into())));
+
+        let up = decided(Outcome::AlreadyUp {
+            domain: web01(),
+            state: DomainState::Running,
+            others: Vec::new(),
+        });
+        assert_eq!(code(&up), (StatusCode::OK, false));
+        let failed = decided(Outcome::Failed {
+            domain: web01(),
+            state: DomainState::ShutOff,
+            verb: Verb::Start,
+            error: HvError::other("Cannot access storage file"),
+        });
+        assert_eq!(code(&failed), (StatusCode::BAD_GATEWAY, false));
+        let Answered::Wake { answer, follow, .. } = failed else {
+            panic!()
+        };
+        assert_eq!(answer.error.as_deref(), Some("Cannot access storage file"));
+        assert_eq!(follow, None);
+        assert_eq!(
+            code(&decided(Outcome::Ambiguous {
+                domains: vec![web01(), web01()]
+            })),
+            (StatusCode::CONFLICT, false)
+        );
+        // No such domain and someone else's domain look the same.
+        let refused = decided(Outcome::Refused {
+            domains: vec![web01()],
+            reason: Refusal::NotThisToken,
+        });
+        assert_eq!(refused, decided(Outcome::NoMatch));
+        assert_eq!(code(&refused), (StatusCode::NOT_FOUND, true));
+        let dry = decided(Outcome::DryRun {
+            domain: web01(),
+            state: DomainState::ShutOff,
+            verb: Verb::Start,
+        });
+        let Answered::Wake { answer, follow, .. } = dry else {
+            panic!()
+        };
+        assert_eq!((answer.result, follow), ("dry-run", None));
+    }
+
+    #[test]
+    fn a_waiting_or_dropped_request_is_503_with_retry_after() {
+        let target = Target::Domain(Arc::from("web01"));
+        let waiting = Reply::Waiting(WaitFor {
+            hosts: vec![(Arc::from("qemu:///system"), None)],
+        });
+        let Answered::Error {
+            status,
+            message,
+            retry_after,
+            ..
+        } = answer(&waiting, &target)
+        else {
+            panic!()
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(message.contains("qemu:///system"), "{message}");
+        assert_eq!(retry_after, Some(5));
+        let duplicate = answer(
+            &Reply::Duplicate {
+                ago: Duration::from_millis(1500),
+            },
+            &target,
+        );
+        assert_eq!(status_of(&duplicate), StatusCode::OK);
+    }
+
+    fn status_of(answered: &Answered) -> StatusCode {
+        code(answered).0
+    }
+}

@@ -1,0 +1,450 @@
+//! The HTTP wake: an authenticated way in beside the magic packet, for
+//! clients that cannot send a broadcast (a phone on a VPN, Moonlight's
+//! "HTTP wake", Home Assistant, curl).
+//!
+//! It runs on a thread of its own with a small tokio runtime (hyper needs
+//! one); the gateway's loop never waits for it. A wake request is checked
+//! here (path, token present, size, rate of failures) and then enters the
+//! loop's book like a magic packet ([`Submitter`]), with the token's hash as
+//! its credential: the same de-duplication, policy, ambiguity rule, worker
+//! slots and journal line (`VIA=http`). Whether the token may wake the
+//! domain is decided there, against the domain's current XML.
+//!
+//! Hostile clients cost little: connections are capped, headers must
+//! arrive within [`HEADER_TIMEOUT`], bodies are capped and must arrive
+//! within [`BODY_TIMEOUT`], a connection lives at most [`MAX_CONNECTION`],
+//! and a client that failed to authenticate 5 times in a minute is answered
+//! 429 at once. No token, token hash or `?token=` value is ever logged.
+
+mod answer;
+mod limit;
+pub mod route;
+
+pub use self::answer::WakeAnswer;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::ask::{Ask, Credential, Target};
+use crate::fleet::Fleet;
+use crate::gateway::{Submission, Submitter};
+use crate::hypervisor::DomainState;
+use crate::list::{self, DomainView};
+use crate::lock;
+use crate::policy::Policy;
+use crate::secret::{Hash, token_hash};
+use crate::sockets::Source;
+
+use self::answer::Answered;
+use self::limit::Failures;
+use self::route::{Endpoint, Presented, Refusal};
+
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this (slowloris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's body must arrive within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request headers larger than this are refused (431).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Request bodies larger than this are refused (413).
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+/// The longest a connection is served, a waiting request included.
+pub const MAX_CONNECTION: Duration = Duration::from_secs(150);
+/// How long a wake request waits for its decision before it is answered
+/// 503 (it stays in the book and is done when libvirt answers).
+const DECISION_DEADLINE: Duration = Duration::from_secs(15);
+/// How often the state is read while a caller waits for its domain.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// What the HTTP side needs of the gateway.
+pub struct Context {
+    /// The way into the loop.
+    pub submitter: Submitter,
+    /// The hosts (domain lists, states while waiting).
+    pub fleet: Arc<Fleet>,
+    /// The operator's policy (for what a wake would do).
+    pub policy: Policy,
+    failures: Mutex<Failures>,
+}
+
+impl Context {
+    /// The HTTP side of a gateway.
+    pub fn new(submitter: Submitter, fleet: Arc<Fleet>, policy: Policy) -> Context {
+        Context {
+            submitter,
+            fleet,
+            policy,
+            failures: Mutex::new(Failures::default()),
+        }
+    }
+}
+
+/// Serves `listeners` on a thread of its own until the process exits.
+pub fn spawn(listeners: Vec<TcpListener>, context: Context) -> std::io::Result<()> {
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("wol-http".into())
+        .spawn(move || runtime.block_on(serve(listeners, Arc::new(context))))?;
+    Ok(())
+}
+
+async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            continue;
+        };
+        let (context, slots) = (Arc::clone(&context), Arc::clone(&slots));
+        tasks.push(tokio::spawn(accept(listener, context, slots)));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+async fn accept(listener: tokio::net::TcpListener, context: Arc<Context>, slots: Arc<Semaphore>) {
+    loop {
+        // A free slot first: past the cap, connections wait in the backlog.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let context = Arc::clone(&context);
+                async move {
+                    let _busy = context.submitter.busy();
+                    Ok::<_, Infallible>(handle(&context, peer, request).await)
+                }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                // Twice the cap we answer 431 to ourselves, in JSON.
+                .max_buf_size((2 * MAX_HEADER_BYTES).max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(MAX_CONNECTION, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+/// `{"error": "…"}`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    // Plain data: serialising cannot fail.
+    let mut text = serde_json::to_vec(body).unwrap_or_default();
+    text.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn refusal(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let mut response = json(
+        refusal.status,
+        &ErrorBody {
+            error: &refusal.message,
+        },
+    );
+    if let Some(allow) = refusal.allow {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    refusal(&Refusal::new(status, message))
+}
+
+async fn handle(
+    context: &Context,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri().to_string().len();
+    if header_bytes > MAX_HEADER_BYTES {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    let (method, path, query) = (
+        request.method().clone(),
+        request.uri().path().to_owned(),
+        request.uri().query().map(str::to_owned),
+    );
+    let endpoint = match route::endpoint(&method, &path, query.as_deref()) {
+        Ok(endpoint) => endpoint,
+        Err(refused) => return refusal(&refused),
+    };
+    if endpoint == Endpoint::Health {
+        return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
+    let address = peer.ip();
+    if let Some(after) = lock(&context.failures).blocked(address, Instant::now()) {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentications from this address; try again later",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        return response;
+    }
+    let token = match route::token(request.headers(), query.as_deref()) {
+        Presented::Token(token) => token_hash(&token),
+        Presented::Missing | Presented::Malformed => {
+            failed(context, address);
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "a token is needed: Authorization: Bearer TOKEN (or ?token=TOKEN); \
+                 wol-libvirt-gateway token add DOMAIN makes one",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
+    match endpoint {
+        Endpoint::Health => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Endpoint::Domains => domains(context, address, token).await,
+        Endpoint::Wake { target, wait } => {
+            let target = match target {
+                Some(target) if method == Method::GET => target,
+                _ => match read_target(request).await {
+                    Ok(target) => target,
+                    Err(refused) => return refusal(&refused),
+                },
+            };
+            wake(context, peer, target, token, wait).await
+        }
+    }
+}
+
+fn failed(context: &Context, address: IpAddr) {
+    lock(&context.failures).record(address, Instant::now());
+}
+
+/// The target of a POST, from a body of bounded size read within a
+/// deadline.
+async fn read_target(request: Request<Incoming>) -> Result<Target, Refusal> {
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    let collected = tokio::time::timeout(BODY_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                Refusal::new(StatusCode::BAD_REQUEST, "the body could not be read")
+            }
+        })?;
+    route::body_target(content_type.as_deref(), &collected.to_bytes())
+}
+
+async fn wake(
+    context: &Context,
+    peer: SocketAddr,
+    target: Target,
+    token: Hash,
+    wait: Duration,
+) -> Response<Full<Bytes>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    context.submitter.submit(Submission {
+        ask: Ask {
+            target: target.clone(),
+            credential: Credential::Token(token),
+        },
+        source: Source::Http(peer),
+        reply: tx,
+    });
+    let reply = match tokio::time::timeout(DECISION_DEADLINE, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway is stopping; try again",
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no decision in time; the request is kept and done when libvirt answers",
+            );
+        }
+    };
+    let (status, mut answer, follow) = match answer::answer(&reply, &target) {
+        Answered::Wake {
+            status,
+            answer,
+            follow,
+        } => (status, answer, follow),
+        Answered::Error {
+            status,
+            message,
+            failed_auth,
+            retry_after,
+        } => {
+            if failed_auth {
+                failed(context, peer.ip());
+            }
+            let mut response = error(status, &message);
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            return response;
+        }
+    };
+    if let Some((uri, name)) = follow {
+        let started = Instant::now();
+        let up = if wait.is_zero() {
+            state_now(context, &uri, &name).await
+        } else {
+            answer.waited_for = Some("running");
+            wait_running(context, &uri, &name, started + wait).await
+        };
+        answer.state = up.map(DomainState::as_str).or(answer.state);
+        answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    }
+    json(status, &answer)
+}
+
+/// The domain's state now, read off the loop.
+async fn state_now(context: &Context, uri: &Arc<str>, name: &str) -> Option<DomainState> {
+    let fleet = Arc::clone(&context.fleet);
+    let (uri, name) = (Arc::clone(uri), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let host = fleet.hosts().iter().find(|h| *h.uri() == uri)?;
+        host.state_of(&name).ok().flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Reads the state until the domain runs or `deadline` passes; the last
+/// state read.
+async fn wait_running(
+    context: &Context,
+    uri: &Arc<str>,
+    name: &str,
+    deadline: Instant,
+) -> Option<DomainState> {
+    loop {
+        let state = state_now(context, uri, name).await;
+        if state == Some(DomainState::Running) || Instant::now() >= deadline {
+            return state;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(WAIT_POLL.min(left)).await;
+    }
+}
+
+/// `GET /v1/domains`: the domains the token may wake, as `list --json`
+/// shows them. 401 when the token opens none.
+async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Full<Bytes>> {
+    let fleet = Arc::clone(&context.fleet);
+    let policy = context.policy.clone();
+    let views = tokio::task::spawn_blocking(move || {
+        let hosts = fleet.hosts();
+        let (entries, problems) = list::entries(hosts);
+        let views: Vec<DomainView> = entries
+            .iter()
+            .filter(|entry| entry.info.tokens.iter().any(|t| t.matches(&token)))
+            .map(|entry| list::view(hosts, entry, &entries, &policy))
+            .collect();
+        (views, problems)
+    })
+    .await;
+    let Ok((views, problems)) = views else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    for problem in &problems {
+        warn!("{problem}");
+    }
+    if views.is_empty() {
+        failed(context, address);
+        if !problems.is_empty() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "libvirt is not answering; try again",
+            );
+        }
+        return error(StatusCode::UNAUTHORIZED, "the token opens no domain");
+    }
+    json(StatusCode::OK, &views)
+}

@@ -1,0 +1,453 @@
+//! The HTTP wake through the real binary, with a real HTTP client (ureq) and
+//! raw TCP for the misbehaving ones, against `test:///` node files whose
+//! domains carry token hashes as `token add` stores them. The sockets are
+//! passed as systemd passes them: the UDP one and the TCP one, told apart
+//! by type.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wol_libvirt_gateway::secret::token_hash;
+
+use crate::util::{
+    DEADLINE, DomainSpec, Gateway, Launch, NodeFile, RunState, domain, summary_count,
+    systemd_socket, wait_until, wake,
+};
+
+const WEB: &str = "52:54:00:80:00:01";
+const DB: &str = "52:54:00:80:00:02";
+const WEB_TOKEN: &str = "web01-token-Zq3xV9kLm2Pw8RtY6uHs4Jd";
+const DB_TOKEN: &str = "db01-token-Nc7bQ1fGa5Ke3Wz0Xy9Lp2M";
+
+/// The metadata element `token add` writes, for these tokens.
+fn tokens(tokens: &[&str]) -> String {
+    let hashes: String = tokens
+        .iter()
+        .map(|t| format!("<token sha256='{}'/>", token_hash(t)))
+        .collect();
+    format!(
+        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1' opt-in='no'>{hashes}</wol:wake>"
+    )
+}
+
+fn web01(state: RunState) -> DomainSpec {
+    domain("web01", WEB, state).with_metadata(&tokens(&[WEB_TOKEN]))
+}
+
+fn db01(state: RunState) -> DomainSpec {
+    domain("db01", DB, state).with_metadata(&tokens(&[DB_TOKEN]))
+}
+
+/// A gateway serving HTTP (and UDP) on passed sockets.
+struct Served {
+    gateway: Gateway,
+    http: SocketAddr,
+    udp: SocketAddr,
+    _node: NodeFile,
+}
+
+fn serve(node: NodeFile, args: &[&str]) -> Served {
+    let (udp_socket, udp) = systemd_socket();
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let http = tcp.local_addr().expect("addr");
+    let uri = node.uri();
+    let mut all = vec!["--libvirt-uri", uri.as_str(), "--idle-timeout", "5m"];
+    all.extend_from_slice(args);
+    let gateway = Launch::new(&all)
+        .pass_fd(udp_socket.into())
+        .pass_fd(tcp.into())
+        .spawn();
+    let line = gateway.wait_for_log("listening on ");
+    assert!(line.contains(&format!("{http} (HTTP)")), "{line}");
+    Served {
+        gateway,
+        http,
+        udp,
+        _node: node,
+    }
+}
+
+/// An answer: status, JSON body, `Retry-After`.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut response = response.expect("an HTTP answer");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.body_mut().read_to_string().expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    Answer {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = agent().get(&self.url(path));
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        answer(request.call())
+    }
+
+    fn post(&self, path: &str, token: &str, content_type: &str, body: &str) -> Answer {
+        answer(
+            agent()
+                .post(&self.url(path))
+                .header("Authorization", &format!("Bearer {token}"))
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    }
+}
+
+fn error_of(answer: &Answer) -> &str {
+    answer.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {answer:?}"))
+}
+
+#[test]
+fn health_needs_no_token() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let health = served.get("/v1/health", None);
+    assert_eq!((health.status, health.body), (200, json!({"status": "ok"})));
+}
+
+#[test]
+fn a_token_wakes_its_domain_by_name_or_mac_with_get_or_post() {
+    let served = serve(
+        NodeFile::new(&[
+            web01(RunState::ShutOff),
+            db01(RunState::Paused),
+            domain("ci", "52:54:00:80:00:03", RunState::ShutOff)
+                .with_metadata(&tokens(&[WEB_TOKEN])),
+        ]),
+        &[],
+    );
+    // GET with the token in the query, as Moonlight's HTTP wake sends it.
+    let woke = answer(
+        agent()
+            .get(&served.url(&format!("/v1/wake/web01?token={WEB_TOKEN}")))
+            .call(),
+    );
+    assert_eq!(woke.status, 200, "{woke:?}");
+    assert_eq!(
+        woke.body,
+        json!({
+            "domain": "web01", "host": served._node.uri(), "state_before": "shut off",
+            "action": "start", "result": "ok", "state": "running", "waited_for": null,
+            "waited_ms": woke.body["waited_ms"], "error": null
+        })
+    );
+    // POST by MAC, JSON; and a form with a domain name.
+    let db = served.post(
+        "/v1/wake",
+        DB_TOKEN,
+        "application/json",
+        &json!({"mac": DB}).to_string(),
+    );
+    assert_eq!(
+        (db.status, &db.body["action"]),
+        (200, &json!("resume")),
+        "{db:?}"
+    );
+    let ci = served.post(
+        "/v1/wake",
+        WEB_TOKEN,
+        "application/x-www-form-urlencoded",
+        "domain=ci",
+    );
+    assert_eq!(
+        (ci.status, &ci.body["domain"]),
+        (200, &json!("ci")),
+        "{ci:?}"
+    );
+    // The same request again: a duplicate, nothing done.
+    let again = served.get("/v1/wake/ci", Some(WEB_TOKEN));
+    assert_eq!(
+        (again.status, &again.body["result"], &again.body["action"]),
+        (200, &json!("duplicate"), &json!("none"))
+    );
+    // Awake already, asked another way: nothing to do.
+    let up = served.get(&format!("/v1/wake/{WEB}"), Some(WEB_TOKEN));
+    assert_eq!(
+        (up.status, &up.body["result"], &up.body["state"]),
+        (200, &json!("already-up"), &json!("running"))
+    );
+
+    // One journal line per decided request, and no token in any form.
+    let log = served.gateway.log();
+    assert_eq!(served.gateway.lines_with("started web01").len(), 1, "{log}");
+    assert_eq!(served.gateway.lines_with("resumed db01").len(), 1, "{log}");
+    for secret in [WEB_TOKEN, DB_TOKEN] {
+        assert!(!log.contains(secret), "{log}");
+        assert!(
+            !log.contains(&token_hash(secret).to_string()[..16]),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn wait_answers_with_the_running_state() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let woke = served.get("/v1/wake/web01?wait=30", Some(WEB_TOKEN));
+    assert_eq!(woke.status, 200, "{woke:?}");
+    assert_eq!(woke.body["waited_for"], json!("running"));
+    assert_eq!(woke.body["state"], json!("running"));
+    assert!(
+        woke.body["waited_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 30_000)
+    );
+}
+
+#[test]
+fn another_domains_token_and_a_missing_domain_look_the_same() {
+    let served = serve(
+        NodeFile::new(&[web01(RunState::ShutOff), db01(RunState::ShutOff)]),
+        &[],
+    );
+    let others = served.get("/v1/wake/db01", Some(WEB_TOKEN));
+    let missing = served.get("/v1/wake/web99", Some(WEB_TOKEN));
+    let unknown = served.get("/v1/wake/web01", Some("no-such-token-aaaaaaaaaaaaaaaa"));
+    for answer in [&others, &missing, &unknown] {
+        assert_eq!(answer.status, 404, "{answer:?}");
+        assert_eq!(answer.body, others.body);
+    }
+    let none = served.get("/v1/wake/web01", None);
+    assert_eq!(none.status, 401, "{none:?}");
+    assert!(error_of(&none).contains("token add"), "{none:?}");
+    // Nothing was started.
+    assert!(served.gateway.lines_with("started").is_empty());
+}
+
+#[test]
+fn a_mac_on_two_shut_off_domains_is_409() {
+    let twin = domain("web02", WEB, RunState::ShutOff).with_metadata(&tokens(&[WEB_TOKEN]));
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff), twin]), &[]);
+    let ambiguous = served.get(&format!("/v1/wake/{WEB}"), Some(WEB_TOKEN));
+    assert_eq!(
+        (ambiguous.status, &ambiguous.body["result"]),
+        (409, &json!("ambiguous")),
+        "{ambiguous:?}"
+    );
+}
+
+#[test]
+fn five_failed_authentications_in_a_minute_get_429() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    for _ in 0..5 {
+        let failed = served.get("/v1/wake/web01", Some("wrong-token-aaaaaaaaaaaaaaaaa"));
+        assert_eq!(failed.status, 404, "{failed:?}");
+    }
+    let blocked = served.get("/v1/wake/web01", Some(WEB_TOKEN));
+    assert_eq!(blocked.status, 429, "{blocked:?}");
+    let seconds: u64 = blocked
+        .retry_after
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&seconds), "{seconds}");
+    // Health stays open.
+    assert_eq!(served.get("/v1/health", None).status, 200);
+}
+
+#[test]
+fn malformed_requests_get_a_one_line_json_error() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let cases = [
+        (
+            served.post("/v1/wake", WEB_TOKEN, "application/json", "{\"domian\": 1}"),
+            400,
+        ),
+        (
+            served.post("/v1/wake", WEB_TOKEN, "application/json", &"x".repeat(5000)),
+            413,
+        ),
+        (
+            served.post("/v1/wake", WEB_TOKEN, "text/plain", "web01"),
+            415,
+        ),
+        (served.get("/v1/wake", Some(WEB_TOKEN)), 405),
+        (served.get("/v2/wake/web01", Some(WEB_TOKEN)), 404),
+        (served.get("/v1/wake/web01?wait=soon", Some(WEB_TOKEN)), 400),
+        (
+            answer(
+                agent()
+                    .get(&served.url("/v1/health"))
+                    .header("X-Padding", &"p".repeat(9000))
+                    .call(),
+            ),
+            431,
+        ),
+    ];
+    for (answer, status) in &cases {
+        assert_eq!(answer.status, *status, "{answer:?}");
+        let error = error_of(answer);
+        assert!(!error.is_empty() && !error.contains('\n'), "{answer:?}");
+    }
+    assert!(served.gateway.lines_with("started").is_empty());
+}
+
+#[test]
+fn the_domains_a_token_may_wake_are_listed() {
+    let served = serve(
+        NodeFile::new(&[web01(RunState::ShutOff), db01(RunState::Running)]),
+        &[],
+    );
+    let listed = served.get("/v1/domains", Some(WEB_TOKEN));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let names: Vec<&str> = listed
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|d| d["domain"].as_str())
+        .collect();
+    assert_eq!(names, ["web01"]);
+    assert_eq!(listed.body[0]["macs"][0]["action"], json!("start"));
+    let nothing = served.get("/v1/domains", Some("no-such-token-aaaaaaaaaaaaaaaa"));
+    assert_eq!(nothing.status, 401, "{nothing:?}");
+}
+
+#[test]
+fn dry_run_answers_what_it_would_do_and_does_nothing() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &["--dry-run"]);
+    let dry = served.get("/v1/wake/web01", Some(WEB_TOKEN));
+    assert_eq!(
+        (
+            dry.status,
+            &dry.body["result"],
+            &dry.body["action"],
+            &dry.body["state"]
+        ),
+        (200, &json!("dry-run"), &json!("start"), &json!("shut off")),
+        "{dry:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_libvirt_is_503_and_the_request_is_kept() {
+    let node = NodeFile::missing();
+    let uri = node.uri();
+    let served = serve(node, &[]);
+    let waiting = served.get("/v1/wake/web01", Some(WEB_TOKEN));
+    assert_eq!(waiting.status, 503, "{waiting:?}");
+    assert!(error_of(&waiting).contains(&uri), "{waiting:?}");
+    assert!(waiting.retry_after.is_some());
+    // libvirt comes: the kept request is done.
+    served._node.write(&[web01(RunState::ShutOff)]);
+    served.gateway.wait_for_log("started web01");
+}
+
+#[test]
+fn slow_and_flooding_http_clients_never_delay_a_udp_wake() {
+    let served = serve(
+        NodeFile::new(&[web01(RunState::ShutOff), db01(RunState::ShutOff)]),
+        &[],
+    );
+    // One that sends half its headers and stalls, then more idle
+    // connections than are served at once.
+    let mut slow = TcpStream::connect(served.http).expect("connect");
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nHo")
+        .expect("write");
+    let mut idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(served.http).expect("connect"))
+        .collect();
+
+    let sent = Instant::now();
+    wake(served.udp, DB);
+    served.gateway.wait_for_log("started db01");
+    let took = sent.elapsed();
+    assert!(
+        took < wol_libvirt_gateway::http::HEADER_TIMEOUT,
+        "the UDP wake took {took:?} while HTTP clients stalled"
+    );
+
+    // The stalled connections are closed after the header deadline, and
+    // the server answers again.
+    slow.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest).is_ok();
+    assert!(closed, "the slow connection was not closed");
+    idle.clear();
+    let reached = wait_until(DEADLINE, || {
+        agent()
+            .get(&served.url("/v1/health"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    assert!(reached, "no answer after the stalled clients left");
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_unless_allowed() {
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let mut refused = Launch::by_hand(&node.uri(), &["--http-listen", "0.0.0.0:0"]).spawn();
+    assert_eq!(refused.wait_exit(DEADLINE).code(), Some(1));
+    let log = refused.log();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("refusing plain HTTP on 0.0.0.0:"), "{log}");
+    assert!(log.contains("--allow-plain-http"), "{log}");
+
+    let mut allowed = Launch::by_hand(
+        &node.uri(),
+        &[
+            "--http-listen",
+            "0.0.0.0:0",
+            "--allow-plain-http",
+            "--idle-timeout",
+            "1s",
+        ],
+    )
+    .spawn();
+    allowed.wait_for_log("(HTTP)");
+    assert_eq!(
+        allowed.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        allowed.log()
+    );
+}
+
+#[test]
+fn http_requests_count_in_the_exit_summary() {
+    let mut served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    assert_eq!(served.get("/v1/wake/web01", Some(WEB_TOKEN)).status, 200);
+    served.gateway.signal("TERM");
+    assert_eq!(served.gateway.wait_exit(DEADLINE).code(), Some(0));
+    let summary = served.gateway.wait_for_log("exiting (signal)");
+    assert_eq!(summary_count(&summary, "HTTP requests"), 1, "{summary}");
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        1,
+        "{summary}"
+    );
+}
