@@ -40,7 +40,8 @@ for src in systemd/*.service systemd/*.socket; do
     {
         echo "# Installed by the $bin Debian package, which enables and starts no unit;"
         echo "# the binary is /usr/bin/$bin."
-        sed -E "s|^(Exec[A-Za-z]*=[-@:+!]*)/usr/local/bin/$bin|\1/usr/bin/$bin|" "$src"
+        # Commented examples (#ExecStart=) too, so they show the real path.
+        sed -E "s|^(#?Exec[A-Za-z]*=[-@:+!]*)/usr/local/bin/$bin|\1/usr/bin/$bin|" "$src"
     } >"$dst"
     if grep -Eq '^[^#]*/usr/local/' "$dst"; then
         echo "build-deb.sh: $unit still refers to /usr/local after the rewrite:" >&2

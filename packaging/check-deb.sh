@@ -98,7 +98,7 @@ expected=(
 )
 for f in target/assets/units/*; do expected+=("/usr/lib/systemd/system/$(basename "$f")"); done
 for f in target/assets/*.1; do expected+=("/usr/share/man/man1/$(basename "$f").gz"); done
-for unit in $pkg.socket $pkg.service; do
+for unit in $pkg.socket $pkg-http.socket $pkg.service; do
     [[ " ${expected[*]} " == *" /usr/lib/systemd/system/$unit "* ]] || fail "build-deb.sh did not stage $unit"
 done
 [[ " ${expected[*]} " == *" /usr/share/man/man1/$pkg.1.gz "* ]] || fail "no man page $pkg.1"
@@ -111,11 +111,13 @@ not_enabled() {
     local links
     links=$(find /etc/systemd/system -maxdepth 2 -name "$pkg*" 2>/dev/null || true)
     [ -z "$links" ] || fail "enabled or masked on install (systemctl enable is the admin's choice): $links"
-    [ ! -e /etc/systemd/system/sockets.target.wants/$pkg.socket ] || fail "socket enabled"
-    if [ -d /run/systemd/system ]; then
-        [ "$(systemctl is-enabled $pkg.socket 2>/dev/null || true)" = disabled ] || fail "socket is not disabled"
-        ! systemctl --quiet is-active $pkg.socket || fail "socket was started"
-    fi
+    for socket in $pkg.socket $pkg-http.socket; do
+        [ ! -e /etc/systemd/system/sockets.target.wants/$socket ] || fail "$socket enabled"
+        if [ -d /run/systemd/system ]; then
+            [ "$(systemctl is-enabled $socket 2>/dev/null || true)" = disabled ] || fail "$socket is not disabled"
+            ! systemctl --quiet is-active $socket || fail "$socket was started"
+        fi
+    done
 }
 
 install() {

@@ -39,6 +39,15 @@ pub struct Args {
     #[arg(long = "http-listen", value_name = "IP:PORT", value_parser = parse_socket_addr)]
     pub http_listen: Vec<SocketAddr>,
 
+    /// Serve the HTTP wake over TLS with this PEM certificate chain (under
+    /// systemd: LoadCredential=, then $CREDENTIALS_DIRECTORY/NAME).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Serve the HTTP wake without TLS on an address that is not loopback
     /// (for a VPN interface that already encrypts); tokens then cross that
     /// network in clear.

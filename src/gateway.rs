@@ -297,9 +297,13 @@ impl Gateway {
         })
     }
 
-    /// Names the HTTP wake's addresses in the "listening on" line.
-    pub fn announce_http(&mut self, addresses: &[String]) {
-        self.http_addresses = addresses.iter().map(|a| format!("{a} (HTTP)")).collect();
+    /// Names the HTTP wake's addresses in the "listening on" line, with
+    /// their scheme (`HTTP` or `HTTPS`).
+    pub fn announce_http(&mut self, addresses: &[String], scheme: &str) {
+        self.http_addresses = addresses
+            .iter()
+            .map(|a| format!("{a} ({scheme})"))
+            .collect();
     }
 
     /// The way in for HTTP wake requests.

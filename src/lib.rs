@@ -149,9 +149,13 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
 fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> {
     use anyhow::Context;
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     // Tokens must not cross a network in clear unless the operator says
     // that network is private.
-    if !args.allow_plain_http {
+    if tls.is_none() && !args.allow_plain_http {
         for listener in &listeners.http {
             let addr = listener
                 .local_addr()
@@ -159,8 +163,8 @@ fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> 
             if !addr.ip().is_loopback() {
                 anyhow::bail!(
                     "refusing plain HTTP on {addr}: tokens would cross the network in clear; \
-                     listen on loopback, or give --allow-plain-http for a VPN interface that \
-                     already encrypts"
+                     listen on loopback, give --tls-cert and --tls-key, or give \
+                     --allow-plain-http for a VPN interface that already encrypts"
                 );
             }
         }
@@ -222,8 +226,9 @@ fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> 
             .map(|a| a.to_string())
             .collect();
         let context = http::Context::new(gateway.submitter(), gateway.fleet(), policy.clone());
-        http::spawn(listeners.http, context).context("cannot start the HTTP wake")?;
-        gateway.announce_http(&addresses);
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+        http::spawn(listeners.http, tls, context).context("cannot start the HTTP wake")?;
+        gateway.announce_http(&addresses, scheme);
     }
     let (exit, _stats) = gateway.run();
     Ok(exit.code())

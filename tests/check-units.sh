@@ -53,6 +53,8 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp "$socket" "$tmp/"
+http_socket=systemd/$name-http.socket
+[[ -f $http_socket ]] && cp "$http_socket" "$tmp/"
 sed "s|^ExecStart=.*|ExecStart=$bin|" "$service" >"$tmp/$name.service"
 grep -q "^ExecStart=$bin\$" "$tmp/$name.service" || fail "$service has no ExecStart= line"
 
@@ -60,7 +62,9 @@ export SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat SYSTEMD_LOG_COLOR=0
 
 # 1. verify (the directory of the files joins the unit search path, so the
 #    socket finds its service there).
-if ! out=$(systemd-analyze verify --man=no "$tmp/$name.socket" "$tmp/$name.service" 2>&1); then
+sockets=("$tmp/$name.socket")
+[[ -f $tmp/$name-http.socket ]] && sockets+=("$tmp/$name-http.socket")
+if ! out=$(systemd-analyze verify --man=no "${sockets[@]}" "$tmp/$name.service" 2>&1); then
     echo "$out" >&2
     fail "systemd-analyze verify failed"
 fi
@@ -68,7 +72,7 @@ if problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then
     echo "$problems" >&2
     fail "systemd-analyze verify complained about our units"
 fi
-echo "check-units: systemd-analyze verify: ok ($socket, $service)"
+echo "check-units: systemd-analyze verify: ok ($socket, ${http_socket:-}, $service)"
 
 # 1b. The raw-Ethernet template unit, verified as an instance (a template
 #     itself cannot be loaded). It is always on and needs CAP_NET_RAW and the

@@ -451,3 +451,169 @@ fn http_requests_count_in_the_exit_summary() {
         "{summary}"
     );
 }
+
+/// A certificate for `localhost` and its key, as PEM files.
+fn certificate(dir: &std::path::Path) -> (String, String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
+    (
+        cert.display().to_string(),
+        key.display().to_string(),
+        made.cert.pem(),
+    )
+}
+
+/// `curl` (a real client with its own TLS stack): status and body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn tls_serves_https_and_nothing_in_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = certificate(dir.path());
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let (udp_socket, _) = systemd_socket();
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let port = tcp.local_addr().expect("addr").port();
+    let uri = node.uri();
+    let gateway = Launch::new(&[
+        "--libvirt-uri",
+        &uri,
+        "--idle-timeout",
+        "5m",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])
+    .pass_fd(udp_socket.into())
+    .pass_fd(tcp.into())
+    .spawn();
+    let line = gateway.wait_for_log("listening on ");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port} (HTTPS)")),
+        "{line}"
+    );
+
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/v1/wake/web01");
+    let bearer = format!("Authorization: Bearer {WEB_TOKEN}");
+    let (status, body) = curl(&[
+        "--cacert",
+        &cert,
+        "--resolve",
+        &resolve,
+        "-H",
+        &bearer,
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["result"], json!("ok"), "{body}");
+    // A client that does not trust the certificate gets nowhere.
+    let (status, _) = curl(&["--resolve", &resolve, "-H", &bearer, &url]);
+    assert_eq!(status, 0);
+    // Plain HTTP to the TLS port is no HTTP answer.
+    let (status, _) = curl(&[&format!("http://127.0.0.1:{port}/v1/health")]);
+    assert_eq!(status, 0);
+    assert_eq!(
+        gateway.lines_with("started web01").len(),
+        1,
+        "{}",
+        gateway.log()
+    );
+}
+
+#[test]
+fn with_tls_any_address_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = certificate(dir.path());
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let mut gateway = Launch::by_hand(
+        &node.uri(),
+        &[
+            "--http-listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--idle-timeout",
+            "1s",
+        ],
+    )
+    .spawn();
+    gateway.wait_for_log("(HTTPS)");
+    assert_eq!(
+        gateway.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[test]
+fn unusable_tls_files_are_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = certificate(dir.path());
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let missing = dir.path().join("nope.pem").display().to_string();
+    let not_a_key = cert.clone();
+    for (args, needle) in [
+        (
+            vec!["--tls-cert", &missing, "--tls-key", &key],
+            format!("cannot read --tls-cert {missing}"),
+        ),
+        (
+            vec!["--tls-cert", &key, "--tls-key", &key],
+            "holds no PEM certificate".to_owned(),
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &not_a_key],
+            "holds no PEM private key".to_owned(),
+        ),
+    ] {
+        let mut all = vec!["--http-listen", "127.0.0.1:0"];
+        all.extend(args);
+        let mut gateway = Launch::by_hand(&node.uri(), &all).spawn();
+        assert_eq!(
+            gateway.wait_exit(DEADLINE).code(),
+            Some(1),
+            "{}",
+            gateway.log()
+        );
+        let log = gateway.log();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains(&needle), "{needle:?} not in {log}");
+    }
+    // One without the other is a usage error.
+    let mut half = Launch::by_hand(&node.uri(), &["--tls-cert", &cert]).spawn();
+    assert_eq!(half.wait_exit(DEADLINE).code(), Some(2), "{}", half.log());
+}
+
+#[test]
+fn a_post_may_name_the_domain_in_the_path_without_a_body() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let woke = answer(
+        agent()
+            .post(&served.url("/v1/wake/web01"))
+            .header("Authorization", &format!("Bearer {WEB_TOKEN}"))
+            .send_empty(),
+    );
+    assert_eq!(
+        (woke.status, &woke.body["result"]),
+        (200, &json!("ok")),
+        "{woke:?}"
+    );
+}

@@ -19,6 +19,7 @@
 mod answer;
 mod limit;
 pub mod route;
+pub mod tls;
 
 pub use self::answer::WakeAnswer;
 
@@ -29,12 +30,13 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::ask::{Ask, Credential, Target};
@@ -92,8 +94,13 @@ impl Context {
     }
 }
 
-/// Serves `listeners` on a thread of its own until the process exits.
-pub fn spawn(listeners: Vec<TcpListener>, context: Context) -> std::io::Result<()> {
+/// Serves `listeners` (over TLS with `tls`) on a thread of its own until
+/// the process exits.
+pub fn spawn(
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    context: Context,
+) -> std::io::Result<()> {
     for listener in &listeners {
         listener.set_nonblocking(true)?;
     }
@@ -102,26 +109,31 @@ pub fn spawn(listeners: Vec<TcpListener>, context: Context) -> std::io::Result<(
         .build()?;
     std::thread::Builder::new()
         .name("wol-http".into())
-        .spawn(move || runtime.block_on(serve(listeners, Arc::new(context))))?;
+        .spawn(move || runtime.block_on(serve(listeners, tls, Arc::new(context))))?;
     Ok(())
 }
 
-async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>) {
+async fn serve(listeners: Vec<TcpListener>, tls: Option<TlsAcceptor>, context: Arc<Context>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = Vec::new();
     for listener in listeners {
         let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
             continue;
         };
-        let (context, slots) = (Arc::clone(&context), Arc::clone(&slots));
-        tasks.push(tokio::spawn(accept(listener, context, slots)));
+        let (context, slots, tls) = (Arc::clone(&context), Arc::clone(&slots), tls.clone());
+        tasks.push(tokio::spawn(accept(listener, tls, context, slots)));
     }
     for task in tasks {
         let _ = task.await;
     }
 }
 
-async fn accept(listener: tokio::net::TcpListener, context: Arc<Context>, slots: Arc<Semaphore>) {
+async fn accept(
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    context: Arc<Context>,
+    slots: Arc<Semaphore>,
+) {
     loop {
         // A free slot first: past the cap, connections wait in the backlog.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -136,25 +148,47 @@ async fn accept(listener: tokio::net::TcpListener, context: Arc<Context>, slots:
             }
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let context = Arc::clone(&context);
+        let (context, tls) = (Arc::clone(&context), tls.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let context = Arc::clone(&context);
-                async move {
-                    let _busy = context.submitter.busy();
-                    Ok::<_, Infallible>(handle(&context, peer, request).await)
-                }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                // Twice the cap we answer 431 to ourselves, in JSON.
-                .max_buf_size((2 * MAX_HEADER_BYTES).max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(MAX_CONNECTION, connection).await;
+            let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
+            match tls {
+                // The handshake has the headers' deadline: a client that
+                // stalls in it holds a slot no longer.
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, peer, context, deadline).await,
+                    Ok(Err(e)) => debug!("TLS handshake with {peer} failed: {e}"),
+                    Err(_) => debug!("TLS handshake with {peer} timed out"),
+                },
+                None => connection(stream, peer, context, deadline).await,
+            }
             drop(slot);
         });
     }
+}
+
+/// Serves one connection (plain or TLS) until it closes or `deadline`.
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    context: Arc<Context>,
+    deadline: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let context = Arc::clone(&context);
+        async move {
+            let _busy = context.submitter.busy();
+            Ok::<_, Infallible>(handle(&context, peer, request).await)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        // Twice the cap we answer 431 to ourselves, in JSON.
+        .max_buf_size((2 * MAX_HEADER_BYTES).max(8192))
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout_at(deadline, connection).await;
 }
 
 /// `{"error": "…"}`.
@@ -254,9 +288,11 @@ async fn handle(
         Endpoint::Health => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Endpoint::Domains => domains(context, address, token).await,
         Endpoint::Wake { target, wait } => {
+            // A target in the path wins (a POST without a body, as Home
+            // Assistant's rest_command sends, names it there).
             let target = match target {
-                Some(target) if method == Method::GET => target,
-                _ => match read_target(request).await {
+                Some(target) => target,
+                None => match read_target(request).await {
                     Ok(target) => target,
                     Err(refused) => return refusal(&refused),
                 },
