@@ -103,7 +103,7 @@ ct test -f "$deb_in" || fail "$deb_in not visible in the container"
 # The e2e script leaves its copies of the binary, units and sysusers file in
 # the cached root; /etc/systemd/system would shadow the packaged units. Remove
 # them (from the volatile overlay only) so the package is tested alone.
-ctx sh -c "rm -fv /etc/systemd/system/$name.* /usr/local/bin/$name /usr/lib/sysusers.d/$name.conf"
+ctx sh -c "rm -fv /etc/systemd/system/$name.* /etc/systemd/system/$name-*.* /usr/local/bin/$name /usr/lib/sysusers.d/$name.conf"
 ! ct getent passwd $name >/dev/null || ct userdel $name
 ct systemctl daemon-reload
 [[ $(ct systemctl show -p LoadState --value $name.socket) == not-found ]] ||

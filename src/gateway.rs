@@ -19,15 +19,15 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::ask::Ask;
 use crate::book::{Book, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
-use crate::host::{Health, HostEvent, Route};
-use crate::hypervisor::HvError;
+use crate::host::{Health, HostError, HostEvent, Route};
+use crate::hypervisor::{DomainState, HvError, StopReason};
 use crate::notify::Notifier;
-use crate::outcome::{Decision, Outcome, WaitFor};
+use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet;
 use crate::report::{Reporter, Stats, StatusView};
 use crate::sockets::{self, Listener, Source};
@@ -132,6 +132,31 @@ enum Message {
     Http(Submission),
     /// An HTTP request was answered: activity, for the idle timeout.
     HttpDone,
+    /// The look after a start: the domain's state then (`None`: it is
+    /// gone), or why it could not be read.
+    Checked(
+        Check,
+        Result<Option<(DomainState, Option<StopReason>)>, HostError>,
+    ),
+}
+
+/// How long after a start, restore, resume or PM wake-up the domain is
+/// looked at again: a guest that dies at once (a missing device, a bad
+/// firmware, a qemu hook that stops it) is seen before the gateway idles
+/// out.
+pub const POST_START_CHECK: Duration = Duration::from_secs(3);
+
+/// A look at a domain after it was acted on.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// When it is due.
+    due: Instant,
+    /// When the action was decided.
+    acted: Instant,
+    /// The domain.
+    domain: Named,
+    /// What was done.
+    verb: Verb,
 }
 
 /// What the loop tells an HTTP wake request.
@@ -249,6 +274,9 @@ pub struct Gateway {
     http_busy: Arc<AtomicUsize>,
     /// Where the HTTP wake listens (for the "listening on" line).
     http_addresses: Vec<String>,
+    /// Looks after a start, not yet made; and how many are being made.
+    checks: Vec<Check>,
+    checks_running: usize,
 }
 
 impl Gateway {
@@ -294,6 +322,8 @@ impl Gateway {
             replies: HashMap::new(),
             http_busy: Arc::new(AtomicUsize::new(0)),
             http_addresses: Vec::new(),
+            checks: Vec::new(),
+            checks_running: 0,
         })
     }
 
@@ -343,6 +373,7 @@ impl Gateway {
             }
             self.collect(now);
             let waiting = self.dispatch(now);
+            self.run_checks(now);
             if let Some(exit) = self.idle_exit(now) {
                 break exit;
             }
@@ -397,6 +428,7 @@ impl Gateway {
                 Message::Host(HostEvent::Refreshed) => {}
                 Message::Http(submission) => self.http(submission, now),
                 Message::HttpDone => self.last_datagram = now,
+                Message::Checked(check, found) => self.checked(&check, found, now),
             }
         }
     }
@@ -429,6 +461,14 @@ impl Gateway {
         };
         self.stats.handled += 1;
         self.reporter.decision(&request, decision, &self.uris, now);
+        if let Outcome::Done { domain, verb, .. } = &decision.outcome {
+            self.checks.push(Check {
+                due: now + POST_START_CHECK,
+                acted: now,
+                domain: domain.clone(),
+                verb: *verb,
+            });
+        }
     }
 
     /// Hands due requests to workers while slots are free. Answers at once
@@ -506,6 +546,57 @@ impl Gateway {
         }
     }
 
+    /// Looks at the domains acted on [`POST_START_CHECK`] ago, each on a
+    /// thread of its own (a hung libvirt holds that thread, not the loop).
+    fn run_checks(&mut self, now: Instant) {
+        let (due, later): (Vec<Check>, Vec<Check>) = std::mem::take(&mut self.checks)
+            .into_iter()
+            .partition(|c| c.due <= now);
+        self.checks = later;
+        for check in due {
+            let Some(host) = self
+                .fleet
+                .hosts()
+                .iter()
+                .find(|h| *h.uri() == check.domain.uri)
+                .cloned()
+            else {
+                continue;
+            };
+            let mailbox = self.mailbox.clone();
+            let spawned = std::thread::Builder::new()
+                .name("wol-check".into())
+                .spawn(move || {
+                    let found = host.state_of(&check.domain.name);
+                    mailbox.send(Message::Checked(check, found));
+                });
+            // Without a thread the look is skipped: it only reports.
+            if spawned.is_ok() {
+                self.checks_running += 1;
+            }
+        }
+    }
+
+    /// What a look after a start found: a domain that stopped again is
+    /// reported once.
+    fn checked(
+        &mut self,
+        check: &Check,
+        found: Result<Option<(DomainState, Option<StopReason>)>, HostError>,
+        now: Instant,
+    ) {
+        self.checks_running = self.checks_running.saturating_sub(1);
+        match found {
+            Ok(Some((state @ (DomainState::ShutOff | DomainState::Crashed), reason))) => {
+                let after = now.saturating_duration_since(check.acted);
+                self.reporter
+                    .stopped_again(&check.domain, check.verb, state, reason, after, now);
+            }
+            Ok(_) => {}
+            Err(e) => debug!("cannot look at {} after its start: {e}", check.domain.name),
+        }
+    }
+
     /// The idle exit, when it has come: nothing left, or only requests
     /// waiting for a libvirt that never answered. Requests being handled
     /// (a slow start) are waited for.
@@ -513,6 +604,8 @@ impl Gateway {
         let idle = self.config.idle_timeout?;
         if now.saturating_duration_since(self.last_datagram) < idle
             || self.http_busy.load(Ordering::SeqCst) > 0
+            || !self.checks.is_empty()
+            || self.checks_running > 0
         {
             return None;
         }
@@ -570,9 +663,11 @@ impl Gateway {
         } else {
             self.book.next_due_at()
         };
+        let next_check = self.checks.iter().map(|c| c.due).min();
         let deadline = [
             idle_deadline,
             next_request,
+            next_check,
             self.notifier.watchdog_due(),
             self.notifier.status_due(),
             self.reporter.summary_due(),

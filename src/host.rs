@@ -19,7 +19,7 @@ use tracing::debug;
 use crate::ask::{Ask, Target};
 use crate::hypervisor::{
     Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
-    Listed, Unreadable,
+    Listed, StopReason, Unreadable,
 };
 use crate::index::file::IndexFile;
 use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
@@ -968,15 +968,19 @@ impl Host {
         }
     }
 
-    /// The current state of the domain named `name` (`None`: no such
-    /// domain), for an HTTP caller waiting for it to come up.
-    pub fn state_of(&self, name: &str) -> Result<Option<DomainState>, HostError> {
+    /// The current state of the domain named `name` and why it stopped, if
+    /// it did (`None`: no such domain): for an HTTP caller waiting for it to
+    /// come up, and the check after a start.
+    pub fn state_of(
+        &self,
+        name: &str,
+    ) -> Result<Option<(DomainState, Option<StopReason>)>, HostError> {
         let hv = self.connection().map_err(HostError::Unreachable)?;
         let sort = |e| HostError::from(self.failure(&hv, e));
         let Some(uuid) = hv.find(name).map_err(sort)? else {
             return Ok(None);
         };
-        match hv.state(uuid) {
+        match hv.state_reason(uuid) {
             Ok(state) => Ok(Some(state)),
             Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
             Err(e) => Err(sort(e)),

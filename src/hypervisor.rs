@@ -291,6 +291,11 @@ pub trait Hypervisor: Send + Sync {
     fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError>;
     /// The current state of the domain with this UUID.
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError>;
+    /// The current state and, for a stopped domain, why it stopped (where
+    /// the driver tells).
+    fn state_reason(&self, uuid: Uuid) -> Result<(DomainState, Option<StopReason>), HvError> {
+        Ok((self.state(uuid)?, None))
+    }
     /// The UUID of the domain named `name`, if there is one. By default
     /// from a listing; libvirt looks a name up in one call.
     fn find(&self, name: &str) -> Result<Option<Uuid>, HvError> {
@@ -491,6 +496,51 @@ fn record(listed: &Listed, domain: Option<Domain>) -> DomainRecord {
     DomainRecord::from_xml(listed.name.clone(), listed.uuid, xml)
 }
 
+/// Why a domain stopped, as libvirt tells it (the state's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Shut down from inside the guest.
+    Shutdown,
+    /// Destroyed (forced off) through libvirt.
+    Destroyed,
+    /// QEMU crashed, or the guest did (shut off with reason crashed).
+    Crashed,
+    /// Migrated away.
+    Migrated,
+    /// Saved to a file.
+    Saved,
+    /// Failed to start.
+    Failed,
+    /// Restored from a snapshot that was off.
+    FromSnapshot,
+    /// Stopped by the daemon (e.g. at its restart).
+    Daemon,
+    /// The guest panicked (crashed state).
+    Panicked,
+}
+
+/// libvirt's reason as a [`StopReason`], for stopped and crashed domains.
+fn stop_reason(reason: virt::domain::DomainStateReasonEnum) -> Option<StopReason> {
+    use virt::domain::{DomainCrashedReason as C, DomainShutoffReason as S, DomainStateReason};
+    match reason {
+        Enum::Known(DomainStateReason::Shutoff(Enum::Known(reason))) => match reason {
+            S::Shutdown => Some(StopReason::Shutdown),
+            S::Destroyed => Some(StopReason::Destroyed),
+            S::Crashed => Some(StopReason::Crashed),
+            S::Migrated => Some(StopReason::Migrated),
+            S::Saved => Some(StopReason::Saved),
+            S::Failed => Some(StopReason::Failed),
+            S::FromSnapshot => Some(StopReason::FromSnapshot),
+            S::Daemon => Some(StopReason::Daemon),
+            S::Unknown => None,
+        },
+        Enum::Known(DomainStateReason::Crashed(Enum::Known(C::Panicked))) => {
+            Some(StopReason::Panicked)
+        }
+        _ => None,
+    }
+}
+
 /// libvirt's state as ours.
 fn domain_state(state: virt::domain::DomainStateEnum) -> DomainState {
     match state {
@@ -598,6 +648,11 @@ impl Hypervisor for Libvirt {
     fn state(&self, uuid: Uuid) -> Result<DomainState, HvError> {
         let (state, _reason) = self.lookup(uuid)?.state()?;
         Ok(domain_state(state))
+    }
+
+    fn state_reason(&self, uuid: Uuid) -> Result<(DomainState, Option<StopReason>), HvError> {
+        let (state, reason) = self.lookup(uuid)?.state()?;
+        Ok((domain_state(state), stop_reason(reason)))
     }
 
     fn has_managed_save(&self, uuid: Uuid) -> Result<bool, HvError> {

@@ -17,7 +17,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::ask::Target;
 use crate::book::{Request, Resumed};
-use crate::hypervisor::{DomainState, HvError, Unreadable};
+use crate::hypervisor::{DomainState, HvError, StopReason, Unreadable};
 use crate::index::file::FileError;
 use crate::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
 use crate::packet::{Mac, Rejection};
@@ -56,6 +56,32 @@ pub fn result_word(outcome: &Outcome) -> &'static str {
     }
 }
 
+/// libvirt's reason for a stop, in words (also the HTTP wake's `error`).
+pub fn stop_reason_words(reason: Option<StopReason>) -> &'static str {
+    match reason {
+        Some(StopReason::Shutdown) => "shut down from inside the guest",
+        Some(StopReason::Destroyed) => "destroyed",
+        Some(StopReason::Crashed) => "crashed",
+        Some(StopReason::Migrated) => "migrated away",
+        Some(StopReason::Saved) => "saved",
+        Some(StopReason::Failed) => "failed",
+        Some(StopReason::FromSnapshot) => "reverted to a snapshot",
+        Some(StopReason::Daemon) => "stopped by the daemon",
+        Some(StopReason::Panicked) => "the guest panicked",
+        None => "libvirt gives no reason",
+    }
+}
+
+/// "started", "restored", … for "after it was …".
+fn verb_done_words(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Start => "started",
+        Verb::Restore => "restored",
+        Verb::Resume => "resumed",
+        Verb::PmWakeup => "woken from PM suspend",
+    }
+}
+
 /// What was done, as the log and `STATUS=` begin: "started web01".
 fn done(verb: Verb, domain: &str) -> String {
     match verb {
@@ -90,7 +116,8 @@ pub struct Record {
     /// `ACTION`: `start`, `restore`, `resume`, `pm-wakeup` or `none`.
     pub action: Option<&'static str>,
     /// `RESULT`: `ok`, `failed`, `already-up`, `ambiguous`, `no-match`,
-    /// `refused`, `duplicate`, `dropped` or `dry-run`.
+    /// `refused`, `duplicate`, `dropped`, `dry-run`, or `stopped-again` (the
+    /// look after a start).
     pub result: Option<&'static str>,
 }
 
@@ -472,6 +499,45 @@ impl Reporter {
             action: None,
             result: None,
         };
+        self.send(record, shown);
+    }
+
+    /// The look after a start found the domain stopped again: one error
+    /// line with libvirt's reason (`RESULT=stopped-again`). `STATE` is the
+    /// state it was found in.
+    pub fn stopped_again(
+        &mut self,
+        domain: &Named,
+        verb: Verb,
+        state: DomainState,
+        reason: Option<StopReason>,
+        after: Duration,
+        now: Instant,
+    ) {
+        let shown = self.problems.allow(now);
+        let name = self.name(domain);
+        let message = format!(
+            "{name} stopped again {:.1} s after it was {}: {state} ({}); see its log in \
+             /var/log/libvirt/qemu/{}.log",
+            after.as_secs_f64(),
+            verb_done_words(verb),
+            stop_reason_words(reason),
+            domain.name
+        );
+        let mut record = Record {
+            level: Level::ERROR,
+            message,
+            mac: None,
+            source: None,
+            via: None,
+            domain: None,
+            host: None,
+            state: None,
+            action: None,
+            result: Some("stopped-again"),
+        };
+        record.on(domain, state, Some(verb));
+        self.last_event = format!("{name} stopped again after its {}", action_word(verb));
         self.send(record, shown);
     }
 

@@ -398,3 +398,40 @@ fn unknown_macs_wait_for_a_listing_held_up_without_holding_a_worker() {
     let (_, stats, _) = gateway.stop();
     assert_eq!((stats.handled, stats.waited_for_slot), (22, 0));
 }
+
+#[test]
+fn a_domain_that_stops_right_after_its_start_is_reported_before_the_idle_exit() {
+    // The fake stands for a guest that dies at once (test:/// domains
+    // cannot); tests/e2e_libvirtd.rs does it to a real guest.
+    let fake = fake_with("fake:///", 2);
+    let idle = Some(Duration::from_millis(500));
+    let mut gateway = InProcess::start_with(one_host(&fake, DEADLINE), WINDOW, idle);
+    gateway.wake(&mac_of(0));
+    gateway.wake(&mac_of(1));
+    for i in 0..2 {
+        let started = gateway.decision(&mac_of(i), 0, DEADLINE);
+        assert_eq!(started.result, Some("ok"), "{started:?}");
+    }
+    let acted = Instant::now();
+    fake.set_state("vm0", DomainState::Crashed);
+    // The idle timeout (0.5 s) passes long before the look (3 s): the loop
+    // waits for it, then exits.
+    let (exit, _) = gateway.join();
+    assert_eq!(exit, Exit::Idle);
+    assert!(
+        acted.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        acted.elapsed()
+    );
+    let again: Vec<_> = gateway
+        .records()
+        .iter()
+        .filter(|r| r.result == Some("stopped-again"))
+        .cloned()
+        .collect();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_eq!(
+        (again[0].domain.as_deref(), again[0].state, again[0].action),
+        (Some("vm0"), Some("crashed"), Some("start"))
+    );
+}

@@ -566,3 +566,81 @@ fn e2e_libvirtd_a_failed_start_is_retried_after_its_cause_is_fixed() {
     assert_eq!(summary_count(&summary, "duplicates"), 0, "{summary}");
     assert_eq!(summary_count(&summary, "not acted on"), 0, "{summary}");
 }
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_a_guest_that_stops_right_after_its_start_is_reported_once() {
+    let _libvirtd = libvirtd_shared();
+    let guest = Guest::define("stops-again", "52:54:00:e2:00:0d");
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = activate(&socket, &[]);
+    guest.wait_state("running");
+    // What a guest that dies at once looks like to libvirt: off again,
+    // with a reason.
+    virsh_ok(&["destroy", &guest.name]);
+    let line = gateway.wait_for_log(&format!("{} stopped again", guest.name));
+    assert!(
+        line.contains("after it was started: shut off (destroyed)"),
+        "{line}"
+    );
+    let (_, summary) = terminate(&mut gateway);
+    assert_eq!(gateway.lines_with("stopped again").len(), 1, "{summary}");
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
+    let _libvirtd = libvirtd_shared();
+    let guest = Guest::define("http-wait", "52:54:00:e2:00:0e");
+    // The real token command on the real daemon: the hash lands in the
+    // persistent definition.
+    let out = Command::new(crate::util::bin())
+        .args(["token", "add", &guest.name, "--libvirt-uri", URI])
+        .output()
+        .expect("token add");
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let inactive = virsh_ok(&["dumpxml", "--inactive", &guest.name]);
+    let hash = wol_libvirt_gateway::secret::token_hash(&token).to_string();
+    assert!(inactive.contains(&hash) && !inactive.contains(&token));
+
+    let (udp, _) = systemd_socket();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let url = format!(
+        "http://{}/v1/wake/{}?wait=30",
+        tcp.local_addr().expect("addr"),
+        guest.name
+    );
+    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "5m"])
+        .pass_fd(udp.into())
+        .pass_fd(tcp.into())
+        .spawn();
+    let client = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("an answer");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().expect("body"))
+    });
+    guest.wait_state("running");
+    virsh_ok(&["destroy", &guest.name]);
+    let (status, body) = client.join().expect("client");
+    assert_eq!(status, 502, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["result"], "stopped-again", "{body}");
+    assert_eq!(answer["state"], "shut off", "{body}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destroyed")),
+        "{body}"
+    );
+    let _ = terminate(&mut gateway);
+}

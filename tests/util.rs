@@ -660,6 +660,13 @@ impl Fake {
         });
     }
 
+    /// Changes `name`'s state (as a crash or `virsh destroy` would).
+    pub fn set_state(&self, name: &str, new: DomainState) {
+        let mut state = self.state.lock().expect("fake");
+        let domain = state.domains.iter_mut().find(|d| d.name == name);
+        domain.expect("fake domain").state = new;
+    }
+
     pub fn state_of(&self, name: &str) -> DomainState {
         let state = self.state.lock().expect("fake");
         let domain = state.domains.iter().find(|d| d.name == name);

@@ -41,11 +41,13 @@ use tracing::{debug, warn};
 
 use crate::ask::{Ask, Credential, Target};
 use crate::fleet::Fleet;
+use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
-use crate::hypervisor::DomainState;
+use crate::hypervisor::{DomainState, StopReason};
 use crate::list::{self, DomainView};
 use crate::lock;
 use crate::policy::Policy;
+use crate::report;
 use crate::secret::{Hash, token_hash};
 use crate::sockets::Source;
 
@@ -405,22 +407,39 @@ async fn wake(
             return response;
         }
     };
+    let mut status = status;
     if let Some((uri, name)) = follow {
         let started = Instant::now();
-        let up = if wait.is_zero() {
+        let seen = if wait.is_zero() {
             state_now(context, &uri, &name).await
         } else {
             answer.waited_for = Some("running");
-            wait_running(context, &uri, &name, started + wait).await
+            // After an action, up means still up at the gateway's own look.
+            let steady = (answer.action != "none").then_some(started + POST_START_CHECK);
+            watch(context, &uri, &name, steady, started + wait).await
         };
-        answer.state = up.map(DomainState::as_str).or(answer.state);
+        if let Some((state, reason)) = seen {
+            answer.state = Some(state.as_str());
+            if !wait.is_zero() && matches!(state, DomainState::ShutOff | DomainState::Crashed) {
+                status = StatusCode::BAD_GATEWAY;
+                answer.result = "stopped-again";
+                answer.error = Some(format!(
+                    "it stopped again: {}",
+                    report::stop_reason_words(reason)
+                ));
+            }
+        }
         answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     }
     json(status, &answer)
 }
 
-/// The domain's state now, read off the loop.
-async fn state_now(context: &Context, uri: &Arc<str>, name: &str) -> Option<DomainState> {
+/// The domain's state now and why it stopped, if it did; read off the loop.
+async fn state_now(
+    context: &Context,
+    uri: &Arc<str>,
+    name: &str,
+) -> Option<(DomainState, Option<StopReason>)> {
     let fleet = Arc::clone(&context.fleet);
     let (uri, name) = (Arc::clone(uri), name.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -432,20 +451,28 @@ async fn state_now(context: &Context, uri: &Arc<str>, name: &str) -> Option<Doma
     .flatten()
 }
 
-/// Reads the state until the domain runs or `deadline` passes; the last
-/// state read.
-async fn wait_running(
+/// Reads the state until the domain runs (and, with `steady`, still runs
+/// then: the gateway's own look after a start), or it stopped again, or
+/// `deadline` passes. Returns the last state read.
+async fn watch(
     context: &Context,
     uri: &Arc<str>,
     name: &str,
+    steady: Option<Instant>,
     deadline: Instant,
-) -> Option<DomainState> {
+) -> Option<(DomainState, Option<StopReason>)> {
     loop {
-        let state = state_now(context, uri, name).await;
-        if state == Some(DomainState::Running) || Instant::now() >= deadline {
-            return state;
+        let seen = state_now(context, uri, name).await;
+        let now = Instant::now();
+        let settled = match seen {
+            Some((DomainState::Running, _)) => steady.is_none_or(|at| now >= at),
+            Some((DomainState::ShutOff | DomainState::Crashed, _)) => true,
+            _ => false,
+        };
+        if settled || now >= deadline {
+            return seen;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(now);
         tokio::time::sleep(WAIT_POLL.min(left)).await;
     }
 }

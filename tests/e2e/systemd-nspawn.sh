@@ -16,11 +16,15 @@
 #  3. Boots it (--volatile=overlay: the cached root stays read-only, every run
 #     starts from the same state and writes go to a tmpfs).
 #  4. Checks socket activation, guest start, STATUS=, idle exit,
-#     re-activation, the journal fields and the security score.
+#     re-activation, the journal fields, then the same over the HTTP socket
+#     (a token made by `token add`, curl from the host with ?wait=, idle exit
+#     and re-activation over TCP, VIA=http in the journal), and the security
+#     score.
 #  5. Always powers the container off (trap EXIT); nothing is left running.
 #
 # The container shares the host's network namespace (no --private-network),
-# so the shipped socket's 127.0.0.1:9 must be free on the host.
+# so the shipped sockets' 127.0.0.1:9 (UDP) and 127.0.0.1:9109 (TCP) must be
+# free on the host; the host's curl is the HTTP client.
 #
 # Environment: WOL_E2E_CACHE (cache dir), WOL_E2E_MAX_EXPOSURE (default 1.0).
 set -euo pipefail
@@ -142,10 +146,12 @@ phase "install binary and units"
 install -D -m 0755 "$bin" "$root/usr/local/bin/$name"
 install -D -m 0644 systemd/$name.service "$root/etc/systemd/system/$name.service"
 install -D -m 0644 systemd/$name.socket "$root/etc/systemd/system/$name.socket"
+install -D -m 0644 systemd/$name-http.socket "$root/etc/systemd/system/$name-http.socket"
 install -D -m 0644 systemd/$name.sysusers "$root/usr/lib/sysusers.d/$name.conf"
 cmp "$bin" "$root/usr/local/bin/$name"
 cmp systemd/$name.service "$root/etc/systemd/system/$name.service"
 cmp systemd/$name.socket "$root/etc/systemd/system/$name.socket"
+cmp systemd/$name-http.socket "$root/etc/systemd/system/$name-http.socket"
 cmp systemd/$name.sysusers "$root/usr/lib/sysusers.d/$name.conf"
 log "binary and units byte-identical to the repo's"
 
@@ -194,6 +200,11 @@ phase "boot container"
 udp9=$(awk 'FNR > 1 && $2 ~ /:0009$/' /proc/net/udp /proc/net/udp6)
 [[ -z $udp9 ]] || fail "UDP port 9 is already in use on this host (the shipped socket listens on 127.0.0.1:9 in the container, which shares the host's network):
 $udp9"
+# 9109 = 0x2395, listening (state 0A).
+tcp9109=$(awk 'FNR > 1 && $2 ~ /:2395$/ && $4 == "0A"' /proc/net/tcp /proc/net/tcp6)
+[[ -z $tcp9109 ]] || fail "TCP port 9109 is already in use on this host (the shipped HTTP socket listens on 127.0.0.1:9109 in the container):
+$tcp9109"
+command -v curl >/dev/null || fail "curl not found on the host (.ci/run installs it)"
 
 setsid systemd-nspawn --register=no --keep-unit --volatile=overlay -q \
     -D "$root" -b -M "$machine" --console=pipe "${kvm_args[@]}" \
@@ -318,6 +329,51 @@ if ((${#errors[@]} == 0)); then
 else
     log "FAILED (reported at the end): ${errors[-1]}"
 fi
+
+# ---------------------------------------------------------------- HTTP
+phase "HTTP wake: token, socket, activation over TCP"
+wait_for "$name.service inactive (idle) before the HTTP socket" 75 svc_inactive
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+token=$(ct /usr/local/bin/$name token add $domain 2>/dev/null) || fail "token add failed"
+[[ ${#token} -ge 43 ]] || fail "token add printed no token"
+log "token add $domain: a ${#token}-character token"
+ct systemctl enable --now $name-http.socket 2>&1 | sed 's/^/    /'
+[[ $(ct systemctl is-active $name-http.socket) == active ]] || fail "$name-http.socket is not active"
+[[ $(svc_state) == inactive ]] || fail "$name.service is $(svc_state) before any request (expected inactive)"
+inv_http=$(invocation)
+answer=$(curl -sS --max-time 60 -H "Authorization: Bearer $token" \
+    "http://127.0.0.1:9109/v1/wake/$domain?wait=30" -w ' %{http_code}') || fail "curl failed: $answer"
+log "answer: $answer"
+[[ $answer == *'"result":"ok"'* && $answer == *'"state":"running"'* && $answer == *' 200' ]] ||
+    fail "the HTTP wake did not answer 200 ok/running: $answer"
+guest_running || fail "the answer said running but virsh says $(domstate)"
+[[ $(invocation) != "$inv_http" ]] || fail "no new service invocation for the HTTP request"
+unauthorized=$(curl -sS --max-time 20 -o /dev/null -w '%{http_code}' "http://127.0.0.1:9109/v1/wake/$domain")
+[[ $unauthorized == 401 ]] || fail "a request without a token got $unauthorized"
+
+phase "HTTP: idle exit and re-activation over TCP"
+wait_for "$name.service inactive after the idle timeout" 75 svc_inactive
+[[ $(ct systemctl is-active $name-http.socket) == active ]] || fail "$name-http.socket is not active after the idle exit"
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+inv_idle=$(invocation)
+answer=$(curl -sS --max-time 60 -H "Authorization: Bearer $token" \
+    -d "{\"domain\":\"$domain\"}" -H 'Content-Type: application/json' \
+    "http://127.0.0.1:9109/v1/wake?wait=30" -w ' %{http_code}') || fail "curl failed: $answer"
+log "answer: $answer"
+[[ $answer == *'"action":"start"'* && $answer == *' 200' ]] || fail "re-activation over HTTP: $answer"
+[[ $(invocation) != "$inv_idle" ]] || fail "no new service invocation after the idle exit"
+wait_for "guest $domain running again" 30 guest_running
+via_http() {
+    # shellcheck disable=SC2016
+    (($(ct sh -c 'journalctl -b -u "$1" -o json | jq -c --arg dom "$2" "
+        select(.VIA == \"http\" and .DOMAIN == \$dom and .RESULT == \"ok\")"' sh $name $domain |
+        grep -c .) >= 2))
+}
+wait_for "two VIA=http RESULT=ok journal entries for $domain" 10 via_http
+ct journalctl -b -u $name -o cat | grep -F "$token" && fail "the token is in the journal"
+log "no token in the journal"
 
 phase "security score"
 exposure() { sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'; }
