@@ -50,7 +50,23 @@ pub struct DomainNics {
     pub macs: Vec<Mac>,
     /// What its owner set in our `<metadata>` element.
     pub meta: WakeMeta,
+    /// Its QEMU guest agent channel, if it has one.
+    pub agent: Option<Agent>,
 }
+
+/// A QEMU guest agent channel (`org.qemu.guest_agent.0`), as the running
+/// domain's XML shows it: libvirt marks it connected once the agent in the
+/// guest has opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    /// The agent in the guest has the channel open.
+    Connected,
+    /// Not (yet) open, or the domain is not running.
+    Disconnected,
+}
+
+/// The name of the guest agent's virtio channel.
+const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 
 /// The domain owner's settings for the gateway, in the domain's own
 /// `<metadata>`:
@@ -150,7 +166,19 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
         })
         .map(wake_meta)
         .unwrap_or_default();
-    Ok(DomainNics { macs: found, meta })
+    let agent = children(domain, "devices")
+        .flat_map(|devices| children(devices, "channel"))
+        .flat_map(|channel| children(channel, "target"))
+        .find(|target| target.attribute("name") == Some(AGENT_CHANNEL))
+        .map(|target| match target.attribute("state") {
+            Some("connected") => Agent::Connected,
+            _ => Agent::Disconnected,
+        });
+    Ok(DomainNics {
+        macs: found,
+        meta,
+        agent,
+    })
 }
 
 /// Reads our `<wake>` element. Its children carry no namespace of their
@@ -324,6 +352,35 @@ mod tests {
         assert!(!with(
             "<wol:wake xmlns:wol=\"https://wol-libvirt-gateway/xmlns/1\" opt-in=\"no\"/>"
         ));
+    }
+
+    #[test]
+    fn the_guest_agent_channel_and_its_state_are_read() {
+        let with = |target: &str| {
+            read(&format!(
+                "<domain><devices><channel type='unix'>{target}</channel>\
+                 <channel type='pty'><target type='virtio' name='org.example'/></channel>\
+                 </devices></domain>"
+            ))
+            .unwrap()
+            .agent
+        };
+        let agent = "<target type='virtio' name='org.qemu.guest_agent.0'";
+        assert_eq!(
+            with(&format!("{agent} state='connected'/>")),
+            Some(Agent::Connected)
+        );
+        assert_eq!(
+            with(&format!("{agent} state='disconnected'/>")),
+            Some(Agent::Disconnected)
+        );
+        // An inactive definition has no state: not connected.
+        assert_eq!(with(&format!("{agent}/>")), Some(Agent::Disconnected));
+        assert_eq!(
+            with("<target type='virtio' name='org.example.other'/>"),
+            None
+        );
+        assert_eq!(read("<domain/>").unwrap().agent, None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 use crate::ask::{Ask, Target};
+use crate::domain_xml::Agent;
 use crate::hypervisor::{
     Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
     Listed, StopReason, Unreadable,
@@ -982,6 +983,21 @@ impl Host {
         };
         match hv.state_reason(uuid) {
             Ok(state) => Ok(Some(state)),
+            Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
+            Err(e) => Err(sort(e)),
+        }
+    }
+
+    /// The QEMU guest agent channel of the domain named `name`, as its
+    /// current XML shows it (`None`: no such domain, or no channel).
+    pub fn agent_of(&self, name: &str) -> Result<Option<Agent>, HostError> {
+        let hv = self.connection().map_err(HostError::Unreachable)?;
+        let sort = |e| HostError::from(self.failure(&hv, e));
+        let Some(uuid) = hv.find(name).map_err(sort)? else {
+            return Ok(None);
+        };
+        match hv.domain(uuid) {
+            Ok(record) => Ok(record.agent),
             Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
             Err(e) => Err(sort(e)),
         }

@@ -19,7 +19,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
-use crate::domain_xml::{self, DomainXmlError, WakeMeta};
+use crate::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
 use crate::lock;
 use crate::packet::Mac;
 
@@ -212,6 +212,8 @@ pub struct DomainRecord {
     /// What its owner set in our `<metadata>` element (the opt-in, token
     /// hashes).
     pub meta: WakeMeta,
+    /// Its QEMU guest agent channel, if it has one.
+    pub agent: Option<Agent>,
 }
 
 impl DomainRecord {
@@ -221,15 +223,16 @@ impl DomainRecord {
             Ok(xml) => domain_xml::read(&xml).map_err(Unreadable::from),
             Err(e) => Err(Unreadable::Fetch(e)),
         };
-        let (macs, meta) = match nics {
-            Ok(nics) => (Ok(nics.macs), nics.meta),
-            Err(e) => (Err(e), WakeMeta::default()),
+        let (macs, meta, agent) = match nics {
+            Ok(nics) => (Ok(nics.macs), nics.meta, nics.agent),
+            Err(e) => (Err(e), WakeMeta::default(), None),
         };
         DomainRecord {
             name,
             uuid,
             macs,
             meta,
+            agent,
         }
     }
 }

@@ -588,13 +588,10 @@ fn e2e_libvirtd_a_guest_that_stops_right_after_its_start_is_reported_once() {
     assert_eq!(gateway.lines_with("stopped again").len(), 1, "{summary}");
 }
 
-#[test]
-#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
-fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
-    let _libvirtd = libvirtd_shared();
-    let guest = Guest::define("http-wait", "52:54:00:e2:00:0e");
-    // The real token command on the real daemon: the hash lands in the
-    // persistent definition.
+/// `token add` for `guest` through the real binary on the real daemon:
+/// returns the token, after checking only its hash landed in the
+/// persistent definition.
+fn token_for(guest: &Guest) -> String {
     let out = Command::new(crate::util::bin())
         .args(["token", "add", &guest.name, "--libvirt-uri", URI])
         .output()
@@ -604,15 +601,25 @@ fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
     let inactive = virsh_ok(&["dumpxml", "--inactive", &guest.name]);
     let hash = wol_libvirt_gateway::secret::token_hash(&token).to_string();
     assert!(inactive.contains(&hash) && !inactive.contains(&token));
+    token
+}
 
+/// The gateway with an HTTP socket; a client thread already sent
+/// `GET /v1/wake/NAME?wait=SECONDS` with `token`, whose (status, body) the
+/// handle returns.
+fn http_wake(
+    guest: &Guest,
+    token: String,
+    wait: u64,
+) -> (Gateway, std::thread::JoinHandle<(u16, String)>) {
     let (udp, _) = systemd_socket();
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
     let url = format!(
-        "http://{}/v1/wake/{}?wait=30",
+        "http://{}/v1/wake/{}?wait={wait}",
         tcp.local_addr().expect("addr"),
         guest.name
     );
-    let mut gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "5m"])
+    let gateway = Launch::new(&["--libvirt-uri", URI, "--idle-timeout", "5m"])
         .pass_fd(udp.into())
         .pass_fd(tcp.into())
         .spawn();
@@ -629,6 +636,16 @@ fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_string().expect("body"))
     });
+    (gateway, client)
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
+    let _libvirtd = libvirtd_shared();
+    let guest = Guest::define("http-wait", "52:54:00:e2:00:0e");
+    let token = token_for(&guest);
+    let (mut gateway, client) = http_wake(&guest, token, 30);
     guest.wait_state("running");
     virsh_ok(&["destroy", &guest.name]);
     let (status, body) = client.join().expect("client");
@@ -642,5 +659,29 @@ fn e2e_libvirtd_an_http_wake_with_wait_says_when_the_guest_stopped_again() {
             .is_some_and(|e| e.contains("destroyed")),
         "{body}"
     );
+    let _ = terminate(&mut gateway);
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_an_http_wake_with_wait_waits_for_the_guest_agent() {
+    let _libvirtd = libvirtd_shared();
+    // A guest agent channel, and no guest OS to open it: the wait ends with
+    // the agent not connected (a real agent's connection needs a real OS).
+    let guest = Guest::define_with(
+        "http-agent",
+        "52:54:00:e2:00:0f",
+        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+    );
+    let token = token_for(&guest);
+    let asked = Instant::now();
+    let (mut gateway, client) = http_wake(&guest, token, 4);
+    let (status, body) = client.join().expect("client");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["state"], "running", "{body}");
+    assert_eq!(answer["waited_for"], "guest-agent", "{body}");
+    assert_eq!(answer["guest_agent"], "not connected", "{body}");
+    assert!(asked.elapsed() >= Duration::from_secs(4), "{body}");
     let _ = terminate(&mut gateway);
 }

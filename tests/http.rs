@@ -162,7 +162,7 @@ fn a_token_wakes_its_domain_by_name_or_mac_with_get_or_post() {
         json!({
             "domain": "web01", "host": served._node.uri(), "state_before": "shut off",
             "action": "start", "result": "ok", "state": "running", "waited_for": null,
-            "waited_ms": woke.body["waited_ms"], "error": null
+            "guest_agent": null, "waited_ms": woke.body["waited_ms"], "error": null
         })
     );
     // POST by MAC, JSON; and a form with a domain name.

@@ -33,8 +33,13 @@ pub struct WakeAnswer {
     pub result: &'static str,
     /// Its state when the answer was made.
     pub state: Option<&'static str>,
-    /// What the answer waited for: `running`, or `null` without `?wait=`.
+    /// What the answer waited for: `running`, `guest-agent` (a domain with
+    /// a QEMU guest agent channel: until the agent in the guest opened it),
+    /// or `null` without `?wait=`.
     pub waited_for: Option<&'static str>,
+    /// Its QEMU guest agent: `connected`, `not connected`, or `null` when it
+    /// has no agent channel (or nothing was looked at).
+    pub guest_agent: Option<&'static str>,
     /// How long the request waited for its domain to come up.
     pub waited_ms: u64,
     /// libvirt's message, or why nothing was done.
@@ -91,6 +96,7 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
                     result: "duplicate",
                     state: None,
                     waited_for: None,
+                    guest_agent: None,
                     waited_ms: 0,
                     error: Some(format!(
                         "the same request brought it up {:.1} s ago",
@@ -187,6 +193,7 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
             result: report::result_word(&decision.outcome),
             state: state.map(DomainState::as_str),
             waited_for: None,
+            guest_agent: None,
             waited_ms: 0,
             error: message,
         },

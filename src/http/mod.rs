@@ -40,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::ask::{Ask, Credential, Target};
+use crate::domain_xml::Agent;
 use crate::fleet::Fleet;
 use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
@@ -429,6 +430,22 @@ async fn wake(
                 ));
             }
         }
+        if answer.state == Some(DomainState::Running.as_str()) {
+            // Running; with an agent channel, up means the agent answers.
+            let agent = if wait.is_zero() {
+                agent_now(context, &uri, &name).await
+            } else {
+                let agent = agent_watch(context, &uri, &name, started + wait).await;
+                if agent.is_some() {
+                    answer.waited_for = Some("guest-agent");
+                }
+                agent
+            };
+            answer.guest_agent = agent.map(|agent| match agent {
+                Agent::Connected => "connected",
+                Agent::Disconnected => "not connected",
+            });
+        }
         answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     }
     json(status, &answer)
@@ -449,6 +466,37 @@ async fn state_now(
     .await
     .ok()
     .flatten()
+}
+
+/// The domain's guest agent channel now, read off the loop.
+async fn agent_now(context: &Context, uri: &Arc<str>, name: &str) -> Option<Agent> {
+    let fleet = Arc::clone(&context.fleet);
+    let (uri, name) = (Arc::clone(uri), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let host = fleet.hosts().iter().find(|h| *h.uri() == uri)?;
+        host.agent_of(&name).ok().flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Reads the guest agent channel until the agent connects or `deadline`
+/// passes (`None` at once for a domain without one).
+async fn agent_watch(
+    context: &Context,
+    uri: &Arc<str>,
+    name: &str,
+    deadline: Instant,
+) -> Option<Agent> {
+    loop {
+        let agent = agent_now(context, uri, name).await;
+        let now = Instant::now();
+        if agent != Some(Agent::Disconnected) || now >= deadline {
+            return agent;
+        }
+        tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(now))).await;
+    }
 }
 
 /// Reads the state until the domain runs (and, with `steady`, still runs
