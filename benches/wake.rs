@@ -26,6 +26,9 @@
 //!   and libvirtd spend over 30 s of 10 magic packets per second for MACs no
 //!   domain has (a mis-set client, a scanner), right after a full scan, and
 //!   the CPU of one full scan (at most one per --full-rescan-interval);
+//! - the HTTP wake's cold start (a GET with a token on a passed TCP socket,
+//!   until the answer) against the magic packet's, alternating, and both
+//!   processes' peak RSS;
 //! - peak RSS: the gateway's VmHWM (the kernel's peak resident set, what
 //!   getrusage's ru_maxrss reports, without the parent's pre-exec pages that
 //!   ru_maxrss of a forked child also counts) after the wake, no-index runs,
@@ -144,6 +147,7 @@ fn main() {
             took
         });
         let (rss, anon) = (summarize(rss), summarize(anon));
+        http_versus_udp(bin, cache.path(), &socket, addr, &mac, &name, &dom, runs);
 
         let (drain, bare) = junk_rates(bin, cache.path(), runs.min(3));
         rows.push(Row {
@@ -341,6 +345,132 @@ fn activation(
     );
     dom.destroy().expect("destroy");
     (took.as_secs_f64(), memory)
+}
+
+/// The HTTP wake's cold start against the magic packet's, alternating runs
+/// on the same domain (warm index): a GET with a token on a passed TCP
+/// socket, timed until the answer arrives, against a packet on a passed UDP
+/// socket, timed until the log says started. Prints medians and peak RSS.
+#[allow(clippy::too_many_arguments)]
+fn http_versus_udp(
+    bin: &str,
+    cache: &Path,
+    socket: &UdpSocket,
+    addr: SocketAddr,
+    mac: &str,
+    name: &str,
+    dom: &Domain,
+    runs: usize,
+) {
+    const TOKEN: &str = "bench-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let element = format!(
+        "<wake opt-in=\"no\"><token sha256=\"{}\"/></wake>",
+        wol_libvirt_gateway::secret::token_hash(TOKEN)
+    );
+    dom.set_metadata(
+        virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(&element),
+        Some("wol"),
+        Some("https://wol-libvirt-gateway/xmlns/1"),
+        virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
+    )
+    .expect("token on the bench domain");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let url = format!(
+        "http://{}/v1/wake/{name}",
+        listener.local_addr().expect("addr")
+    );
+    let (mut udp, mut http, mut udp_rss, mut http_rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (took, (hwm, _)) = activation(bin, cache, socket, addr, mac, name, dom);
+        udp.push(took);
+        udp_rss.push(hwm);
+        let (took, hwm) = http_activation(bin, cache, socket, &listener, &url, TOKEN, name, dom);
+        http.push(took);
+        http_rss.push(hwm);
+    }
+    let (udp, http) = (summarize(udp), summarize(http));
+    let (udp_rss, http_rss) = (summarize(udp_rss), summarize(http_rss));
+    println!(
+        "cold wake over HTTP (GET with a token, until the answer): {} = {:.2}x the magic \
+         packet's cold wake in the same runs ({}); peak RSS {:.1} MiB vs {:.1} MiB",
+        ms(&http),
+        http.median / udp.median,
+        ms(&udp),
+        http_rss.median / 1024.0,
+        udp_rss.median / 1024.0
+    );
+}
+
+/// One activation by an HTTP request: the client connects to the held TCP
+/// socket (the kernel queues it, as for a socket unit) and sends its GET,
+/// then the process starts with both sockets passed; timed until the
+/// answer. Returns seconds and the process's peak RSS in KiB.
+#[allow(clippy::too_many_arguments)]
+fn http_activation(
+    bin: &str,
+    cache: &Path,
+    socket: &UdpSocket,
+    listener: &std::net::TcpListener,
+    url: &str,
+    token: &str,
+    name: &str,
+    dom: &Domain,
+) -> (f64, f64) {
+    let (url, bearer) = (url.to_owned(), format!("Bearer {token}"));
+    let started = Instant::now();
+    let client = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .header("Authorization", &bearer)
+            .call()
+            .expect("an HTTP answer");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (started.elapsed(), status, body)
+    });
+    let udp: OwnedFd = socket.try_clone().expect("dup").into();
+    let tcp: OwnedFd = listener.try_clone().expect("dup").into();
+    let mut child = Command::new(bin)
+        .args(["--libvirt-uri", URI, "--idle-timeout", "2s", "--cache-dir"])
+        .arg(cache)
+        .env("LISTEN_FDS", "2")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CACHE_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .fd_mappings(vec![
+            FdMapping {
+                parent_fd: udp,
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: tcp,
+                child_fd: 4,
+            },
+        ])
+        .expect("fd mapping")
+        .spawn()
+        .expect("spawn gateway");
+    let (took, status, body) = client.join().expect("client");
+    assert_eq!(status, 200, "{body}");
+    let (hwm, _) = memory_kib(child.id());
+    let exited = child.wait().expect("wait");
+    assert!(exited.success(), "gateway failed");
+    assert!(
+        dom.is_active().expect("is_active"),
+        "{name} started over HTTP"
+    );
+    dom.destroy().expect("destroy");
+    (took.as_secs_f64(), hwm)
 }
 
 /// VmHWM (peak resident set) and RssAnon (the private part: the rest is

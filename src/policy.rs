@@ -228,6 +228,32 @@ mod tests {
     }
 
     #[test]
+    fn a_token_opens_only_its_own_domain_and_needs_no_secureon() {
+        use crate::secret::{Hash, token_hash};
+        let mine = token_hash("my-token-aaaaaaaaaaaaaaaa");
+        let meta = WakeMeta {
+            tokens: vec![Hash::of(b"another"), mine],
+            secureon: Some(Sealed::seal(&"01:02:03:04".parse().unwrap()).unwrap()),
+            ..WakeMeta::default()
+        };
+        assert_eq!(check_credential(&meta, &Credential::Token(mine)), Ok(()));
+        let theirs = token_hash("their-token-aaaaaaaaaaaaa");
+        assert_eq!(
+            check_credential(&meta, &Credential::Token(theirs)),
+            Err(Refusal::NotThisToken)
+        );
+        assert_eq!(
+            check_credential(&WakeMeta::default(), &Credential::Token(mine)),
+            Err(Refusal::NotThisToken)
+        );
+        // A magic packet still needs the password.
+        assert_eq!(
+            check_credential(&meta, &Credential::None),
+            Err(Refusal::SecureOnMissing)
+        );
+    }
+
+    #[test]
     fn opt_in_is_required_on_top_of_the_list() {
         let mac: Mac = "52:54:00:aa:bb:cc".parse().unwrap();
         let policy = Policy {

@@ -685,3 +685,44 @@ fn e2e_libvirtd_an_http_wake_with_wait_waits_for_the_guest_agent() {
     assert!(asked.elapsed() >= Duration::from_secs(4), "{body}");
     let _ = terminate(&mut gateway);
 }
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_libvirtd"]
+fn e2e_libvirtd_an_http_wake_that_libvirt_refuses_is_502_with_its_message() {
+    let _libvirtd = libvirtd_shared();
+    let missing = format!("/var/tmp/wolgw-e2e-http-502-{}.img", std::process::id());
+    let _ = std::fs::remove_file(&missing);
+    let guest = Guest::define_with(
+        "http-502",
+        "52:54:00:e2:00:10",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{missing}'/><target dev='vda' bus='virtio'/></disk>"
+        ),
+    );
+    let token = token_for(&guest);
+    let (mut gateway, client) = http_wake(&guest, token, 0);
+    let (status, body) = client.join().expect("client");
+    assert_eq!(status, 502, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (
+            &answer["result"],
+            &answer["action"],
+            &answer["state_before"]
+        ),
+        (
+            &serde_json::json!("failed"),
+            &serde_json::json!("start"),
+            &serde_json::json!("shut off")
+        ),
+        "{body}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Cannot access storage file")),
+        "{body}"
+    );
+    let _ = terminate(&mut gateway);
+}

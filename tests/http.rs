@@ -236,11 +236,14 @@ fn another_domains_token_and_a_missing_domain_look_the_same() {
     );
     let others = served.get("/v1/wake/db01", Some(WEB_TOKEN));
     let missing = served.get("/v1/wake/web99", Some(WEB_TOKEN));
-    let unknown = served.get("/v1/wake/web01", Some("no-such-token-aaaaaaaaaaaaaaaa"));
-    for answer in [&others, &missing, &unknown] {
+    for answer in [&others, &missing] {
         assert_eq!(answer.status, 404, "{answer:?}");
         assert_eq!(answer.body, others.body);
     }
+    // A token no domain holds, and none at all: 401.
+    let unknown = served.get("/v1/wake/web01", Some("no-such-token-aaaaaaaaaaaaaaaa"));
+    assert_eq!(unknown.status, 401, "{unknown:?}");
+    assert_eq!(error_of(&unknown), "the token opens no domain");
     let none = served.get("/v1/wake/web01", None);
     assert_eq!(none.status, 401, "{none:?}");
     assert!(error_of(&none).contains("token add"), "{none:?}");
@@ -262,11 +265,21 @@ fn a_mac_on_two_shut_off_domains_is_409() {
 
 #[test]
 fn five_failed_authentications_in_a_minute_get_429() {
-    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
-    for _ in 0..5 {
-        let failed = served.get("/v1/wake/web01", Some("wrong-token-aaaaaaaaaaaaaaaaa"));
-        assert_eq!(failed.status, 404, "{failed:?}");
+    let served = serve(
+        NodeFile::new(&[web01(RunState::ShutOff), db01(RunState::ShutOff)]),
+        &[],
+    );
+    // Bad tokens and another domain's both count.
+    for token in [
+        "wrong-token-aaaaaaaaaaaaaaaaa",
+        DB_TOKEN,
+        "wrong-token-bbbbbbbbbbbbbbbbb",
+        DB_TOKEN,
+    ] {
+        let failed = served.get("/v1/wake/web01", Some(token));
+        assert!([401, 404].contains(&failed.status), "{failed:?}");
     }
+    assert_eq!(served.get("/v1/wake/web01", None).status, 401);
     let blocked = served.get("/v1/wake/web01", Some(WEB_TOKEN));
     assert_eq!(blocked.status, 429, "{blocked:?}");
     let seconds: u64 = blocked

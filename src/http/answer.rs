@@ -12,9 +12,10 @@ use crate::hypervisor::DomainState;
 use crate::outcome::Outcome;
 use crate::report::{self, action_word};
 
-/// 404 for every "no domain this token may wake": the domain does not
-/// exist, or the token is another domain's, or no domain's. A token must
-/// not reveal which domains exist.
+/// 404 for every "no domain this token may wake" with a token some domain
+/// holds: the domain does not exist, or the token is another domain's. A
+/// token must not reveal which domains exist. (A token no domain holds is
+/// told apart later, by the caller: 401.)
 pub const NOT_FOUND: &str = "no domain this token may wake matches";
 
 /// The answer to a wake request.

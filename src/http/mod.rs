@@ -23,6 +23,7 @@ pub mod tls;
 
 pub use self::answer::WakeAnswer;
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,7 @@ pub struct Context {
     /// The operator's policy (for what a wake would do).
     pub policy: Policy,
     failures: Mutex<Failures>,
+    tokens: KnownTokens,
 }
 
 impl Context {
@@ -93,6 +95,7 @@ impl Context {
             fleet,
             policy,
             failures: Mutex::new(Failures::default()),
+            tokens: KnownTokens::default(),
         }
     }
 }
@@ -276,15 +279,10 @@ async fn handle(
         Presented::Token(token) => token_hash(&token),
         Presented::Missing | Presented::Malformed => {
             failed(context, address);
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
+            return unauthorized(
                 "a token is needed: Authorization: Bearer TOKEN (or ?token=TOKEN); \
                  wol-libvirt-gateway token add DOMAIN makes one",
             );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
         }
     };
     match endpoint {
@@ -302,6 +300,56 @@ async fn handle(
             };
             wake(context, peer, target, token, wait).await
         }
+    }
+}
+
+/// 401 with `WWW-Authenticate: Bearer`.
+fn unauthorized(message: &str) -> Response<Full<Bytes>> {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Every token hash some domain holds, read at most once per
+/// [`KNOWN_TOKENS_TTL`] whatever the number of callers: it only tells a bad
+/// token (401) from another domain's (404), after the wake itself failed, so
+/// a stream of bad tokens costs one scan of every domain's XML a minute.
+#[derive(Default)]
+struct KnownTokens {
+    read: tokio::sync::Mutex<Option<(Instant, HashSet<Hash>)>>,
+}
+
+/// How long the set of known tokens is trusted.
+const KNOWN_TOKENS_TTL: Duration = Duration::from_secs(60);
+
+impl KnownTokens {
+    /// True if some domain holds `token` (as of the last read), or if it
+    /// cannot be told (a host not answering): then 404 rather than 401.
+    async fn known(&self, fleet: &Arc<Fleet>, token: Hash) -> bool {
+        let mut read = self.read.lock().await;
+        let fresh = read
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < KNOWN_TOKENS_TTL);
+        if !fresh {
+            let fleet = Arc::clone(fleet);
+            let scanned = tokio::task::spawn_blocking(move || {
+                let (entries, problems) = list::entries(fleet.hosts());
+                let tokens: HashSet<Hash> = entries
+                    .iter()
+                    .flat_map(|entry| entry.info.tokens.iter().copied())
+                    .collect();
+                (tokens, problems.is_empty())
+            })
+            .await;
+            match scanned {
+                Ok((tokens, true)) => *read = Some((Instant::now(), tokens)),
+                _ => return true,
+            }
+        }
+        read.as_ref()
+            .is_some_and(|(_, tokens)| tokens.iter().any(|t| t.matches(&token)))
     }
 }
 
@@ -398,6 +446,14 @@ async fn wake(
         } => {
             if failed_auth {
                 failed(context, peer.ip());
+                // A token that opens no domain at all is a bad token (401);
+                // one that opens some other domain gets the 404 that a
+                // missing domain gets, so it reveals no other domain.
+                if status == StatusCode::NOT_FOUND
+                    && !context.tokens.known(&context.fleet, token).await
+                {
+                    return unauthorized("the token opens no domain");
+                }
             }
             let mut response = error(status, &message);
             if let Some(seconds) = retry_after {
