@@ -392,6 +392,13 @@ impl Book {
         self.parked
     }
 
+    /// True if the request for `ask` waits for libvirt to answer again.
+    pub fn is_parked(&self, ask: &Ask) -> bool {
+        self.entries
+            .get(ask)
+            .is_some_and(|e| matches!(e.stage, Stage::Waiting { parked: true, .. }))
+    }
+
     /// Every request not decided, in arrival order, and whether it is
     /// being handled (for the exit report).
     pub fn undecided(&self) -> Vec<(Target, bool)> {

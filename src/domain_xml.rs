@@ -85,8 +85,6 @@ const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 pub struct WakeMeta {
     /// The owner opted in to being woken (see `--require-opt-in`).
     pub opt_in: bool,
-    /// The element exists (with or without the opt-in).
-    pub present: bool,
     /// SHA-256 hashes of the domain's HTTP wake tokens.
     pub tokens: Vec<Hash>,
     /// Its SecureOn password, sealed: magic packets without it are refused.
@@ -187,7 +185,6 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
 fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
     WakeMeta {
         opt_in: wake.attribute("opt-in") != Some("no"),
-        present: true,
         tokens: children(wake, "token")
             .filter_map(|token| token.attribute("sha256").and_then(Hash::from_hex))
             .collect(),
@@ -389,7 +386,6 @@ mod tests {
         let b = Hash::of(b"b");
         let meta = WakeMeta {
             opt_in: false,
-            present: true,
             tokens: vec![a, b],
             secureon: Some(Sealed::seal(&"01:02:03:04".parse().unwrap()).unwrap()),
         };

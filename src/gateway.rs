@@ -440,6 +440,15 @@ impl Gateway {
         self.last_datagram = now;
         self.stats.http_requests += 1;
         match self.book.offer(ask.clone(), source, now) {
+            // Joining a request that waits for libvirt: say so now, as the
+            // first caller heard.
+            Offer::Repeat if self.book.is_parked(&ask) => {
+                let waiting = self
+                    .last_wait
+                    .clone()
+                    .unwrap_or(WaitFor { hosts: Vec::new() });
+                let _ = reply.send(Reply::Waiting(waiting));
+            }
             Offer::Queued | Offer::Repeat => self.replies.entry(ask).or_default().push(reply),
             Offer::Duplicate { ago, .. } => {
                 self.stats.duplicates += 1;

@@ -375,6 +375,10 @@ fn an_unreachable_libvirt_is_503_and_the_request_is_kept() {
     assert_eq!(waiting.status, 503, "{waiting:?}");
     assert!(error_of(&waiting).contains(&uri), "{waiting:?}");
     assert!(waiting.retry_after.is_some());
+    // The same request again joins the kept one and hears the same.
+    let again = served.get("/v1/wake/web01", Some(WEB_TOKEN));
+    assert_eq!(again.status, 503, "{again:?}");
+    assert_eq!(again.body, waiting.body);
     // libvirt comes: the kept request is done.
     served._node.write(&[web01(RunState::ShutOff)]);
     served.gateway.wait_for_log("started web01");
