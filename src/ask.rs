@@ -49,6 +49,22 @@ pub struct Ask {
 }
 
 impl Ask {
+    /// What a request is a duplicate of once its domain was brought up: for
+    /// a magic packet the MAC alone (the domain is up whatever password a
+    /// later packet carries, and a flood of packets with varying trailing
+    /// bytes must stay one request), for the HTTP wake the target and the
+    /// token (another token's request must not be told "duplicate": that
+    /// would say the domain exists and was woken).
+    pub fn dedup_key(&self) -> Ask {
+        match self.credential {
+            Credential::Token(_) => self.clone(),
+            Credential::None | Credential::SecureOn(_) => Ask {
+                target: self.target.clone(),
+                credential: Credential::None,
+            },
+        }
+    }
+
     /// The MAC asked for, if the target is one.
     pub fn mac(&self) -> Option<Mac> {
         match self.target {

@@ -139,6 +139,10 @@ pub struct Resumed {
     pub requests: usize,
 }
 
+/// Requests for one target with different credentials waiting or being
+/// handled at once; more are dropped (and counted).
+pub const MAX_CREDENTIALS_PER_TARGET: usize = 4;
+
 /// The request book.
 #[derive(Debug)]
 pub struct Book {
@@ -150,6 +154,8 @@ pub struct Book {
     in_flight: usize,
     parked: usize,
     recent: HashMap<Ask, Recent>,
+    /// Requests waiting or being handled per target.
+    per_target: HashMap<Target, usize>,
     last_prune: Option<Instant>,
     outage: Option<Outage>,
 }
@@ -165,6 +171,7 @@ impl Book {
             in_flight: 0,
             parked: 0,
             recent: HashMap::new(),
+            per_target: HashMap::new(),
             last_prune: None,
             outage: None,
         }
@@ -177,19 +184,28 @@ impl Book {
             return Offer::Repeat;
         }
         let mut due = now;
-        if let Some(recent) = self.recent.get_mut(&mac) {
+        if let Some(recent) = self.recent.get_mut(&mac.dedup_key()) {
             let ago = now.saturating_duration_since(recent.at);
             if recent.brought_up && ago < self.rules.dedupe_window {
                 let first = !std::mem::replace(&mut recent.duplicate_seen, true);
                 return Offer::Duplicate { ago, first };
             }
+        }
+        if let Some(recent) = self.recent.get(&mac) {
             if !recent.brought_up {
                 due = due.max(recent.at + self.rules.retry_spacing);
             }
         }
-        if self.entries.len() >= self.rules.max_pending {
+        // Requests for one target with different credentials are separate
+        // (a wrong password first must not swallow the right one), but a
+        // few at a time: a flood of made-up passwords for one MAC would
+        // otherwise become a flood of libvirt lookups.
+        let same_target = self.per_target.get(&mac.target).copied().unwrap_or(0);
+        if self.entries.len() >= self.rules.max_pending || same_target >= MAX_CREDENTIALS_PER_TARGET
+        {
             return Offer::Dropped;
         }
+        *self.per_target.entry(mac.target.clone()).or_default() += 1;
         // Not parked during an outage: with several hosts, the MAC may be
         // on one that answers (an unreachable host answers at once).
         self.seq += 1;
@@ -260,6 +276,17 @@ impl Book {
     }
 
     fn take_in_flight(&mut self, mac: &Ask) -> Option<Entry> {
+        let entry = self.take_in_flight_entry(mac)?;
+        if let Some(count) = self.per_target.get_mut(&mac.target) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_target.remove(&mac.target);
+            }
+        }
+        Some(entry)
+    }
+
+    fn take_in_flight_entry(&mut self, mac: &Ask) -> Option<Entry> {
         match self.entries.get(mac)?.stage {
             Stage::InFlight => {}
             Stage::Waiting { .. } => return None,
@@ -360,6 +387,9 @@ impl Book {
                 .retain(|_, recent| now.saturating_duration_since(recent.at) < keep);
             self.last_prune = Some(now);
         }
+        // Brought up: a duplicate for any packet of the MAC (see
+        // [`Ask::dedup_key`]); not: retried no sooner, for this request.
+        let mac = if brought_up { mac.dedup_key() } else { mac };
         if self.recent.len() < self.rules.max_recent || self.recent.contains_key(&mac) {
             self.recent.insert(
                 mac,
@@ -627,14 +657,37 @@ mod tests {
         // a duplicate.
         book.settle(&wrong, false, secs(t0, 0.1));
         book.settle(&right, true, secs(t0, 0.1));
-        assert!(matches!(
-            book.offer(right.clone(), source(), secs(t0, 2.0)),
-            Offer::Duplicate { .. }
-        ));
-        assert_eq!(
-            book.offer(wrong.clone(), source(), secs(t0, 2.0)),
-            Offer::Queued
-        );
+        // Once it is up, any packet for the MAC is a duplicate, whatever
+        // its password: the domain is up.
+        for later in [&right, &wrong, &mac(1)] {
+            assert!(matches!(
+                book.offer(later.clone(), source(), secs(t0, 2.0)),
+                Offer::Duplicate { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_flood_of_made_up_passwords_for_one_mac_is_a_few_requests() {
+        let (mut book, t0) = book();
+        let with = |i: u32| Ask {
+            credential: Credential::SecureOn(Password::new(&i.to_be_bytes()).expect("4 bytes")),
+            ..mac(1)
+        };
+        let offers: Vec<Offer> = (0..1000)
+            .map(|i| book.offer(with(i), source(), t0))
+            .collect();
+        let queued = offers.iter().filter(|o| **o == Offer::Queued).count();
+        assert_eq!(queued, MAX_CREDENTIALS_PER_TARGET);
+        assert_eq!(book.len(), MAX_CREDENTIALS_PER_TARGET);
+        // Another MAC is not held up by them.
+        assert_eq!(book.offer(mac(2), source(), t0), Offer::Queued);
+        // Decided (refused), they make room again.
+        for i in 0..MAX_CREDENTIALS_PER_TARGET as u32 {
+            book.next_due(t0).expect("due");
+            book.settle(&with(i), false, t0);
+        }
+        assert_eq!(book.offer(with(5000), source(), t0), Offer::Queued);
     }
 
     #[test]

@@ -146,6 +146,10 @@ enum Message {
 /// out.
 pub const POST_START_CHECK: Duration = Duration::from_secs(3);
 
+/// How long the idle exit waits for looks under way: a libvirt that hangs
+/// must not keep the gateway from exiting (its report is then skipped).
+const CHECK_PATIENCE: Duration = Duration::from_secs(10);
+
 /// A look at a domain after it was acted on.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -274,9 +278,11 @@ pub struct Gateway {
     http_busy: Arc<AtomicUsize>,
     /// Where the HTTP wake listens (for the "listening on" line).
     http_addresses: Vec<String>,
-    /// Looks after a start, not yet made; and how many are being made.
+    /// Looks after a start, not yet made; and since when the oldest look
+    /// under way runs (`None`: none runs).
     checks: Vec<Check>,
-    checks_running: usize,
+    checks_running: Option<Instant>,
+    checks_in_flight: usize,
 }
 
 impl Gateway {
@@ -323,7 +329,8 @@ impl Gateway {
             http_busy: Arc::new(AtomicUsize::new(0)),
             http_addresses: Vec::new(),
             checks: Vec::new(),
-            checks_running: 0,
+            checks_running: None,
+            checks_in_flight: 0,
         })
     }
 
@@ -581,7 +588,8 @@ impl Gateway {
                 });
             // Without a thread the look is skipped: it only reports.
             if spawned.is_ok() {
-                self.checks_running += 1;
+                self.checks_in_flight += 1;
+                self.checks_running.get_or_insert(now);
             }
         }
     }
@@ -594,7 +602,10 @@ impl Gateway {
         found: Result<Option<(DomainState, Option<StopReason>)>, HostError>,
         now: Instant,
     ) {
-        self.checks_running = self.checks_running.saturating_sub(1);
+        self.checks_in_flight = self.checks_in_flight.saturating_sub(1);
+        if self.checks_in_flight == 0 {
+            self.checks_running = None;
+        }
         match found {
             Ok(Some((state @ (DomainState::ShutOff | DomainState::Crashed), reason))) => {
                 let after = now.saturating_duration_since(check.acted);
@@ -614,7 +625,9 @@ impl Gateway {
         if now.saturating_duration_since(self.last_datagram) < idle
             || self.http_busy.load(Ordering::SeqCst) > 0
             || !self.checks.is_empty()
-            || self.checks_running > 0
+            || self
+                .checks_running
+                .is_some_and(|since| now.saturating_duration_since(since) < CHECK_PATIENCE)
         {
             return None;
         }
@@ -672,7 +685,10 @@ impl Gateway {
         } else {
             self.book.next_due_at()
         };
-        let next_check = self.checks.iter().map(|c| c.due).min();
+        let next_check = (self.checks.iter().map(|c| c.due))
+            .chain(self.checks_running.map(|since| since + CHECK_PATIENCE))
+            .filter(|&at| at > now)
+            .min();
         let deadline = [
             idle_deadline,
             next_request,

@@ -122,11 +122,37 @@ pub fn view<H: Borrow<Host>>(
     entries: &[Entry],
     policy: &Policy,
 ) -> DomainView {
+    view_showing(hosts, entry, entries, policy, &|_| true)
+}
+
+/// The view of one entry, naming other domains only where `visible` says
+/// so (the HTTP wake's caller may see only the domains its token opens):
+/// others are "another domain".
+pub fn view_showing<H: Borrow<Host>>(
+    hosts: &[H],
+    entry: &Entry,
+    entries: &[Entry],
+    policy: &Policy,
+    visible: &dyn Fn(&str) -> bool,
+) -> DomainView {
     let (macs, unreadable) = match &entry.info.macs {
         Ok(macs) => (
             macs.iter()
                 .map(|mac| {
-                    let effect = on_wake(entry, *mac, entries, policy);
+                    let hide = |name: String| {
+                        if visible(&name) {
+                            name
+                        } else {
+                            "another domain".to_owned()
+                        }
+                    };
+                    let effect = match on_wake(entry, *mac, entries, policy) {
+                        Effect::SharedWithUp(other) => Effect::SharedWithUp(hide(other)),
+                        Effect::Ambiguous(others) => {
+                            Effect::Ambiguous(others.into_iter().map(hide).collect())
+                        }
+                        effect => effect,
+                    };
                     MacView {
                         mac: mac.to_string(),
                         action: match effect {

@@ -328,8 +328,9 @@ impl Reporter {
     /// A request dropped because too many wait.
     pub fn dropped(&mut self, mac: Mac, source: &Source, max_pending: usize, now: Instant) {
         let message = format!(
-            "dropping wake request for {mac} from {source}: {max_pending} requests are already \
-             waiting (counted in the exit summary)"
+            "dropping wake request for {mac} from {source}: {max_pending} requests, or {} with \
+             other passwords for this MAC, are already waiting (counted in the exit summary)",
+            crate::book::MAX_CREDENTIALS_PER_TARGET
         );
         let mut record = Record::about(Level::WARN, &Target::Mac(mac), source, message);
         record.action = Some("none");

@@ -373,7 +373,8 @@ fn an_unreachable_libvirt_is_503_and_the_request_is_kept() {
     let served = serve(node, &[]);
     let waiting = served.get("/v1/wake/web01", Some(WEB_TOKEN));
     assert_eq!(waiting.status, 503, "{waiting:?}");
-    assert!(error_of(&waiting).contains(&uri), "{waiting:?}");
+    // The token is not checked yet: no URI for a caller who may hold none.
+    assert!(!error_of(&waiting).contains(&uri), "{waiting:?}");
     assert!(waiting.retry_after.is_some());
     // The same request again joins the kept one and hears the same.
     let again = served.get("/v1/wake/web01", Some(WEB_TOKEN));
@@ -633,4 +634,65 @@ fn a_post_may_name_the_domain_in_the_path_without_a_body() {
         (200, &json!("ok")),
         "{woke:?}"
     );
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let held: Vec<TcpStream> = (0..wol_libvirt_gateway::http::MAX_CONNECTIONS_PER_ADDRESS)
+        .map(|_| TcpStream::connect(served.http).expect("connect"))
+        .collect();
+    // Past the cap the server closes the connection without a word.
+    let mut extra = TcpStream::connect(served.http).expect("connect");
+    extra.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let _ = extra.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(held);
+    let reached = wait_until(DEADLINE, || {
+        agent()
+            .get(&served.url("/v1/health"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    assert!(reached, "no answer once the held connections closed");
+}
+
+#[test]
+fn requests_without_a_token_do_not_keep_the_gateway_running() {
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let (udp_socket, _) = systemd_socket();
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let http = tcp.local_addr().expect("addr");
+    let uri = node.uri();
+    let mut gateway = Launch::new(&["--libvirt-uri", &uri, "--idle-timeout", "1s"])
+        .pass_fd(udp_socket.into())
+        .pass_fd(tcp.into())
+        .spawn();
+    gateway.wait_for_log("listening on ");
+    // Health checks and requests without a token every 100 ms: the idle
+    // exit comes all the same.
+    let exited = wait_until(DEADLINE, || {
+        let _ = agent().get(&format!("http://{http}/v1/health")).call();
+        let _ = agent().get(&format!("http://{http}/v1/wake/web01")).call();
+        std::thread::sleep(Duration::from_millis(100));
+        !gateway.alive()
+    });
+    assert!(exited, "still running:\n{}", gateway.log());
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
+fn the_domain_list_names_no_domain_the_token_does_not_open() {
+    let twin = domain("web02", WEB, RunState::ShutOff);
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff), twin]), &[]);
+    let listed = served.get("/v1/domains", Some(WEB_TOKEN));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(1), "{listed:?}");
+    assert_eq!(
+        listed.body[0]["macs"][0]["on_wake"],
+        json!("nothing: ambiguous MAC (also on another domain)")
+    );
+    assert!(!listed.body.to_string().contains("web02"), "{listed:?}");
 }

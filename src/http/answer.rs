@@ -10,6 +10,7 @@ use crate::ask::Target;
 use crate::gateway::Reply;
 use crate::hypervisor::DomainState;
 use crate::outcome::Outcome;
+use crate::policy::Refusal;
 use crate::report::{self, action_word};
 
 /// 404 for every "no domain this token may wake" with a token some domain
@@ -115,14 +116,12 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
                 Some(1),
             );
         }
-        Reply::Waiting(waiting) => {
-            let uris: Vec<&str> = waiting.hosts.iter().map(|(uri, _)| &**uri).collect();
+        // The token is not checked yet (that needs libvirt): no URI, no
+        // libvirt message, to a caller who may hold no valid token.
+        Reply::Waiting(_) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "libvirt at {} does not answer; the request is kept and done when it does",
-                    uris.join(", ")
-                ),
+                "libvirt does not answer; the request is kept and done when it does".into(),
                 false,
                 Some(5),
             );
@@ -167,14 +166,21 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
             "none",
             Some("the MAC is on several shut-off domains; none was started".to_owned()),
         ),
-        Outcome::LookupFailed { error, .. } => (
+        Outcome::LookupFailed { .. } => (
             StatusCode::BAD_GATEWAY,
             None,
             None,
             "none",
-            Some(error.to_string()),
+            Some("libvirt failed to look the domain up (the gateway's log says why)".to_owned()),
         ),
-        Outcome::Refused { .. } | Outcome::NoMatch => {
+        // A token some domain holds but not this one, or no such domain:
+        // a failed authentication. A domain the token opens but the
+        // operator's policy refuses answers the same 404, uncounted.
+        Outcome::Refused { reason, .. } => {
+            let failed_auth = *reason == Refusal::NotThisToken;
+            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), failed_auth, None);
+        }
+        Outcome::NoMatch => {
             return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
         }
     };
@@ -290,6 +296,13 @@ mod tests {
         });
         assert_eq!(refused, decided(Outcome::NoMatch));
         assert_eq!(code(&refused), (StatusCode::NOT_FOUND, true));
+        // The operator's policy refusing a domain the token opens: the same
+        // 404, not a failed authentication.
+        let policy = decided(Outcome::Refused {
+            domains: vec![web01()],
+            reason: Refusal::NotAllowed,
+        });
+        assert_eq!(code(&policy), (StatusCode::NOT_FOUND, false));
         let dry = decided(Outcome::DryRun {
             domain: web01(),
             state: DomainState::ShutOff,
@@ -317,7 +330,7 @@ mod tests {
             panic!()
         };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(message.contains("qemu:///system"), "{message}");
+        assert!(!message.contains("qemu:///system"), "{message}");
         assert_eq!(retry_after, Some(5));
         let duplicate = answer(
             &Reply::Duplicate {

@@ -23,7 +23,7 @@ pub mod tls;
 
 pub use self::answer::WakeAnswer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -67,8 +67,12 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Request bodies larger than this are refused (413).
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
-/// The longest a connection is served, a waiting request included.
+/// A connection is served this long; then its request under way is
+/// answered and it is closed.
 pub const MAX_CONNECTION: Duration = Duration::from_secs(150);
+/// Connections from one address served at once: one client cannot hold
+/// every slot.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// How long a wake request waits for its decision before it is answered
 /// 503 (it stays in the book and is done when libvirt answers).
 const DECISION_DEADLINE: Duration = Duration::from_secs(15);
@@ -85,6 +89,8 @@ pub struct Context {
     pub policy: Policy,
     failures: Mutex<Failures>,
     tokens: KnownTokens,
+    /// Connections per client address (at most [`MAX_CONNECTIONS`] keys).
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Context {
@@ -96,6 +102,7 @@ impl Context {
             policy,
             failures: Mutex::new(Failures::default()),
             tokens: KnownTokens::default(),
+            per_address: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
@@ -154,8 +161,14 @@ async fn accept(
             }
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let Some(per_address) = PerAddress::take(&context.per_address, peer.ip()) else {
+            // Closed at once: its slot is free again.
+            debug!("HTTP: {peer} already has {MAX_CONNECTIONS_PER_ADDRESS} connections");
+            continue;
+        };
         let (context, tls) = (Arc::clone(&context), tls.clone());
         tokio::spawn(async move {
+            let _per_address = per_address;
             let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
             match tls {
                 // The handshake has the headers' deadline: a client that
@@ -183,10 +196,7 @@ async fn connection<S>(
 {
     let service = service_fn(move |request| {
         let context = Arc::clone(&context);
-        async move {
-            let _busy = context.submitter.busy();
-            Ok::<_, Infallible>(handle(&context, peer, request).await)
-        }
+        async move { Ok::<_, Infallible>(handle(&context, peer, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -194,7 +204,49 @@ async fn connection<S>(
         // Twice the cap we answer 431 to ourselves, in JSON.
         .max_buf_size((2 * MAX_HEADER_BYTES).max(8192))
         .serve_connection(TokioIo::new(stream), service);
-    let _ = tokio::time::timeout_at(deadline, connection).await;
+    let mut connection = std::pin::pin!(connection);
+    if tokio::time::timeout_at(deadline, connection.as_mut())
+        .await
+        .is_err()
+    {
+        // Past its time: the request under way (a caller waiting up to
+        // MAX_WAIT) is answered, then the connection is closed.
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(route::MAX_WAIT + DECISION_DEADLINE, connection).await;
+    }
+}
+
+/// One connection counted against its address; given back on drop.
+struct PerAddress {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<PerAddress> {
+        let mut map = lock(counts);
+        let count = map.entry(address).or_default();
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(PerAddress {
+            counts: Arc::clone(counts),
+            address,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// `{"error": "…"}`.
@@ -285,6 +337,9 @@ async fn handle(
             );
         }
     };
+    // Only a request with a plausible token keeps the gateway from its idle
+    // exit (health checks and junk do not keep it running).
+    let _busy = context.submitter.busy();
     match endpoint {
         Endpoint::Health => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Endpoint::Domains => domains(context, address, token).await,
@@ -318,7 +373,7 @@ fn unauthorized(message: &str) -> Response<Full<Bytes>> {
 /// a stream of bad tokens costs one scan of every domain's XML a minute.
 #[derive(Default)]
 struct KnownTokens {
-    read: tokio::sync::Mutex<Option<(Instant, HashSet<Hash>)>>,
+    read: tokio::sync::Mutex<Option<(Instant, HashSet<Hash>, bool)>>,
 }
 
 /// How long the set of known tokens is trusted.
@@ -331,7 +386,7 @@ impl KnownTokens {
         let mut read = self.read.lock().await;
         let fresh = read
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < KNOWN_TOKENS_TTL);
+            .is_some_and(|(at, _, _)| at.elapsed() < KNOWN_TOKENS_TTL);
         if !fresh {
             let fleet = Arc::clone(fleet);
             let scanned = tokio::task::spawn_blocking(move || {
@@ -343,13 +398,15 @@ impl KnownTokens {
                 (tokens, problems.is_empty())
             })
             .await;
-            match scanned {
-                Ok((tokens, true)) => *read = Some((Instant::now(), tokens)),
-                _ => return true,
-            }
+            // A host that did not answer may hold the token: while the
+            // set is incomplete, an unknown token counts as known (404,
+            // not 401). Either way, at most one scan a minute.
+            let (tokens, complete) = scanned.unwrap_or_default();
+            *read = Some((Instant::now(), tokens, complete));
         }
-        read.as_ref()
-            .is_some_and(|(_, tokens)| tokens.iter().any(|t| t.matches(&token)))
+        read.as_ref().is_some_and(|(_, tokens, complete)| {
+            !complete || tokens.iter().any(|t| t.matches(&token))
+        })
     }
 }
 
@@ -584,15 +641,31 @@ async fn watch(
 /// `GET /v1/domains`: the domains the token may wake, as `list --json`
 /// shows them. 401 when the token opens none.
 async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Full<Bytes>> {
+    // A token no domain holds costs no scan of its own (the set of tokens
+    // is read at most once a minute).
+    if !context.tokens.known(&context.fleet, token).await {
+        failed(context, address);
+        return unauthorized("the token opens no domain");
+    }
     let fleet = Arc::clone(&context.fleet);
     let policy = context.policy.clone();
     let views = tokio::task::spawn_blocking(move || {
         let hosts = fleet.hosts();
         let (entries, problems) = list::entries(hosts);
+        let opens = |entry: &list::Entry| entry.info.tokens.iter().any(|t| t.matches(&token));
+        let visible: HashSet<String> = entries
+            .iter()
+            .filter(|entry| opens(entry))
+            .map(|entry| entry.info.domain.name.clone())
+            .collect();
         let views: Vec<DomainView> = entries
             .iter()
-            .filter(|entry| entry.info.tokens.iter().any(|t| t.matches(&token)))
-            .map(|entry| list::view(hosts, entry, &entries, &policy))
+            .filter(|entry| opens(entry))
+            .map(|entry| {
+                list::view_showing(hosts, entry, &entries, &policy, &|name| {
+                    visible.contains(name)
+                })
+            })
             .collect();
         (views, problems)
     })
@@ -611,7 +684,7 @@ async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Fu
                 "libvirt is not answering; try again",
             );
         }
-        return error(StatusCode::UNAUTHORIZED, "the token opens no domain");
+        return unauthorized("the token opens no domain");
     }
     json(StatusCode::OK, &views)
 }

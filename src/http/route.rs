@@ -53,8 +53,8 @@ impl Refusal {
     }
 }
 
-/// Where the request's token was.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the request's token was. Debug shows no token.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Presented {
     /// None given.
     Missing,
@@ -62,6 +62,16 @@ pub enum Presented {
     Malformed,
     /// A plausible token.
     Token(String),
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Presented::Missing => f.write_str("Missing"),
+            Presented::Malformed => f.write_str("Malformed"),
+            Presented::Token(_) => f.write_str("Token(…)"),
+        }
+    }
 }
 
 /// Finds the endpoint for `method` and `path` (with its `query`).
@@ -152,9 +162,12 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
 /// for clients that can only send a URL.
 pub fn token(headers: &HeaderMap, query: Option<&str>) -> Presented {
     let given = match headers.get(header::AUTHORIZATION) {
-        Some(value) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-            Some(token) => token.trim().to_owned(),
-            None => return Presented::Malformed,
+        // The scheme's name is case-insensitive (RFC 9110).
+        Some(value) => match value.to_str().ok().and_then(|v| v.split_once(' ')) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => {
+                token.trim().to_owned()
+            }
+            _ => return Presented::Malformed,
         },
         None => match query_value(query, "token") {
             Some(token) => token,
@@ -308,6 +321,15 @@ mod tests {
             format!("Bearer {token}").parse().unwrap(),
         );
         assert_eq!(super::token(&headers, None), Presented::Token(token));
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("bearer {}", "A".repeat(43)).parse().unwrap(),
+        );
+        assert_eq!(
+            super::token(&headers, None),
+            Presented::Token("A".repeat(43))
+        );
+        assert_eq!(format!("{:?}", super::token(&headers, None)), "Token(…)");
         headers.insert(header::AUTHORIZATION, "Basic dXNlcjpwdw==".parse().unwrap());
         assert_eq!(super::token(&headers, None), Presented::Malformed);
         headers.insert(header::AUTHORIZATION, "Bearer short".parse().unwrap());
