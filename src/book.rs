@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::ask::{Ask, Target};
+use crate::ask::{Ask, Credential, Target};
 use crate::backoff::Backoff;
 use crate::sockets::Source;
 
@@ -184,28 +184,42 @@ impl Book {
             return Offer::Repeat;
         }
         let mut due = now;
-        if let Some(recent) = self.recent.get_mut(&mac.dedup_key()) {
+        // Only a packet with a password has a de-duplication key of its
+        // own (see [`Ask::dedup_key`]); the rest are looked up once, which
+        // a flood of unknown MACs pays per packet.
+        let by_mac = matches!(mac.credential, Credential::SecureOn(_)).then(|| mac.dedup_key());
+        if let Some(recent) = self.recent.get_mut(by_mac.as_ref().unwrap_or(&mac)) {
             let ago = now.saturating_duration_since(recent.at);
             if recent.brought_up && ago < self.rules.dedupe_window {
                 let first = !std::mem::replace(&mut recent.duplicate_seen, true);
                 return Offer::Duplicate { ago, first };
             }
-        }
-        if let Some(recent) = self.recent.get(&mac) {
-            if !recent.brought_up {
+            if by_mac.is_none() && !recent.brought_up {
                 due = due.max(recent.at + self.rules.retry_spacing);
             }
+        }
+        if by_mac.is_some() {
+            if let Some(recent) = self.recent.get(&mac) {
+                if !recent.brought_up {
+                    due = due.max(recent.at + self.rules.retry_spacing);
+                }
+            }
+        }
+        if self.entries.len() >= self.rules.max_pending {
+            return Offer::Dropped;
         }
         // Requests for one target with different credentials are separate
         // (a wrong password first must not swallow the right one), but a
         // few at a time: a flood of made-up passwords for one MAC would
-        // otherwise become a flood of libvirt lookups.
-        let same_target = self.per_target.get(&mac.target).copied().unwrap_or(0);
-        if self.entries.len() >= self.rules.max_pending || same_target >= MAX_CREDENTIALS_PER_TARGET
-        {
-            return Offer::Dropped;
+        // otherwise become a flood of libvirt lookups. (Without a
+        // credential there is one request per target anyway.)
+        if mac.credential != Credential::None {
+            let same_target = self.per_target.entry(mac.target.clone()).or_default();
+            if *same_target >= MAX_CREDENTIALS_PER_TARGET {
+                return Offer::Dropped;
+            }
+            *same_target += 1;
         }
-        *self.per_target.entry(mac.target.clone()).or_default() += 1;
         // Not parked during an outage: with several hosts, the MAC may be
         // on one that answers (an unreachable host answers at once).
         self.seq += 1;
@@ -277,6 +291,9 @@ impl Book {
 
     fn take_in_flight(&mut self, mac: &Ask) -> Option<Entry> {
         let entry = self.take_in_flight_entry(mac)?;
+        if mac.credential == Credential::None {
+            return Some(entry);
+        }
         if let Some(count) = self.per_target.get_mut(&mac.target) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -389,7 +406,11 @@ impl Book {
         }
         // Brought up: a duplicate for any packet of the MAC (see
         // [`Ask::dedup_key`]); not: retried no sooner, for this request.
-        let mac = if brought_up { mac.dedup_key() } else { mac };
+        let mac = if brought_up && matches!(mac.credential, Credential::SecureOn(_)) {
+            mac.dedup_key()
+        } else {
+            mac
+        };
         if self.recent.len() < self.rules.max_recent || self.recent.contains_key(&mac) {
             self.recent.insert(
                 mac,
