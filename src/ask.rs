@@ -19,6 +19,16 @@ pub enum Target {
     Domain(Arc<str>),
 }
 
+impl Target {
+    /// The MAC, if the target is one.
+    pub fn mac(&self) -> Option<Mac> {
+        match self {
+            Target::Mac(mac) => Some(*mac),
+            Target::Domain(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -67,10 +77,7 @@ impl Ask {
 
     /// The MAC asked for, if the target is one.
     pub fn mac(&self) -> Option<Mac> {
-        match self.target {
-            Target::Mac(mac) => Some(mac),
-            Target::Domain(_) => None,
-        }
+        self.target.mac()
     }
 }
 

@@ -128,6 +128,11 @@ impl Fleet {
         &self.hosts
     }
 
+    /// The host with this URI.
+    pub fn host(&self, uri: &str) -> Option<&Arc<Host>> {
+        self.hosts.iter().find(|host| &**host.uri() == uri)
+    }
+
     /// The URIs, for messages.
     pub fn uris(&self) -> String {
         let uris: Vec<&str> = self.hosts.iter().map(|h| &**h.uri()).collect();

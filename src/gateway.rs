@@ -570,13 +570,7 @@ impl Gateway {
             .partition(|c| c.due <= now);
         self.checks = later;
         for check in due {
-            let Some(host) = self
-                .fleet
-                .hosts()
-                .iter()
-                .find(|h| *h.uri() == check.domain.uri)
-                .cloned()
-            else {
+            let Some(host) = self.fleet.host(&check.domain.uri).cloned() else {
                 continue;
             };
             let mailbox = self.mailbox.clone();

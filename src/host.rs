@@ -976,30 +976,30 @@ impl Host {
         &self,
         name: &str,
     ) -> Result<Option<(DomainState, Option<StopReason>)>, HostError> {
-        let hv = self.connection().map_err(HostError::Unreachable)?;
-        let sort = |e| HostError::from(self.failure(&hv, e));
-        let Some(uuid) = hv.find(name).map_err(sort)? else {
-            return Ok(None);
-        };
-        match hv.state_reason(uuid) {
-            Ok(state) => Ok(Some(state)),
-            Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
-            Err(e) => Err(sort(e)),
-        }
+        self.by_name(name, |hv, uuid| hv.state_reason(uuid).map(Some))
     }
 
     /// The QEMU guest agent channel of the domain named `name`, as its
     /// current XML shows it (`None`: no such domain, or no channel).
     pub fn agent_of(&self, name: &str) -> Result<Option<Agent>, HostError> {
+        self.by_name(name, |hv, uuid| hv.domain(uuid).map(|record| record.agent))
+    }
+
+    /// `read` of the domain named `name`; `None` when there is none (or it
+    /// vanished between the lookup and the read).
+    fn by_name<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&dyn Hypervisor, Uuid) -> Result<Option<T>, HvError>,
+    ) -> Result<Option<T>, HostError> {
         let hv = self.connection().map_err(HostError::Unreachable)?;
         let sort = |e| HostError::from(self.failure(&hv, e));
         let Some(uuid) = hv.find(name).map_err(sort)? else {
             return Ok(None);
         };
-        match hv.domain(uuid) {
-            Ok(record) => Ok(record.agent),
+        match read(hv.as_ref(), uuid) {
             Err(e) if e.kind == HvErrorKind::NoDomain => Ok(None),
-            Err(e) => Err(sort(e)),
+            found => found.map_err(sort),
         }
     }
 

@@ -296,12 +296,8 @@ fn token(args: &Args, command: &TokenCommand) -> i32 {
         TokenCommand::List => return token_list(&hosts),
         TokenCommand::Add { domain } | TokenCommand::Revoke { domain, .. } => domain,
     };
-    let (uri, hv) = match host_of(domain, &hosts) {
-        Ok(found) => found,
-        Err(message) => {
-            error!("{message}");
-            return 1;
-        }
+    let Some((uri, hv)) = host_of(domain, &hosts) else {
+        return 1;
     };
     let outcome = match command {
         TokenCommand::Revoke { prefix, .. } => {
@@ -340,12 +336,8 @@ fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
         return 1;
     };
     let (SecureonCommand::Set { domain, .. } | SecureonCommand::Clear { domain }) = command;
-    let (uri, hv) = match host_of(domain, &hosts) {
-        Ok(found) => found,
-        Err(message) => {
-            error!("{message}");
-            return 1;
-        }
+    let Some((uri, hv)) = host_of(domain, &hosts) else {
+        return 1;
     };
     let outcome = match command {
         SecureonCommand::Set { password, .. } => secureon::set(hv, domain, password).map(|()| {
@@ -406,7 +398,16 @@ fn token_list(hosts: &[(&str, Libvirt)]) -> i32 {
 }
 
 /// The one host that has a domain named `domain`.
-fn host_of<'a>(
+/// Says why when there is none (or several).
+fn host_of<'a>(domain: &str, hosts: &'a [(&'a str, Libvirt)]) -> Option<(&'a str, &'a Libvirt)> {
+    let found = find_host(domain, hosts);
+    if let Err(message) = &found {
+        error!("{message}");
+    }
+    found.ok()
+}
+
+fn find_host<'a>(
     domain: &str,
     hosts: &'a [(&'a str, Libvirt)],
 ) -> Result<(&'a str, &'a Libvirt), String> {

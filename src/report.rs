@@ -131,22 +131,29 @@ impl Record {
         self.action = verb.map(action_word);
     }
 
-    fn about(level: Level, target: &Target, source: &Source, message: String) -> Self {
-        let mac = match target {
-            Target::Mac(mac) => Some(*mac),
-            Target::Domain(_) => None,
-        };
+    /// A record with only its level and sentence.
+    fn plain(level: Level, message: String) -> Self {
         Record {
             level,
             message,
-            mac,
-            source: Some(source.to_string()),
-            via: Some(source.via()),
+            mac: None,
+            source: None,
+            via: None,
             domain: None,
             host: None,
             state: None,
             action: None,
             result: None,
+        }
+    }
+
+    /// A record about a request for `target` from `source`.
+    fn about(level: Level, target: &Target, source: &Source, message: String) -> Self {
+        Record {
+            mac: target.mac(),
+            source: Some(source.to_string()),
+            via: Some(source.via()),
+            ..Record::plain(level, message)
         }
     }
 }
@@ -486,19 +493,8 @@ impl Reporter {
             "cannot start a worker thread for {target} ({error}); it waits and is tried again"
         );
         let record = Record {
-            level: Level::WARN,
-            message,
-            mac: match target {
-                Target::Mac(mac) => Some(*mac),
-                Target::Domain(_) => None,
-            },
-            source: None,
-            via: None,
-            domain: None,
-            host: None,
-            state: None,
-            action: None,
-            result: None,
+            mac: target.mac(),
+            ..Record::plain(Level::WARN, message)
         };
         self.send(record, shown);
     }
@@ -526,16 +522,8 @@ impl Reporter {
             domain.name
         );
         let mut record = Record {
-            level: Level::ERROR,
-            message,
-            mac: None,
-            source: None,
-            via: None,
-            domain: None,
-            host: None,
-            state: None,
-            action: None,
             result: Some("stopped-again"),
+            ..Record::plain(Level::ERROR, message)
         };
         record.on(domain, state, Some(verb));
         self.last_event = format!("{name} stopped again after its {}", action_word(verb));

@@ -45,6 +45,7 @@ use crate::domain_xml::Agent;
 use crate::fleet::Fleet;
 use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
+use crate::host::{Host, HostError};
 use crate::hypervisor::{DomainState, StopReason};
 use crate::list::{self, DomainView};
 use crate::lock;
@@ -570,28 +571,28 @@ async fn state_now(
     uri: &Arc<str>,
     name: &str,
 ) -> Option<(DomainState, Option<StopReason>)> {
-    let fleet = Arc::clone(&context.fleet);
-    let (uri, name) = (Arc::clone(uri), name.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let host = fleet.hosts().iter().find(|h| *h.uri() == uri)?;
-        host.state_of(&name).ok().flatten()
-    })
-    .await
-    .ok()
-    .flatten()
+    on_host(context, uri, name, Host::state_of).await
 }
 
 /// The domain's guest agent channel now, read off the loop.
 async fn agent_now(context: &Context, uri: &Arc<str>, name: &str) -> Option<Agent> {
+    on_host(context, uri, name, Host::agent_of).await
+}
+
+/// `read` of the domain `name` on the host `uri`, on a blocking thread (a
+/// libvirt call); `None` if it failed or there is no such domain.
+async fn on_host<T: Send + 'static>(
+    context: &Context,
+    uri: &str,
+    name: &str,
+    read: fn(&Host, &str) -> Result<Option<T>, HostError>,
+) -> Option<T> {
     let fleet = Arc::clone(&context.fleet);
-    let (uri, name) = (Arc::clone(uri), name.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let host = fleet.hosts().iter().find(|h| *h.uri() == uri)?;
-        host.agent_of(&name).ok().flatten()
-    })
-    .await
-    .ok()
-    .flatten()
+    let (uri, name) = (uri.to_owned(), name.to_owned());
+    tokio::task::spawn_blocking(move || read(fleet.host(&uri)?, &name).ok().flatten())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Reads the guest agent channel until the agent connects or `deadline`
