@@ -112,11 +112,12 @@ pub struct Fleet {
 impl Fleet {
     /// The hosts, in `--libvirt-uri` order; with `dry_run` nothing is changed.
     pub fn new(hosts: Vec<Host>, dry_run: bool, timing: Timing) -> Self {
+        let count = hosts.len();
         Fleet {
             hosts: hosts
                 .into_iter()
                 .enumerate()
-                .map(|(position, host)| Arc::new(host.at(position)))
+                .map(|(position, host)| Arc::new(host.at(position, count)))
                 .collect(),
             dry_run,
             timing,

@@ -227,19 +227,98 @@ impl<'a> Lane<'a> {
 impl Drop for Lane<'_> {
     fn drop(&mut self) {
         if !self.is_main() && self.hv.is_alive() {
-            let mut spares = lock(&self.host.spare_lanes);
-            if spares.len() < MAX_SPARE_LANES {
-                spares.push(Arc::clone(&self.hv));
+            self.host.spares.keep(Arc::clone(&self.hv));
+        }
+    }
+}
+
+/// Idle action connections (see [`Lane`]), and whether one is being opened
+/// in the background. An action takes an idle one, or waits for the one
+/// being opened rather than opening another: through ssh each connection
+/// costs a key exchange (about 0.3 s here), so a cold wake of a remote
+/// domain would otherwise pay for three instead of two.
+#[derive(Default)]
+struct Spares {
+    state: Mutex<SpareState>,
+    opened: Condvar,
+}
+
+#[derive(Default)]
+struct SpareState {
+    idle: Vec<Arc<dyn Hypervisor>>,
+    opening: bool,
+}
+
+impl Spares {
+    /// Keeps `hv` for a later action (more than [`MAX_SPARE_LANES`] are
+    /// closed).
+    fn keep(&self, hv: Arc<dyn Hypervisor>) {
+        let mut state = lock(&self.state);
+        if state.idle.len() < MAX_SPARE_LANES {
+            state.idle.push(hv);
+        }
+    }
+
+    /// An idle connection still alive, waiting for the one being opened if
+    /// there is none; `None` when there is none and none coming.
+    fn take(&self) -> Option<Arc<dyn Hypervisor>> {
+        let mut state = lock(&self.state);
+        loop {
+            while let Some(hv) = state.idle.pop() {
+                if hv.is_alive() {
+                    return Some(hv);
+                }
+            }
+            if !state.opening {
+                return None;
+            }
+            state = self
+                .opened
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Marks a background opening as started; false (nothing to open) if
+    /// one already runs or one is idle.
+    fn start_opening(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.opening || !state.idle.is_empty() {
+            return false;
+        }
+        state.opening = true;
+        true
+    }
+
+    /// Ends a background opening with what it opened, if anything.
+    fn finish_opening(&self, opened: Option<Arc<dyn Hypervisor>>) {
+        let mut state = lock(&self.state);
+        state.opening = false;
+        if let Some(hv) = opened {
+            if state.idle.len() < MAX_SPARE_LANES {
+                state.idle.push(hv);
             }
         }
+        drop(state);
+        self.opened.notify_all();
+    }
+
+    /// Closes the idle ones (their daemon went away).
+    fn clear(&self) {
+        lock(&self.state).idle.clear();
     }
 }
 
 /// A libvirt host.
 pub struct Host {
+    /// The URI as shown (see [`crate::uri::shown`]); the connector has the
+    /// full one.
     uri: Arc<str>,
     /// Its place among the `--libvirt-uri`s, set by [`Host::at`].
     position: usize,
+    /// The only host: an outage stops every wake (an error), not some (a
+    /// warning).
+    alone: bool,
     connector: Arc<dyn Connector>,
     policy: Policy,
     rescan: Rescan,
@@ -254,7 +333,7 @@ pub struct Host {
     /// finished has its state read again before it is acted on.
     actions_done: AtomicU64,
     /// Idle connections for actions (see [`Lane`]).
-    spare_lanes: Arc<Mutex<Vec<Arc<dyn Hypervisor>>>>,
+    spares: Arc<Spares>,
     health: Mutex<Health>,
     /// When the running liveness ping started, if one runs.
     ping: Mutex<Option<Instant>>,
@@ -311,8 +390,9 @@ impl Host {
     /// A host connected through `connector` on first use.
     pub fn new(connector: Box<dyn Connector>, rescan: Rescan) -> Self {
         Host {
-            uri: Arc::from(connector.uri()),
+            uri: Arc::from(crate::uri::shown(connector.uri())),
             position: 0,
+            alone: true,
             connector: Arc::from(connector),
             policy: Policy::default(),
             rescan,
@@ -327,7 +407,7 @@ impl Host {
             refreshing: Mutex::new(()),
             turns: Turns::default(),
             actions_done: AtomicU64::new(0),
-            spare_lanes: Arc::new(Mutex::new(Vec::new())),
+            spares: Arc::default(),
             health: Mutex::new(Health::Answering),
             ping: Mutex::new(None),
             counters: Counters::default(),
@@ -335,9 +415,11 @@ impl Host {
         }
     }
 
-    /// Places the host at `position` among the fleet's (the fleet does).
-    pub(crate) fn at(mut self, position: usize) -> Self {
+    /// Places the host at `position` among the fleet's `of` (the fleet
+    /// does).
+    pub(crate) fn at(mut self, position: usize, of: usize) -> Self {
         self.position = position;
+        self.alone = of <= 1;
         self
     }
 
@@ -437,7 +519,7 @@ impl Host {
                     since: Instant::now(),
                 };
                 drop(health);
-                report::host_unreachable(&self.uri, error);
+                report::host_unreachable(&self.uri, error, self.alone);
             }
             // A silent host whose stuck call failed: still out, said once.
             Health::Silent { since } => *health = Health::Unreachable { since },
@@ -501,7 +583,7 @@ impl Host {
             Health::Answering => {
                 *health = Health::Silent { since: now };
                 drop(health);
-                report::host_silent(&self.uri, deadline);
+                report::host_silent(&self.uri, deadline, self.alone);
             }
             // Out already (its connect failed, now one hangs): said once.
             Health::Unreachable { since } => *health = Health::Silent { since },
@@ -522,10 +604,13 @@ impl Host {
                 return Err(error.clone());
             }
         }
+        // The action connection is opened beside this one, not after it:
+        // through ssh each takes a whole login (~0.3 s here), and a cold
+        // wake needs both.
+        self.prepare_lane();
         match self.connector.connect() {
             Ok(hv) => {
                 self.beat.beat();
-                self.prepare_lane();
                 *slot = Connection {
                     open: Some(Arc::clone(&hv)),
                     failed: None,
@@ -540,24 +625,21 @@ impl Host {
     }
 
     /// Opens an action connection (see [`Lane`]) in the background while
-    /// the first lookup runs on the new main connection: a cold wake then
-    /// finds it ready instead of connecting between lookup and start.
+    /// the main connection is made and the first lookup runs on it: a cold
+    /// wake then finds it ready instead of connecting between lookup and
+    /// start. At most one at a time, and none while one is idle.
     fn prepare_lane(&self) {
-        if !self.connector.independent_connections() {
+        if !self.connector.independent_connections() || !self.spares.start_opening() {
             return;
         }
-        let (connector, spares) = (Arc::clone(&self.connector), Arc::clone(&self.spare_lanes));
-        // Without the thread, the first action connects itself.
-        let _ = std::thread::Builder::new()
+        let (connector, spares) = (Arc::clone(&self.connector), Arc::clone(&self.spares));
+        let spawned = std::thread::Builder::new()
             .name("wol-lane".into())
-            .spawn(move || {
-                if let Ok(hv) = connector.connect() {
-                    let mut spares = lock(&spares);
-                    if spares.len() < MAX_SPARE_LANES {
-                        spares.push(hv);
-                    }
-                }
-            });
+            .spawn(move || spares.finish_opening(connector.connect().ok()));
+        if spawned.is_err() {
+            // Without the thread, the first action connects itself.
+            self.spares.finish_opening(None);
+        }
     }
 
     /// Forgets a dead connection (if it is still the current one), and the
@@ -567,7 +649,7 @@ impl Host {
         let mut slot = lock(&self.connection);
         if slot.open.as_ref().is_some_and(|hv| Arc::ptr_eq(hv, dead)) {
             slot.open = None;
-            lock(&self.spare_lanes).clear();
+            self.spares.clear();
         }
     }
 
@@ -892,18 +974,11 @@ impl Host {
         }
     }
 
-    /// A connection of its own for an action: a spare one still alive, or a
-    /// new one; `None` (use the main one) if none can be had.
+    /// A connection of its own for an action: a spare one still alive (or
+    /// the one being opened), or a new one; `None` (use the main one) if
+    /// none can be had.
     fn spare_or_new(&self) -> Option<Arc<dyn Hypervisor>> {
-        loop {
-            let Some(spare) = lock(&self.spare_lanes).pop() else {
-                break;
-            };
-            if spare.is_alive() {
-                return Some(spare);
-            }
-        }
-        self.connector.connect().ok()
+        self.spares.take().or_else(|| self.connector.connect().ok())
     }
 
     /// Performs `action` on `domain` (with `dry_run`, only says what it
@@ -1031,5 +1106,78 @@ impl Host {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::DomainRecord;
+
+    /// A connection that is alive and answers nothing else: what the spares
+    /// hold is all these tests look at.
+    struct Idle;
+
+    impl Hypervisor for Idle {
+        fn list(&self) -> Result<Vec<Listed>, HvError> {
+            Err(HvError::other("unused"))
+        }
+        fn records(&self, _: &[Listed], _: &(dyn Fn() + Sync)) -> Vec<DomainRecord> {
+            Vec::new()
+        }
+        fn domain(&self, _: Uuid) -> Result<DomainRecord, HvError> {
+            Err(HvError::other("unused"))
+        }
+        fn state(&self, _: Uuid) -> Result<DomainState, HvError> {
+            Err(HvError::other("unused"))
+        }
+        fn has_managed_save(&self, _: Uuid) -> Result<bool, HvError> {
+            Err(HvError::other("unused"))
+        }
+        fn perform(&self, _: Uuid, _: Action) -> Result<(), HvError> {
+            Err(HvError::other("unused"))
+        }
+        fn ping(&self) -> Result<(), HvError> {
+            Ok(())
+        }
+        fn is_alive(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn an_action_waits_for_the_connection_being_opened_instead_of_opening_another() {
+        let spares = Arc::new(Spares::default());
+        assert!(spares.take().is_none(), "none idle, none coming");
+        assert!(spares.start_opening());
+        assert!(!spares.start_opening(), "one opening at a time");
+        let taker = {
+            let spares = Arc::clone(&spares);
+            std::thread::spawn(move || spares.take())
+        };
+        let opened: Arc<dyn Hypervisor> = Arc::new(Idle);
+        spares.finish_opening(Some(Arc::clone(&opened)));
+        let taken = taker.join().expect("taker").expect("the opened connection");
+        assert!(Arc::ptr_eq(&taken, &opened));
+        assert!(spares.take().is_none(), "taken once");
+
+        // A failed opening wakes the waiter with nothing.
+        assert!(spares.start_opening());
+        let taker = {
+            let spares = Arc::clone(&spares);
+            std::thread::spawn(move || spares.take())
+        };
+        spares.finish_opening(None);
+        assert!(taker.join().expect("taker").is_none());
+    }
+
+    #[test]
+    fn at_most_three_idle_connections_are_kept() {
+        let spares = Spares::default();
+        for _ in 0..5 {
+            spares.keep(Arc::new(Idle));
+        }
+        let kept = std::iter::from_fn(|| spares.take()).count();
+        assert_eq!(kept, MAX_SPARE_LANES);
     }
 }

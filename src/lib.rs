@@ -16,7 +16,8 @@
 //!   `STATUS=` by [`report`], and nowhere else.
 //!
 //! Also: [`notify`] (sd_notify), [`logging`] (journald or stderr),
-//! [`backoff`], [`ratelimit`], [`list`] (the `list` command), [`cli`] (flags).
+//! [`backoff`], [`ratelimit`], [`list`] (the `list` command), [`cli`] (flags),
+//! [`uri`] (how a libvirt URI is shown).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -46,6 +47,7 @@ pub mod secret;
 pub mod secureon;
 pub mod sockets;
 pub mod token;
+pub mod uri;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -106,15 +108,18 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             return 2;
         }
     };
-    // Two hosts with one URI would share one index file and make every
-    // domain of it ambiguous (the same MAC on "two" hosts).
-    if let Some(uri) = args
-        .libvirt_uri
+    // Two hosts with one URI would make every domain of it ambiguous (the
+    // same MAC on "two" hosts), and share a name in every log line: URIs
+    // that differ only in their transport parameters count as one.
+    let shown: Vec<String> = args.libvirt_uri.iter().map(|u| uri::shown(u)).collect();
+    if let Some(twice) = shown
         .iter()
         .enumerate()
-        .find_map(|(i, uri)| args.libvirt_uri[..i].contains(uri).then_some(uri))
+        .find_map(|(i, uri)| shown[..i].contains(uri).then_some(uri))
     {
-        eprintln!("error: --libvirt-uri {uri} is given twice: name each host once (see --help)");
+        eprintln!(
+            "error: --libvirt-uri {twice} is given twice (its ?parameters aside): name each host once (see --help)"
+        );
         return 2;
     }
     match &args.command {
@@ -259,6 +264,7 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
             match cache_dir.as_ref().map(|dir| IndexFile::open(dir, uri)) {
                 Some(Ok(file)) => host.with_index_file(file),
                 Some(Err(e)) => {
+                    let uri = uri::shown(uri);
                     warn!("MAC index cache disabled for {uri}: {e}; every activation will read all domains' XML");
                     host
                 }
@@ -360,13 +366,14 @@ fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
     }
 }
 
-/// A connection to every `--libvirt-uri`, or `None` after saying which one
-/// cannot be reached.
-fn open_all(args: &Args) -> Option<Vec<(&str, Libvirt)>> {
+/// A connection to every `--libvirt-uri` (with the URI as shown), or
+/// `None` after saying which one cannot be reached.
+fn open_all(args: &Args) -> Option<Vec<(String, Libvirt)>> {
     let mut hosts = Vec::new();
-    for uri in &args.libvirt_uri {
-        match Libvirt::open(uri) {
-            Ok(hv) => hosts.push((uri.as_str(), hv)),
+    for given in &args.libvirt_uri {
+        let uri = uri::shown(given);
+        match Libvirt::open(given) {
+            Ok(hv) => hosts.push((uri, hv)),
             Err(e) => {
                 error!("cannot reach libvirt at {uri}: {e}");
                 return None;
@@ -377,7 +384,7 @@ fn open_all(args: &Args) -> Option<Vec<(&str, Libvirt)>> {
 }
 
 /// `token list`: the domains with tokens, on every host.
-fn token_list(hosts: &[(&str, Libvirt)]) -> i32 {
+fn token_list(hosts: &[(String, Libvirt)]) -> i32 {
     let several = hosts.len() > 1;
     let mut rows = Vec::new();
     for (uri, hv) in hosts {
@@ -385,7 +392,7 @@ fn token_list(hosts: &[(&str, Libvirt)]) -> i32 {
             Ok(found) => rows.extend(
                 found
                     .into_iter()
-                    .map(|(name, hashes)| (several.then_some(*uri), name, hashes)),
+                    .map(|(name, hashes)| (several.then_some(uri.as_str()), name, hashes)),
             ),
             Err(e) => {
                 error!("{uri}: {e}");
@@ -399,7 +406,7 @@ fn token_list(hosts: &[(&str, Libvirt)]) -> i32 {
 
 /// The one host that has a domain named `domain`.
 /// Says why when there is none (or several).
-fn host_of<'a>(domain: &str, hosts: &'a [(&'a str, Libvirt)]) -> Option<(&'a str, &'a Libvirt)> {
+fn host_of<'a>(domain: &str, hosts: &'a [(String, Libvirt)]) -> Option<(&'a str, &'a Libvirt)> {
     let found = find_host(domain, hosts);
     if let Err(message) = &found {
         error!("{message}");
@@ -409,17 +416,17 @@ fn host_of<'a>(domain: &str, hosts: &'a [(&'a str, Libvirt)]) -> Option<(&'a str
 
 fn find_host<'a>(
     domain: &str,
-    hosts: &'a [(&'a str, Libvirt)],
+    hosts: &'a [(String, Libvirt)],
 ) -> Result<(&'a str, &'a Libvirt), String> {
     let mut having = Vec::new();
     for (uri, hv) in hosts {
         match hv.wake_meta(domain) {
-            Ok(_) => having.push((*uri, hv)),
+            Ok(_) => having.push((uri.as_str(), hv)),
             Err(e) if e.kind == hypervisor::HvErrorKind::NoDomain => {}
             Err(e) => return Err(format!("{uri}: {e}")),
         }
     }
-    let uris: Vec<&str> = hosts.iter().map(|(uri, _)| *uri).collect();
+    let uris: Vec<&str> = hosts.iter().map(|(uri, _)| uri.as_str()).collect();
     match having.as_slice() {
         [one] => Ok(*one),
         [] => Err(format!(

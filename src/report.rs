@@ -24,6 +24,7 @@ use crate::packet::{Mac, Rejection};
 use crate::policy::Refusal;
 use crate::ratelimit::RateLimiter;
 use crate::sockets::Source;
+use crate::uri::Transport;
 
 /// Window of the log rate limits.
 pub const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -704,23 +705,55 @@ fn waiting_words(waiting: &WaitFor) -> String {
 }
 
 /// A host could not be reached (said once per outage, from a worker).
-pub fn host_unreachable(uri: &str, error: &HvError) {
-    error!(
-        host = uri,
-        "cannot reach libvirt at {uri}: {error}. Is libvirtd running, and may this user use it \
-         (member of the 'libvirt' group, or allowed by polkit)? Wake requests that need it wait \
-         until it answers"
+pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
+    // What to check depends on how the URI gets there.
+    let check = match crate::uri::transport(uri) {
+        Transport::Local => {
+            "Is libvirtd running, and may this user use it (member of the 'libvirt' group, or \
+             allowed by polkit)?"
+        }
+        Transport::Ssh => {
+            "Can this user log in there with ssh without a prompt (the key in ?keyfile=, the \
+             host's key in known_hosts), and may the remote user use libvirt (group \
+             'libvirt')?"
+        }
+        Transport::Network => {
+            "Is the host up and reachable from here (a firewall, this service's \
+             IPAddressAllow=), and does libvirtd listen there (libvirtd-tcp.socket or \
+             libvirtd-tls.socket)?"
+        }
+    };
+    outage(
+        uri,
+        alone,
+        &format!(
+            "cannot reach libvirt at {uri}: {error}. {check} Wake requests that need it wait \
+             until it answers"
+        ),
     );
 }
 
 /// A host stopped answering (said once per outage, from a worker).
-pub fn host_silent(uri: &str, deadline: Duration) {
-    error!(
-        host = uri,
-        "libvirt at {uri} did not answer within {} s (daemon stopped or hung, or its network \
-         down?); wake requests that need it wait until it answers",
-        deadline.as_secs_f64()
+pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
+    outage(
+        uri,
+        alone,
+        &format!(
+            "libvirt at {uri} did not answer within {} s (daemon stopped or hung, or its network \
+             down?); wake requests that need it wait until it answers",
+            deadline.as_secs_f64()
+        ),
     );
+}
+
+/// A host's outage: an error when it is the only host (no wake can
+/// happen), a warning when others answer (only its domains wait).
+fn outage(uri: &str, alone: bool, message: &str) {
+    if alone {
+        error!(host = uri, "{message}");
+    } else {
+        warn!(host = uri, "{message}");
+    }
 }
 
 /// A host answers again (from a worker).

@@ -108,6 +108,8 @@ fn unreachable_uri_exits_1_after_the_idle_timeout_naming_the_uri() {
     let reach = gateway.lines_with("cannot reach libvirt");
     assert_eq!(reach.len(), 1, "one error per outage:\n{log}");
     assert!(reach[0].contains(&uri));
+    // The only host: an error (no wake can happen), not a warning.
+    assert!(reach[0].contains(" ERROR "), "{}", reach[0]);
     let gave_up = gateway.lines_with("not acting on 1 wake request");
     assert_eq!(gave_up.len(), 1, "{log}");
     assert!(gave_up[0].contains("52:54:00:aa:bb:cc"));
