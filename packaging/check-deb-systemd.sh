@@ -21,8 +21,6 @@
 set -euo pipefail
 
 name=wol-libvirt-gateway
-cache=${WOL_E2E_CACHE:-/var/cache/wol-libvirt-gateway-e2e}
-root=$cache/root
 machine=wol-e2e-deb
 domain=wol-e2e-deb-guest
 mac=52:54:00:e2:e0:02
@@ -30,7 +28,6 @@ mac=52:54:00:e2:e0:02
 script=check-deb-systemd.sh
 # shellcheck source=tests/e2e/nspawn-lib.sh
 source "$(dirname "$0")/../tests/e2e/nspawn-lib.sh"
-nspawn_log=$cache/nspawn-deb.log
 
 [[ $(id -u) -eq 0 ]] || fail "run as root (systemd-nspawn, nsenter)"
 [[ -f Cargo.toml && -x packaging/build-deb.sh ]] || fail "run from the repository root"
@@ -60,7 +57,7 @@ log "$deb"
 
 # ---------------------------------------------------------------- 2. root
 phase "cached root ($root)"
-[[ -f $root/.wol-e2e-root-ready ]] ||
+[[ -f $root/$root_stamp_file ]] ||
     fail "no complete cached root in $root: run tests/e2e/systemd-nspawn.sh first (it builds it)"
 grep -q '^cgroup_controllers *= *\[ *\]' "$root/etc/libvirt/qemu.conf" ||
     fail "$root/etc/libvirt/qemu.conf lacks 'cgroup_controllers = [ ]': rerun tests/e2e/systemd-nspawn.sh"
@@ -83,21 +80,7 @@ phase "boot container"
 udp9=$(awk 'FNR > 1 && $2 ~ /:0009$/' /proc/net/udp /proc/net/udp6)
 [[ -z $udp9 ]] || fail "UDP port 9 is in use on this host (the container shares its network):
 $udp9"
-setsid systemd-nspawn --register=no --keep-unit --volatile=overlay -q \
-    -D "$root" -b -M "$machine" --console=pipe "${kvm_args[@]}" \
-    --bind-ro="$(dirname "$deb")":/mnt/deb \
-    >"$nspawn_log" 2>&1 </dev/null &
-nspawn_pid=$!
-container_init() {
-    local p
-    for p in $(pgrep -P "$nspawn_pid"); do
-        [[ $(cat "/proc/$p/comm" 2>/dev/null) == systemd ]] && ct_pid=$p && return 0
-    done
-    return 1
-}
-wait_for "container systemd" 20 container_init
-system_up() { [[ $(ct systemctl is-system-running 2>/dev/null) =~ ^(running|degraded)$ ]]; }
-wait_for "systemctl is-system-running: running or degraded" 90 system_up
+boot_container "$machine" --bind-ro="$(dirname "$deb")":/mnt/deb
 deb_in=/mnt/deb/$(basename "$deb")
 ct test -f "$deb_in" || fail "$deb_in not visible in the container"
 # The e2e script leaves its copies of the binary, units and sysusers file in

@@ -91,6 +91,32 @@ if [[ -f $raw ]]; then
     echo "check-units: systemd-analyze verify: ok ($raw); offline exposure ${raw_score:-?}"
 fi
 
+# 1c. The example drop-in for remote hosts, applied to the service in a
+#     directory of their own (systemd reads NAME.service.d/ beside the
+#     unit): it must verify, and its offline exposure, printed, may not
+#     exceed MAX_EXPOSURE_REMOTE (default 1.2: what the network and ssh cost,
+#     see the drop-in's comments).
+dropin=systemd/$name.service.d/remote-hosts.conf
+if [[ -f $dropin ]]; then
+    mkdir -p "$tmp/remote/$name.service.d"
+    cp "$tmp/$name.service" "$tmp/remote/"
+    sed "s|^ExecStart=/.*wol-libvirt-gateway |ExecStart=$bin |" "$dropin" >"$tmp/remote/$name.service.d/remote-hosts.conf"
+    grep -q "^ExecStart=$bin " "$tmp/remote/$name.service.d/remote-hosts.conf" ||
+        fail "$dropin has no ExecStart= line running the gateway"
+    if ! out=$(systemd-analyze verify --man=no "$tmp/remote/$name.service" 2>&1) ||
+        problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then
+        echo "$out" >&2
+        fail "systemd-analyze verify failed for $name.service with $dropin"
+    fi
+    remote_score=$(systemd-analyze security --offline=yes --root=/ --no-pager "$tmp/remote/$name.service" 2>&1 |
+        sed -n 's/.*Overall exposure level for .*: \([0-9][0-9]*\.[0-9]*\).*/\1/p' | tail -n 1)
+    [[ -n $remote_score ]] || fail "no exposure level for $name.service with $dropin"
+    echo "check-units: systemd-analyze verify: ok ($dropin); offline exposure with it ${remote_score} (max ${MAX_EXPOSURE_REMOTE:-1.2})"
+    if awk -v s="$remote_score" -v m="${MAX_EXPOSURE_REMOTE:-1.2}" 'BEGIN { exit !(s > m) }'; then
+        fail "exposure with $dropin is $remote_score, above ${MAX_EXPOSURE_REMOTE:-1.2}"
+    fi
+fi
+
 # 2. sysusers syntax.
 mkdir "$tmp/root"
 # (An absolute path: a relative one is looked up under --root.)

@@ -10,6 +10,7 @@ mod concurrency;
 mod e2e_faults;
 mod e2e_journald;
 mod e2e_libvirtd;
+mod e2e_remote;
 mod hosts;
 mod http;
 mod index_cache;

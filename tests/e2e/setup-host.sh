@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this machine for the end-to-end tests (tests/e2e_libvirtd.rs):
-# libvirtd with the QEMU driver, a real QEMU/KVM, and the `wakeonlan` sender.
+# libvirtd with the QEMU driver, a real QEMU/KVM, and the `wakeonlan` sender;
+# and the cached Debian root the containers boot (host B of
+# tests/e2e_remote.rs, tests/e2e/systemd-nspawn.sh).
 # Idempotent; needs root. PID 1 need not be systemd: the daemons are started
 # by hand, the way ../shared/HOST-NOTES.md describes.
 #
@@ -85,23 +87,28 @@ elif [ ! -x "$hook" ] || [ "$(cat "$hook")" != "$hook_text" ]; then
     hook_changed=true
 fi
 
-pgrep -x virtlogd >/dev/null || virtlogd -d
-if "$hook_changed" && pgrep -x libvirtd >/dev/null; then
+pgrep --ns $$ -x virtlogd >/dev/null || virtlogd -d
+if "$hook_changed" && pgrep --ns $$ -x libvirtd >/dev/null; then
     # libvirtd looks hooks up only when it starts.
     echo "setup-host: restarting libvirtd to pick up $hook"
-    pkill -x libvirtd || true
+    pkill --ns $$ -x libvirtd || true
     for _ in $(seq 1 300); do
-        pgrep -x libvirtd >/dev/null || break
+        pgrep --ns $$ -x libvirtd >/dev/null || break
         sleep 0.1
     done
-    if pgrep -x libvirtd >/dev/null; then
+    if pgrep --ns $$ -x libvirtd >/dev/null; then
         echo "setup-host: libvirtd did not exit within 30 s" >&2
         exit 1
     fi
 fi
-if ! pgrep -x libvirtd >/dev/null; then
+if ! pgrep --ns $$ -x libvirtd >/dev/null; then
     libvirtd -d
 fi
+
+# The Debian root that host B (tests/e2e_remote.rs) and the systemd
+# containers boot: built once (a few minutes) and cached, here rather than
+# in the middle of the tests, where it would slow the others down.
+"$(dirname "$0")/host-b.sh" root
 
 for _ in $(seq 1 100); do
     if virsh -c qemu:///system version >/dev/null 2>&1; then

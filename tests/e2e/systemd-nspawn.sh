@@ -41,105 +41,26 @@ bin=${1:-target/release/$name}
 [[ -f $bin && -x $bin ]] || fail "binary $bin not found (cargo build --locked --release)"
 bin=$(realpath "$bin")
 
-cache=${WOL_E2E_CACHE:-/var/cache/wol-libvirt-gateway-e2e}
-root=$cache/root
-stamp_file=.wol-e2e-root-ready
 max_exposure=${WOL_E2E_MAX_EXPOSURE:-1.0}
 machine=wol-e2e
 domain=wol-e2e-guest
 mac=52:54:00:e2:e0:01
-suite=bookworm
-
-# What the root needs. Changing these lists changes the stamp, so the next
-# run rebuilds the root.
-bootstrap_include=(systemd systemd-sysv dbus iproute2 libvirt0)
-root_packages=(libvirt-daemon-system libvirt-clients polkitd qemu-system-x86 wakeonlan jq)
-root_format=2 # bump when the build steps below change
-stamp="format=$root_format suite=$suite include=${bootstrap_include[*]} packages=${root_packages[*]}"
 
 errors=() # failures that do not stop the later checks
 
-
 # ---------------------------------------------------------------- 0. host
 phase "host packages"
-.ci/ensure-packages.sh debootstrap systemd-container systemd
+.ci/ensure-packages.sh debootstrap systemd-container systemd iproute2
 log "debootstrap, systemd-container present"
 
 mkdir -p "$cache"
-# One run at a time per cache (the root and 127.0.0.1:9 are shared).
+# One run at a time per cache (127.0.0.1:9 and 9109 are the host's).
 exec 9>"$cache/lock"
 flock -w 900 9 || fail "another run holds $cache/lock"
-nspawn_log=$cache/nspawn.log
 
 # ---------------------------------------------------------------- 1. root
-# Debian packages of the libraries the binary links (for the root).
-binary_lib_packages() {
-    local libs
-    mapfile -t libs < <(ldd "$bin" | awk '$3 ~ /^\// {print $3; print "/usr" $3}')
-    ((${#libs[@]} == 0)) || { dpkg -S "${libs[@]}" 2>/dev/null || true; } | cut -d: -f1 | sort -u
-}
-
-# apt-get inside the root, in nspawn's private namespaces (nothing mounted on
-# the host, so an interrupted run leaves no mount behind under the cache).
-root_apt_install() {
-    local dir=$1
-    shift
-    printf '#!/bin/sh\nexit 101\n' >"$dir/usr/sbin/policy-rc.d"
-    chmod 0755 "$dir/usr/sbin/policy-rc.d"
-    systemd-nspawn -q --register=no --keep-unit -D "$dir" \
-        -E DEBIAN_FRONTEND=noninteractive \
-        sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" && apt-get clean' \
-        sh "$@" >>"$cache/build.log" 2>&1 ||
-        fail "apt-get install $* in $dir failed; see $cache/build.log"
-    rm -f "$dir/usr/sbin/policy-rc.d"
-}
-
-build_root() {
-    local new=$cache/root.new mirror
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [[ -n $mirror ]] || mirror=http://deb.debian.org/debian
-    log "building $root from scratch (mirror $mirror); log in $cache/build.log"
-    [[ ! -e $new ]] || rm -rf --one-file-system "$new"
-    : >"$cache/build.log"
-    local include
-    include=$(
-        IFS=,
-        echo "${bootstrap_include[*]}"
-    )
-    debootstrap --variant=minbase --include="$include" "$suite" "$new" "$mirror" \
-        >>"$cache/build.log" 2>&1 || fail "debootstrap failed; see $cache/build.log"
-    log "debootstrap done ($(fmt_ms "$(ms_since "$phase_t0")"))"
-    local lib_packages
-    mapfile -t lib_packages < <(binary_lib_packages)
-    root_apt_install "$new" "${root_packages[@]}" "${lib_packages[@]}"
-    log "packages installed ($(fmt_ms "$(ms_since "$phase_t0")"))"
-    # nspawn's cgroupfs is read-only: libvirt must not try to create its own
-    # cgroup controllers for the guest.
-    grep -q '^cgroup_controllers' "$new/etc/libvirt/qemu.conf" ||
-        echo 'cgroup_controllers = [ ]' >>"$new/etc/libvirt/qemu.conf"
-    # No getty on the pipe console. No libvirt-guests: at poweroff it would
-    # ask the (bootless, ACPI-deaf) guest to shut down and wait 120 s.
-    ln -sf /dev/null "$new/etc/systemd/system/console-getty.service"
-    ln -sf /dev/null "$new/etc/systemd/system/libvirt-guests.service"
-    echo "$machine" >"$new/etc/hostname"
-    echo "127.0.1.1 $machine" >>"$new/etc/hosts"
-    # Last: the stamp says the root is complete.
-    echo "$stamp" >"$new/$stamp_file"
-    [[ ! -e $root ]] || rm -rf --one-file-system "$root"
-    mv "$new" "$root"
-}
-
 phase "root ($root)"
-if [[ -f $root/$stamp_file && $(cat "$root/$stamp_file") == "$stamp" ]]; then
-    log "cached root is complete (stamp matches)"
-else
-    if [[ -e $root ]]; then
-        log "cached root is incomplete or outdated (stamp): rebuilding"
-    elif [[ -e $cache/root.new ]]; then
-        log "discarding an interrupted build ($cache/root.new)"
-    fi
-    build_root
-fi
+ensure_root "$bin"
 
 # ---------------------------------------------------------------- 2. install
 phase "install binary and units"
@@ -158,40 +79,13 @@ log "binary and units byte-identical to the repo's"
 # Every library the binary links must resolve in the root.
 if chroot "$root" ldd /usr/local/bin/$name | grep -q 'not found'; then
     log "libraries missing in the root; installing the host's packages for them"
-    mapfile -t lib_packages < <(binary_lib_packages)
+    mapfile -t lib_packages < <(binary_lib_packages "$bin")
     root_apt_install "$root" "${lib_packages[@]}"
     if chroot "$root" ldd /usr/local/bin/$name | grep 'not found' >&2; then
         fail "the binary's libraries above are missing in $root"
     fi
 fi
 log "ldd: every library resolves in the root"
-
-# KVM: libvirt-qemu needs a group with the host's /dev/kvm gid (the device is
-# bound into the container as is). Without /dev/kvm: plain QEMU emulation.
-virt_type=qemu
-kvm_args=()
-if [[ -c /dev/kvm ]]; then
-    if ((($(stat -c '0%a' /dev/kvm) & 060) != 060)) || [[ $(stat -c %g /dev/kvm) == 0 ]]; then
-        # A fresh machine has /dev/kvm root-only: what udev does on a normal host.
-        getent group kvm >/dev/null || groupadd --system kvm
-        chgrp kvm /dev/kvm
-        chmod 0660 /dev/kvm
-        log "/dev/kvm was root-only: now root:kvm 0660"
-    fi
-    kvm_gid=$(stat -c %g /dev/kvm)
-    kvm_group=$(chroot "$root" getent group "$kvm_gid" | cut -d: -f1 || true)
-    if [[ -z $kvm_group ]]; then
-        kvm_group=kvm-host
-        chroot "$root" groupadd --system --gid "$kvm_gid" "$kvm_group"
-    fi
-    chroot "$root" id -nG libvirt-qemu | grep -qw "$kvm_group" ||
-        chroot "$root" usermod -aG "$kvm_group" libvirt-qemu
-    kvm_args=(--bind=/dev/kvm)
-    virt_type=kvm
-    log "KVM guest (libvirt-qemu in $kvm_group, gid $kvm_gid)"
-else
-    log "no /dev/kvm: guest type='qemu' (emulation)"
-fi
 
 # ---------------------------------------------------------------- 3. boot
 phase "boot container"
@@ -206,33 +100,7 @@ tcp9109=$(awk 'FNR > 1 && $2 ~ /:2395$/ && $4 == "0A"' /proc/net/tcp /proc/net/t
 $tcp9109"
 command -v curl >/dev/null || fail "curl not found on the host (.ci/run installs it)"
 
-setsid systemd-nspawn --register=no --keep-unit --volatile=overlay -q \
-    -D "$root" -b -M "$machine" --console=pipe "${kvm_args[@]}" \
-    >"$nspawn_log" 2>&1 </dev/null &
-nspawn_pid=$!
-nspawn_started() { [[ $(cat "/proc/$nspawn_pid/comm" 2>/dev/null) == systemd-nspawn ]]; }
-wait_for "systemd-nspawn running (pid $nspawn_pid)" 5 nspawn_started
-container_init() {
-    local p
-    for p in $(pgrep -P "$nspawn_pid"); do
-        if [[ $(cat "/proc/$p/comm" 2>/dev/null) == systemd ]]; then
-            ct_pid=$p
-            return 0
-        fi
-    done
-    return 1
-}
-wait_for "container systemd (child of nspawn)" 20 container_init
-log "container PID 1 is host pid $ct_pid"
-system_up() {
-    local s
-    s=$(ct systemctl is-system-running 2>/dev/null) || true
-    [[ $s == running || $s == degraded ]]
-}
-wait_for "systemctl is-system-running: running or degraded" 90 system_up
-state=$(ct systemctl is-system-running || true)
-log "system: $state"
-[[ $state == running ]] || ct systemctl --no-pager --failed --plain --no-legend | sed 's/^/    failed: /'
+boot_container "$machine"
 for f in usr/local/bin/$name:"$bin" etc/systemd/system/$name.service:systemd/$name.service \
     etc/systemd/system/$name.socket:systemd/$name.socket usr/lib/sysusers.d/$name.conf:systemd/$name.sysusers; do
     cmp "/proc/$ct_pid/root/${f%%:*}" "${f#*:}" || fail "/${f%%:*} in the container differs from ${f#*:}"
@@ -378,12 +246,114 @@ log "no token in the journal"
 phase "security score"
 exposure() { sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'; }
 online=$(ct systemd-analyze security $name.service 2>/dev/null | exposure || true)
-offline=$(systemd-analyze security --offline=yes --root=/ systemd/$name.service 2>/dev/null | exposure || true)
+# The unit file alone: next to the repo's copy, systemd/$name.service.d/
+# (the remote-hosts drop-in) would count too.
+mkdir -p "$cache/unit-alone"
+cp systemd/$name.service "$cache/unit-alone/"
+offline=$(systemd-analyze security --offline=yes --root=/ "$cache/unit-alone/$name.service" 2>/dev/null | exposure || true)
 [[ -n $online ]] || fail "no score from systemd-analyze security inside the container"
 [[ -n $offline ]] || fail "no score from systemd-analyze security --offline=yes on the host"
 log "exposure: online (in the container) $online, offline (repo file) $offline; limit $max_exposure"
 awk -v a="$online" -v b="$offline" -v m="$max_exposure" 'BEGIN { exit !(a <= m && b <= m) }' ||
     errors+=("exposure above $max_exposure (online $online, offline $offline)")
+
+# ---------------------------------------------------------------- remote
+# The shipped drop-in for remote URIs, byte for byte but for the address:
+# the service, socket-activated by a packet, wakes a KVM guest on host B (a
+# libvirtd of its own in a network namespace of its own) over qemu+ssh://,
+# and the local guest still over qemu:///system.
+phase "remote host: host B up"
+dropin=systemd/$name.service.d/remote-hosts.conf
+remote_domain=wol-e2e-remote-guest
+remote_mac=52:54:00:e2:e0:03
+host_b_facts=$(tests/e2e/host-b.sh up --owner $$) || fail "tests/e2e/host-b.sh up failed"
+host_b_down() { tests/e2e/host-b.sh down >/dev/null 2>&1 || true; }
+on_exit+=(host_b_down)
+fact() { sed -n "s/^$1=//p" <<<"$host_b_facts"; }
+b_addr=$(fact HOST_B_ADDR)
+b_tcp=$(fact HOST_B_TCP_URI)
+b_key=$(fact HOST_B_KEY)
+b_known=$(fact HOST_B_KNOWN_HOSTS)
+[[ -n $b_addr && -n $b_tcp && -f $b_key && -f $b_known ]] || fail "host B's facts are incomplete: $host_b_facts"
+log "host B at $b_addr (libvirtd on TCP and behind sshd)"
+bvirsh() { virsh -q -c "$b_tcp" "$@"; }
+bdomstate() { bvirsh domstate $remote_domain 2>/dev/null | head -n1; }
+cat >"$cache/$remote_domain.xml" <<XML
+<domain type='$virt_type'>
+  <name>$remote_domain</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <interface type='user'><mac address='$remote_mac'/><model type='virtio'/><rom enabled='no'/></interface>
+    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
+  </devices>
+</domain>
+XML
+bvirsh define "$cache/$remote_domain.xml" | sed 's/^/    /'
+[[ $(bdomstate) == "shut off" ]] || fail "guest $remote_domain on host B is '$(bdomstate)', expected 'shut off'"
+
+phase "remote host: the drop-in, the key, host B's host key"
+wait_for "$name.service inactive (idle) before the drop-in" 75 svc_inactive
+sed "s/198\.51\.100\.10/$b_addr/g" "$dropin" >"$cache/remote-hosts.conf"
+changed=$(diff "$dropin" "$cache/remote-hosts.conf" | grep -c '^>' || true)
+addr_lines=$(grep -c '198\.51\.100\.10' "$dropin")
+((changed == addr_lines)) || fail "replacing the address changed $changed lines of $dropin, expected $addr_lines"
+ct install -d -m 0755 /etc/systemd/system/$name.service.d
+install -m 0644 "$cache/remote-hosts.conf" "/proc/$ct_pid/root/etc/systemd/system/$name.service.d/remote-hosts.conf"
+# As the drop-in's comment says: the key readable by root only, host B's key
+# for everyone in /etc/ssh/ssh_known_hosts.
+ct install -d -m 0700 /etc/wol-libvirt-gateway
+install -m 0600 "$b_key" "/proc/$ct_pid/root/etc/wol-libvirt-gateway/ssh-key"
+cat "$b_known" >>"/proc/$ct_pid/root/etc/ssh/ssh_known_hosts"
+ct systemctl daemon-reload
+dropins=$(ct systemctl show -p DropInPaths --value $name.service)
+[[ $dropins == *remote-hosts.conf* ]] || fail "the drop-in is not loaded: DropInPaths=$dropins"
+log "drop-in loaded ($changed address lines replaced), key and known_hosts in place"
+
+phase "remote host: a packet wakes the guest on host B over qemu+ssh://"
+inv_remote=$(invocation)
+ct wakeonlan -i 127.0.0.1 $remote_mac | sed 's/^/    /'
+b_running() { [[ $(bdomstate) == running ]]; }
+wait_for "guest $remote_domain on host B running" 30 b_running
+[[ $(invocation) != "$inv_remote" ]] || fail "no new service invocation for the packet"
+b_host="qemu+ssh://wol@$b_addr/system"
+remote_entry=""
+remote_journal() {
+    # shellcheck disable=SC2016
+    remote_entry=$(ct sh -c 'journalctl -b -u "$1" -o json | jq -c --arg dom "$2" "
+        select(.DOMAIN == \$dom and .ACTION == \"start\" and .RESULT == \"ok\")
+        | {HOST, DOMAIN, MAC, ACTION, RESULT, PRIORITY}"' sh $name $remote_domain | tail -n 1)
+    [[ -n $remote_entry ]]
+}
+wait_for "a journal entry: $remote_domain started" 10 remote_journal
+log "$remote_entry"
+[[ $remote_entry == *"\"HOST\":\"$b_host\""* ]] || fail "HOST= is not $b_host: $remote_entry"
+ct journalctl -b -u $name -o cat | grep -F "keyfile" && fail "the URI's parameters are in the journal"
+log "HOST=$b_host, without its parameters"
+
+phase "remote host: the local guest still wakes with the drop-in"
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "guest $domain running (qemu:///system)" 30 guest_running
+wait_for "$name.service inactive after the idle timeout" 75 svc_inactive
+result=$(ct systemctl show -p Result --value $name.service)
+[[ $result == success ]] || fail "$name.service ended with Result=$result (with the drop-in)"
+log "idle exit with the drop-in: Result=success"
+
+phase "remote host: security score with the drop-in"
+# What the drop-in's network and ssh cost (its comment lists each item).
+dropin_max=${WOL_E2E_MAX_EXPOSURE_REMOTE:-1.2}
+online=$(ct systemd-analyze security $name.service 2>/dev/null | exposure || true)
+# Offline, the repo's unit with its systemd/$name.service.d/ beside it.
+offline=$(systemd-analyze security --offline=yes --root=/ systemd/$name.service 2>/dev/null | exposure || true)
+[[ -n $online ]] || fail "no score from systemd-analyze security inside the container"
+[[ -n $offline ]] || fail "no score from systemd-analyze security --offline=yes for the unit with its drop-in"
+log "exposure with the drop-in: online (in the container) $online, offline (repo unit + drop-in) $offline; limit $dropin_max"
+ct systemd-analyze security $name.service 2>/dev/null | grep -E '^✗' | sed 's/^/    /' || true
+awk -v a="$online" -v b="$offline" -v m="$dropin_max" 'BEGIN { exit !(a <= m && b <= m) }' ||
+    errors+=("exposure with the drop-in above $dropin_max (online $online, offline $offline)")
 
 end_phase
 if ((${#errors[@]})); then

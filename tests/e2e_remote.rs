@@ -1,0 +1,520 @@
+//! A second libvirt host over a real network: host A is this machine's
+//! libvirtd (`qemu:///system`, real QEMU/KVM guests), host B a libvirtd of
+//! its own in a network namespace of its own, reached over TCP
+//! (`qemu+tcp://`) and through sshd (`qemu+ssh://`), booted by
+//! `tests/e2e/host-b.sh` (systemd-nspawn `--private-network` on a veth pair;
+//! the only addresses used are that pair's). These need root, libvirtd,
+//! QEMU and systemd-nspawn:
+//!
+//! ```sh
+//! sudo tests/e2e/setup-host.sh
+//! sudo cargo test -- --ignored e2e_remote
+//! ```
+//!
+//! The first test to need host B boots it (building the cached Debian root
+//! on the first run, a few minutes); it is powered off when this test
+//! process ends, however it ends (`host-b.sh up --owner PID`). Tests that
+//! take B away (its daemon stopped or frozen, its network down, its sshd
+//! refusing the key) hold it alone and always give it back.
+
+use std::process::{Command, Stdio};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, terminate, wakeonlan};
+use crate::util::{DEADLINE, Gateway, bin, libvirtd_shared, systemd_socket, wait_until};
+
+/// Host B, as `tests/e2e/host-b.sh up` describes it.
+#[derive(Debug)]
+pub(crate) struct HostB {
+    /// Its address on the veth pair.
+    pub(crate) addr: String,
+    /// Its PID 1, for `nsenter`.
+    pid: String,
+    /// `qemu+tcp://ADDR/system`.
+    pub(crate) tcp_uri: String,
+    /// `qemu+ssh://wol@ADDR/system?keyfile=…&no_tty=1`.
+    pub(crate) ssh_uri: String,
+    /// `kvm`, or `qemu` without /dev/kvm.
+    virt_type: String,
+}
+
+static HOST_B: OnceLock<Result<HostB, String>> = OnceLock::new();
+
+/// Host B, booted by the first caller of this test process.
+pub(crate) fn host_b() -> &'static HostB {
+    match HOST_B.get_or_init(HostB::up) {
+        Ok(host) => host,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl HostB {
+    fn up() -> Result<HostB, String> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/host-b.sh");
+        let out = Command::new(script)
+            .args(["up", "--owner", &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        let facts = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!(
+                "{script} up failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let fact = |key: &str| {
+            facts
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{script} up printed no {key}:\n{facts}"))
+        };
+        Ok(HostB {
+            addr: fact("HOST_B_ADDR")?,
+            pid: fact("HOST_B_PID")?,
+            tcp_uri: fact("HOST_B_TCP_URI")?,
+            ssh_uri: fact("HOST_B_SSH_URI")?,
+            virt_type: fact("HOST_B_VIRT_TYPE")?,
+        })
+    }
+
+    /// How the gateway shows the ssh URI: without its parameters.
+    pub(crate) fn ssh_shown(&self) -> String {
+        format!("qemu+ssh://wol@{}/system", self.addr)
+    }
+
+    /// Runs `args` inside B (all of its namespaces); its stdout, or what
+    /// went wrong.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid, "-a"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run nsenter: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "{args:?} in host B: {}{text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// `virsh` on B, through its TCP listener.
+    fn virsh(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.tcp_uri])
+            .args(args)
+            .output()
+            .expect("run virsh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text.trim().to_owned())
+    }
+}
+
+/// Tests use B together; those that take it away hold it alone.
+static HOST_B_USE: RwLock<()> = RwLock::new(());
+
+fn host_b_shared() -> RwLockReadGuard<'static, ()> {
+    HOST_B_USE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn host_b_exclusive() -> RwLockWriteGuard<'static, ()> {
+    HOST_B_USE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A throwaway guest on host B (32 MiB, no disk, boots nothing), destroyed
+/// and undefined on drop.
+pub(crate) struct RemoteGuest {
+    pub(crate) name: String,
+    pub(crate) mac: String,
+}
+
+impl RemoteGuest {
+    pub(crate) fn define(test: &str, mac: &str) -> RemoteGuest {
+        let host = host_b();
+        let name = format!("wolgw-e2e-remote-{test}");
+        let xml = format!(
+            "<domain type='{}'><name>{name}</name><memory unit='MiB'>32</memory>\
+             <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
+             <devices><interface type='user'><mac address='{mac}'/><model type='virtio'/>\
+             <rom enabled='no'/></interface>\
+             <graphics type='vnc' port='-1' listen='127.0.0.1'/></devices></domain>",
+            host.virt_type
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("guest.xml");
+        std::fs::write(&path, xml).expect("write guest xml");
+        let guest = RemoteGuest {
+            name,
+            mac: mac.to_owned(),
+        };
+        guest.remove();
+        let (ok, text) = host.virsh(&["define", &path.to_string_lossy()]);
+        assert!(ok, "define {} on host B: {text}", guest.name);
+        guest
+    }
+
+    pub(crate) fn state(&self) -> String {
+        host_b().virsh(&["domstate", &self.name]).1
+    }
+
+    pub(crate) fn wait_state(&self, state: &str, timeout: Duration) {
+        let mut last = String::new();
+        let reached = wait_until(timeout, || {
+            last = self.state();
+            last.starts_with(state)
+        });
+        assert!(
+            reached,
+            "{} on host B did not reach {state:?}; last {last:?}",
+            self.name
+        );
+    }
+
+    fn remove(&self) {
+        let host = host_b();
+        let _ = host.virsh(&["destroy", &self.name]);
+        let _ = host.virsh(&["undefine", &self.name]);
+    }
+}
+
+impl Drop for RemoteGuest {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Log lines at warning or error level that name `uri`.
+fn complaints(gateway: &Gateway, uri: &str) -> Vec<String> {
+    gateway
+        .lines_with(uri)
+        .into_iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_a_guest_on_host_b_wakes_over_ssh_and_over_tcp() {
+    let _libvirtd = libvirtd_shared();
+    let _b = host_b_shared();
+    let host = host_b();
+    let local = Guest::define("remote-local", "52:54:00:e2:b0:01");
+    let remote = RemoteGuest::define("wake", "52:54:00:e2:b0:02");
+    for (uri, shown) in [
+        (host.ssh_uri.clone(), host.ssh_shown()),
+        (host.tcp_uri.clone(), host.tcp_uri.clone()),
+    ] {
+        let (socket, addr) = systemd_socket();
+        let mut gateway = activate(&socket, &["--libvirt-uri", &uri]);
+        wakeonlan(addr, &remote.mac);
+        remote.wait_state("running", SLOW_DEADLINE);
+        let started = gateway.wait_for_log(&format!(
+            "started {} on {shown} (was shut off)",
+            remote.name
+        ));
+        wakeonlan(addr, &local.mac);
+        local.wait_state_within("running", SLOW_DEADLINE);
+        gateway.wait_for_log(&format!("started {} on {URI} (was shut off)", local.name));
+        terminate(&mut gateway);
+        assert!(
+            gateway.lines_with("keyfile=").is_empty() && gateway.lines_with("no_tty").is_empty(),
+            "the URI's parameters are not logged: {started}\n{}",
+            gateway.log()
+        );
+        assert!(complaints(&gateway, &shown).is_empty(), "{}", gateway.log());
+        let (ok, text) = host.virsh(&["destroy", &remote.name]);
+        assert!(ok, "{text}");
+        let _ = Command::new("virsh")
+            .args(["-q", "-c", URI, "destroy", &local.name])
+            .status();
+        local.wait_state("shut off");
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_list_shows_both_hosts_and_the_ambiguity_rule_spans_them() {
+    let _libvirtd = libvirtd_shared();
+    let _b = host_b_shared();
+    let host = host_b();
+    const TWIN: &str = "52:54:00:e2:b0:10";
+    let local = Guest::define("remote-twin", TWIN);
+    let remote = RemoteGuest::define("twin", TWIN);
+    let remote_only = RemoteGuest::define("only", "52:54:00:e2:b0:11");
+
+    let out = Command::new(bin())
+        .args(["list", "--json", "--libvirt-uri", URI, "--libvirt-uri"])
+        .arg(&host.ssh_uri)
+        .output()
+        .expect("run list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
+    let entry = |name: &str| {
+        listed
+            .as_array()
+            .and_then(|all| all.iter().find(|d| d["domain"] == name))
+            .unwrap_or_else(|| panic!("{name} not listed: {listed:#}"))
+            .clone()
+    };
+    let shown = host.ssh_shown();
+    assert_eq!(entry(&local.name)["host"], URI);
+    assert_eq!(entry(&remote.name)["host"], shown.as_str());
+    assert_eq!(entry(&remote_only.name)["host"], shown.as_str());
+    assert_eq!(entry(&remote_only.name)["macs"][0]["action"], "start");
+    for twin in [&local.name, &remote.name] {
+        let mac = &entry(twin)["macs"][0];
+        assert_eq!(mac["action"], "none", "{twin}: {mac}");
+        assert!(
+            mac["on_wake"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("nothing: ambiguous MAC")),
+            "{twin}: {mac}"
+        );
+    }
+
+    // The real packet: neither twin starts; the host-B-only guest does.
+    let (socket, addr) = systemd_socket();
+    let mut gateway = activate(&socket, &["--libvirt-uri", &host.ssh_uri]);
+    wakeonlan(addr, TWIN);
+    let line = gateway.wait_for_log(&format!("{TWIN} from"));
+    assert!(
+        line.contains(&format!("{} on {URI}", local.name))
+            && line.contains(&format!("{} on {shown}", remote.name))
+            && line.contains("starting none"),
+        "{line}"
+    );
+    wakeonlan(addr, &remote_only.mac);
+    remote_only.wait_state("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("started {}", remote_only.name));
+    terminate(&mut gateway);
+    assert!(local.state().starts_with("shut off"), "{}", local.state());
+    assert!(remote.state().starts_with("shut off"), "{}", remote.state());
+}
+
+/// Ways host B goes out of reach, each undone by [`Outage::end`] (and on
+/// drop, so a failing test gives B back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// libvirtd and its sockets stopped: TCP connections are refused.
+    DaemonStopped,
+    /// libvirtd frozen (SIGSTOP): calls hang, the network answers.
+    DaemonFrozen,
+    /// B's end of the veth pair down: this machine still routes B's
+    /// address to the pair, which has no carrier, so packets are dropped
+    /// and nothing comes back, not even a reset (the host-side route stays:
+    /// nothing is sent anywhere else).
+    NetworkDown,
+    /// sshd refuses the key (authorized_keys gone).
+    KeyRefused,
+}
+
+impl Cause {
+    /// What makes it happen, and what undoes it: commands run in B.
+    fn commands(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Cause::DaemonStopped => (
+                &[
+                    "systemctl",
+                    "stop",
+                    "libvirtd-tcp.socket",
+                    "libvirtd.socket",
+                    "libvirtd-ro.socket",
+                    "libvirtd-admin.socket",
+                    "libvirtd.service",
+                ],
+                &[
+                    "systemctl",
+                    "start",
+                    "libvirtd-tcp.socket",
+                    "libvirtd.service",
+                ],
+            ),
+            Cause::DaemonFrozen => (
+                &["pkill", "-STOP", "-x", "libvirtd"],
+                &["pkill", "-CONT", "-x", "libvirtd"],
+            ),
+            Cause::NetworkDown => (
+                &["ip", "link", "set", "host0", "down"],
+                &["ip", "link", "set", "host0", "up"],
+            ),
+            Cause::KeyRefused => (
+                &["mv", AUTHORIZED_KEYS, AUTHORIZED_KEYS_OFF],
+                &["mv", AUTHORIZED_KEYS_OFF, AUTHORIZED_KEYS],
+            ),
+        }
+    }
+}
+
+const AUTHORIZED_KEYS: &str = "/home/wol/.ssh/authorized_keys";
+const AUTHORIZED_KEYS_OFF: &str = "/home/wol/.ssh/authorized_keys.off";
+
+/// Host B out of reach until [`Outage::end`] or drop.
+struct Outage {
+    cause: Cause,
+    ended: bool,
+}
+
+impl Outage {
+    fn begin(cause: Cause) -> Outage {
+        let (begin, _) = cause.commands();
+        let outcome = host_b().run(begin);
+        assert!(outcome.is_ok(), "{cause:?}: {outcome:?}");
+        Outage {
+            cause,
+            ended: false,
+        }
+    }
+
+    /// Gives B back. Never panics: it also runs while a failing test
+    /// unwinds.
+    fn end(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let (_, end) = self.cause.commands();
+        if let Err(e) = host_b().run(end) {
+            eprintln!("cannot end the outage {:?} of host B: {e}", self.cause);
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Host B out of reach (`cause`) before the gateway starts, over `uri`
+/// (shown as `shown`): a wake on host A is decided without waiting for B
+/// beyond the one-second grace; B's guest waits, with one warning in all;
+/// once B is back its guest is started by the same gateway process.
+fn unreachable_host_b(cause: Cause, uri: &str, shown: &str) {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let _libvirtd = libvirtd_shared();
+    let _b = host_b_exclusive();
+    let test = format!("{cause:?}").to_lowercase();
+    let local = Guest::define(&format!("remote-{test}"), "52:54:00:e2:b0:20");
+    let remote = RemoteGuest::define(&test, "52:54:00:e2:b0:21");
+    let mut outage = Outage::begin(cause);
+
+    let (socket, addr) = systemd_socket();
+    let mut gateway = activate(&socket, &["--libvirt-uri", uri, "--libvirt-timeout", "2s"]);
+    let sent = Instant::now();
+    wakeonlan(addr, &local.mac);
+    gateway.wait_for_log(&format!("started {} on {URI}", local.name));
+    let took = sent.elapsed();
+    assert!(
+        took < TIMEOUT,
+        "the wake on host A took {took:?} with host B out ({cause:?}); log:\n{}",
+        gateway.log()
+    );
+    // B's guest: asked for three times while B is out.
+    for _ in 0..3 {
+        wakeonlan(addr, &remote.mac);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(
+        wait_until(DEADLINE, || !complaints(&gateway, shown).is_empty()),
+        "host B's outage was not reported; log:\n{}",
+        gateway.log()
+    );
+    outage.end();
+    remote.wait_state("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("started {} on {shown}", remote.name));
+    gateway.wait_for_log(&format!("libvirt at {shown} is reachable again"));
+    terminate(&mut gateway);
+    let complained = complaints(&gateway, shown);
+    assert_eq!(complained.len(), 1, "one warning:\n{}", gateway.log());
+    assert!(complained[0].contains(" WARN "), "{}", complained[0]);
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_host_b_with_its_daemon_stopped() {
+    let host = host_b();
+    unreachable_host_b(Cause::DaemonStopped, &host.tcp_uri, &host.tcp_uri);
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_host_b_with_its_network_down() {
+    let host = host_b();
+    unreachable_host_b(Cause::NetworkDown, &host.tcp_uri, &host.tcp_uri);
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_host_b_refusing_the_ssh_key() {
+    let host = host_b();
+    unreachable_host_b(Cause::KeyRefused, &host.ssh_uri, &host.ssh_shown());
+}
+
+/// A call to host B that hangs mid-request (`cause` after the gateway got
+/// an answer from B): as a hung local daemon, one warning, wakes on host A
+/// go on at once, and the pending wake is done when B answers again.
+fn host_b_hangs_mid_request(cause: Cause, uri: &str, shown: &str) {
+    let _libvirtd = libvirtd_shared();
+    let _b = host_b_exclusive();
+    let test = format!("hang-{cause:?}").to_lowercase();
+    let local = Guest::define(&format!("remote-{test}"), "52:54:00:e2:b0:30");
+    let first = RemoteGuest::define(&format!("{test}-1"), "52:54:00:e2:b0:31");
+    let second = RemoteGuest::define(&format!("{test}-2"), "52:54:00:e2:b0:32");
+    let (socket, addr) = systemd_socket();
+    let mut gateway = activate(&socket, &["--libvirt-uri", uri, "--libvirt-timeout", "2s"]);
+    // Connected: a normal wake on B first.
+    wakeonlan(addr, &first.mac);
+    first.wait_state("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("started {} on {shown}", first.name));
+
+    let mut outage = Outage::begin(cause);
+    wakeonlan(addr, &second.mac);
+    gateway.wait_for_log(&format!("libvirt at {shown} did not answer within 2 s"));
+    // Host A, meanwhile: decided at once (B is known silent: not asked).
+    let sent = Instant::now();
+    wakeonlan(addr, &local.mac);
+    gateway.wait_for_log(&format!("started {} on {URI}", local.name));
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the wake on host A took {took:?} while host B hangs ({cause:?}); log:\n{}",
+        gateway.log()
+    );
+    assert!(gateway.alive(), "{}", gateway.log());
+    outage.end();
+    second.wait_state("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("started {} on {shown}", second.name));
+    gateway.wait_for_log(&format!("libvirt at {shown} is reachable again"));
+    terminate(&mut gateway);
+    let complained = complaints(&gateway, shown);
+    assert_eq!(complained.len(), 1, "one warning:\n{}", gateway.log());
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_host_b_daemon_hangs_mid_request_over_ssh() {
+    let host = host_b();
+    host_b_hangs_mid_request(Cause::DaemonFrozen, &host.ssh_uri, &host.ssh_shown());
+}
+
+#[test]
+#[ignore = "needs root, libvirtd, QEMU and systemd-nspawn: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_remote"]
+fn e2e_remote_host_b_network_hangs_mid_request_over_tcp() {
+    let host = host_b();
+    host_b_hangs_mid_request(Cause::NetworkDown, &host.tcp_uri, &host.tcp_uri);
+}
