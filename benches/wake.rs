@@ -8,7 +8,8 @@
 //! socket a receive buffer big enough to queue the whole flood). Sizes and
 //! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`;
 //! `WOL_BENCH_BIN=PATH` measures another build of the gateway;
-//! `WOL_BENCH_TRICKLE_ONLY=1` runs only the unknown-MAC trickle.
+//! `WOL_BENCH_TRICKLE_ONLY=1` runs only the unknown-MAC trickle;
+//! `WOL_BENCH_REMOTE=1` runs only the remote-host comparison (below).
 //!
 //! For each size it prints median (min-max) of:
 //! - `virsh start`: a `virsh -c test+unix:///default start NAME` process, from
@@ -33,6 +34,13 @@
 //!   getrusage's ru_maxrss reports, without the parent's pre-exec pages that
 //!   ru_maxrss of a forked child also counts) after the wake, no-index runs,
 //!   and RssAnon, the private part (the rest is shared library pages).
+//!
+//! `WOL_BENCH_REMOTE=1` (also needs systemd-nspawn): the cold wake of a
+//! domain on a second libvirtd, host B (`tests/e2e/host-b.sh`: a network
+//! namespace of its own on this machine), over `test+tcp://` and
+//! `test+ssh://`, against the same wake through this machine's libvirtd, and
+//! what adding host B costs a wake of a local domain; each beside a `virsh
+//! start` process over the same URI. Runs take turns across all cases.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -53,6 +61,14 @@ fn main() {
     let sizes = env_list("WOL_BENCH_SIZES", &[1, 100, 1000, 10_000]);
     let runs = env_list("WOL_BENCH_RUNS", &[7])[0].max(1);
     virt::error::clear_error_callback();
+    let bin_override = std::env::var("WOL_BENCH_BIN").ok();
+    let bin = bin_override
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_wol-libvirt-gateway"));
+    if std::env::var_os("WOL_BENCH_REMOTE").is_some() {
+        remote(bin, runs);
+        return;
+    }
     // libvirtd forgets the test driver's state when its last client leaves:
     // this connection holds it for the whole run.
     let keeper = match Connect::open(Some(URI)) {
@@ -64,12 +80,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // WOL_BENCH_BIN measures another build (e.g. an earlier commit's) with
-    // the same harness, for a before/after in one run.
-    let bin_override = std::env::var("WOL_BENCH_BIN").ok();
-    let bin = bin_override
-        .as_deref()
-        .unwrap_or(env!("CARGO_BIN_EXE_wol-libvirt-gateway"));
+    // WOL_BENCH_BIN (above) measures another build (e.g. an earlier
+    // commit's) with the same harness, for a before/after in one run.
     let cache = tempfile::tempdir().expect("tempdir");
     print_machine();
     println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}");
@@ -124,7 +136,7 @@ fn main() {
 
         let (socket, addr) = held_socket();
         // Prime the index file once, then every run finds it.
-        activation(bin, cache.path(), &socket, addr, &mac, &name, &dom);
+        activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom);
         // The gateway's cold wake and a `virsh start` process take turns,
         // so that a noisy neighbour slows both alike.
         let (mut virsh, mut warm) = (Vec::new(), Vec::new());
@@ -132,7 +144,7 @@ fn main() {
             virsh.push(spawn_to_exit("virsh", &["-c", URI, "start", &name]));
             assert!(dom.is_active().expect("is_active"), "virsh started {name}");
             dom.destroy().expect("destroy");
-            warm.push(activation(bin, cache.path(), &socket, addr, &mac, &name, &dom).0);
+            warm.push(activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom).0);
         }
         let (virsh, warm) = (summarize(virsh), summarize(warm));
         let (mut rss, mut anon) = (Vec::new(), Vec::new());
@@ -141,7 +153,7 @@ fn main() {
                 let _ = std::fs::remove_file(entry.path());
             }
             let (took, (hwm, private)) =
-                activation(bin, cache.path(), &socket, addr, &mac, &name, &dom);
+                activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom);
             rss.push(hwm);
             anon.push(private);
             took
@@ -279,11 +291,14 @@ fn held_socket() -> (UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-fn spawn_gateway(bin: &str, cache: &Path, socket: &UdpSocket, idle: &str) -> Child {
+fn spawn_gateway(bin: &str, cache: &Path, uris: &[&str], socket: &UdpSocket, idle: &str) -> Child {
     let fd: OwnedFd = socket.try_clone().expect("dup").into();
     let mut command = Command::new(bin);
+    for uri in uris {
+        command.args(["--libvirt-uri", uri]);
+    }
     command
-        .args(["--libvirt-uri", URI, "--idle-timeout", idle, "--cache-dir"])
+        .args(["--idle-timeout", idle, "--cache-dir"])
         .arg(cache)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
@@ -305,9 +320,11 @@ fn spawn_gateway(bin: &str, cache: &Path, socket: &UdpSocket, idle: &str) -> Chi
 /// One socket activation: send the packet, start the process as systemd
 /// would, wait for its log line saying libvirt started the domain. Returns
 /// seconds and the process's peak RSS in KiB.
+#[allow(clippy::too_many_arguments)]
 fn activation(
     bin: &str,
     cache: &Path,
+    uris: &[&str],
     socket: &UdpSocket,
     addr: SocketAddr,
     mac: &str,
@@ -320,7 +337,7 @@ fn activation(
     sender.send_to(&packet, addr).expect("send");
     // Idle for 2 s after the packet: long enough that the process is still
     // there to have its memory read after a 10,000-domain scan (~0.9 s).
-    let mut child = spawn_gateway(bin, cache, socket, "2s");
+    let mut child = spawn_gateway(bin, cache, uris, socket, "2s");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let needle = format!("started {name}");
@@ -383,7 +400,7 @@ fn http_versus_udp(
     let (mut udp, mut http, mut udp_rss, mut http_rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (took, (hwm, _)) = activation(bin, cache, socket, addr, mac, name, dom);
+        let (took, (hwm, _)) = activation(bin, cache, &[URI], socket, addr, mac, name, dom);
         udp.push(took);
         udp_rss.push(hwm);
         let (took, hwm) = http_activation(bin, cache, socket, &listener, &url, TOKEN, name, dom);
@@ -518,7 +535,7 @@ fn junk_rates(bin: &str, cache: &Path, runs: usize) -> (Stat, Stat) {
     let (socket, addr) = junk_socket();
     let gateway = measure(runs, || {
         fill_with_junk(addr);
-        let child = spawn_gateway(bin, cache, &socket, "300ms");
+        let child = spawn_gateway(bin, cache, &[URI], &socket, "300ms");
         let out = child.wait_with_output().expect("wait");
         let log = String::from_utf8_lossy(&out.stderr);
         let summary = log
@@ -630,9 +647,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// This machine's libvirtd (not host B's, in a container of its own).
 fn libvirtd_pid() -> u32 {
+    let own = std::process::id().to_string();
     let out = Command::new("pgrep")
-        .args(["-x", "libvirtd"])
+        .args(["--ns", &own, "-x", "libvirtd"])
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&out.stdout)
@@ -652,7 +671,7 @@ fn trickle(bin: &str, cache: &Path, keeper: &Connect, size: usize) {
     }
     let daemon = libvirtd_pid();
     let (socket, addr) = held_socket();
-    let mut child = spawn_gateway(bin, cache, &socket, "0");
+    let mut child = spawn_gateway(bin, cache, &[URI], &socket, "0");
     let stderr = child.stderr.take().expect("stderr");
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let unknown = |i: u64| Mac([0x02, 0xbe, 0xef, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
@@ -701,4 +720,171 @@ fn trickle(bin: &str, cache: &Path, keeper: &Connect, size: usize) {
         gateway1 - gateway0,
         daemon1 - daemon0,
     );
+}
+
+/// `WOL_BENCH_REMOTE=1`: host B (booted by `tests/e2e/host-b.sh`, powered
+/// off when this process ends) with its libvirtd's test driver; one domain
+/// here (`test+unix:///default`), one on B. Every case is a cold wake with
+/// a warm index, the cases taking turns run by run; each is printed with
+/// its ratio to the local wake, and to a `virsh start` process over the
+/// same URI.
+fn remote(bin: &str, runs: usize) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/host-b.sh");
+    let out = Command::new(script)
+        .args(["up", "--owner", &std::process::id().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/e2e/host-b.sh");
+    let facts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "host-b.sh up failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fact = |key: &str| {
+        facts
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key} in host-b.sh's facts:\n{facts}"))
+            .to_owned()
+    };
+    let (b_addr, key) = (fact("HOST_B_ADDR"), fact("HOST_B_KEY"));
+    let tcp = format!("test+tcp://{b_addr}/default");
+    let ssh = format!("test+ssh://wol@{b_addr}/default?keyfile={key}&no_tty=1");
+    print_machine();
+    println!("host B: {b_addr} (a network namespace on this machine, over a veth pair)");
+    // Each daemon forgets its test driver's state when its last client
+    // leaves: these hold it.
+    let here = Connect::open(Some(URI)).expect("connect to this machine's libvirtd");
+    let there = Connect::open(Some(&tcp)).expect("connect to host B");
+    let (local_name, remote_name) = ("bench-local", "bench-on-b");
+    let (local_mac, remote_mac) = ("52:54:0f:00:00:01", "52:54:0f:00:00:02");
+    for (conn, name, mac) in [
+        (&here, local_name, local_mac),
+        (&there, remote_name, remote_mac),
+    ] {
+        let xml = format!(
+            "<domain type='test'><name>{name}</name><memory>65536</memory>\
+             <os><type arch='x86_64'>hvm</type></os><devices>\
+             <interface type='bridge'><mac address='{mac}'/><source bridge='br0'/></interface>\
+             </devices></domain>"
+        );
+        conn.define_domain_xml(&xml).expect("define bench domain");
+    }
+    let local_dom = here
+        .lookup_domain_by_name(local_name)
+        .expect("local domain");
+    let remote_dom = there
+        .lookup_domain_by_name(remote_name)
+        .expect("remote domain");
+
+    struct Case<'a> {
+        what: String,
+        uris: Vec<&'a str>,
+        target: (&'a str, &'a str, &'a Domain),
+        cache: tempfile::TempDir,
+        samples: Vec<f64>,
+    }
+    let local = (local_mac, local_name, &local_dom);
+    let on_b = (remote_mac, remote_name, &remote_dom);
+    let mut cases: Vec<Case> = [
+        (
+            "local domain, this machine's libvirtd only",
+            vec![URI],
+            local,
+        ),
+        (
+            "local domain, host B over TCP as well",
+            vec![URI, tcp.as_str()],
+            local,
+        ),
+        (
+            "local domain, host B over SSH as well",
+            vec![URI, ssh.as_str()],
+            local,
+        ),
+        ("host B's domain, over TCP", vec![URI, tcp.as_str()], on_b),
+        ("host B's domain, over SSH", vec![URI, ssh.as_str()], on_b),
+    ]
+    .into_iter()
+    .map(|(what, uris, target)| Case {
+        what: what.to_owned(),
+        uris,
+        target,
+        cache: tempfile::tempdir().expect("tempdir"),
+        samples: Vec::new(),
+    })
+    .collect();
+    let mut virsh: Vec<(&str, &str, &Domain, Vec<f64>)> = vec![
+        (URI, local_name, &local_dom, Vec::new()),
+        (tcp.as_str(), remote_name, &remote_dom, Vec::new()),
+        (ssh.as_str(), remote_name, &remote_dom, Vec::new()),
+    ];
+    let (socket, addr) = held_socket();
+    // One wake each first writes the index files; then the cases take turns.
+    for round in 0..=runs {
+        for case in &mut cases {
+            let (mac, name, dom) = case.target;
+            let (took, _) = activation(
+                bin,
+                case.cache.path(),
+                &case.uris,
+                &socket,
+                addr,
+                mac,
+                name,
+                dom,
+            );
+            if round > 0 {
+                case.samples.push(took);
+            }
+        }
+        for (uri, name, dom, samples) in &mut virsh {
+            samples.push(spawn_to_exit("virsh", &["-c", uri, "start", name]));
+            dom.destroy().expect("destroy");
+        }
+    }
+    let shown = |uri: &str| uri.split('?').next().unwrap_or(uri).to_owned();
+    let virsh: Vec<(String, Stat)> = virsh
+        .into_iter()
+        .map(|(uri, _, _, samples)| (shown(uri), summarize(samples)))
+        .collect();
+    for (uri, stat) in &virsh {
+        println!("`virsh -c {uri} start`: {}", ms(stat));
+    }
+    let stats: Vec<(String, Vec<String>, Stat)> = cases
+        .into_iter()
+        .map(|c| {
+            (
+                c.what,
+                c.uris.iter().map(|u| shown(u)).collect(),
+                summarize(c.samples),
+            )
+        })
+        .collect();
+    let local_median = stats[0].2.median;
+    println!(
+        "\n| cold wake ({runs} runs, median (min-max)) | --libvirt-uri | time | vs local only | vs `virsh start` over the domain's URI |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    for (what, uris, stat) in &stats {
+        let over = if what.contains("host B's domain") {
+            uris[1].as_str()
+        } else {
+            URI
+        };
+        let virsh_median = virsh
+            .iter()
+            .find(|(uri, _)| uri == over)
+            .map_or(f64::NAN, |(_, s)| s.median);
+        println!(
+            "| {what} | {} | {} | {:.2}x | {:.2}x |",
+            uris.join(" "),
+            ms(stat),
+            stat.median / local_median,
+            stat.median / virsh_median
+        );
+    }
+    let _ = local_dom.undefine();
+    let _ = remote_dom.undefine();
 }
