@@ -13,8 +13,8 @@
 //!   `OUT_DIR/completions/_wol-libvirt-gateway` (zsh) and
 //!   `OUT_DIR/completions/wol-libvirt-gateway.fish` (fish).
 //!
-//! `packaging/build-deb.sh` runs it into `target/assets` for the Debian
-//! package; `tests/assets.rs` checks the output mentions every flag.
+//! `packaging/stage-assets.sh` runs it into `target/assets` for the Debian
+//! and RPM packages; `tests/assets.rs` checks the output mentions every flag.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};

@@ -98,6 +98,14 @@ expected=(
 )
 for f in target/assets/units/*; do expected+=("/usr/lib/systemd/system/$(basename "$f")"); done
 for f in target/assets/*.1; do expected+=("/usr/share/man/man1/$(basename "$f").gz"); done
+# Example drop-ins (packaging/stage-assets.sh): documentation, not active.
+shopt -s nullglob
+for f in target/assets/examples/*; do expected+=("/usr/share/doc/$pkg/examples/$(basename "$f")"); done
+for f in systemd/*.d/*.conf; do
+    [[ " ${expected[*]} " == *" /usr/share/doc/$pkg/examples/$(basename "$f") "* ]] ||
+        fail "$f exists but is not packaged as an example"
+done
+shopt -u nullglob
 for unit in $pkg.socket $pkg-http.socket $pkg.service; do
     [[ " ${expected[*]} " == *" /usr/lib/systemd/system/$unit "* ]] || fail "build-deb.sh did not stage $unit"
 done
@@ -112,10 +120,10 @@ not_enabled() {
     links=$(find /etc/systemd/system -maxdepth 2 -name "$pkg*" 2>/dev/null || true)
     [ -z "$links" ] || fail "enabled or masked on install (systemctl enable is the admin's choice): $links"
     for socket in $pkg.socket $pkg-http.socket; do
-        [ ! -e /etc/systemd/system/sockets.target.wants/$socket ] || fail "$socket enabled"
+        [ ! -e /etc/systemd/system/sockets.target.wants/"$socket" ] || fail "$socket enabled"
         if [ -d /run/systemd/system ]; then
-            [ "$(systemctl is-enabled $socket 2>/dev/null || true)" = disabled ] || fail "$socket is not disabled"
-            ! systemctl --quiet is-active $socket || fail "$socket was started"
+            [ "$(systemctl is-enabled "$socket" 2>/dev/null || true)" = disabled ] || fail "$socket is not disabled"
+            ! systemctl --quiet is-active "$socket" || fail "$socket was started"
         fi
     done
 }
@@ -134,6 +142,13 @@ install() {
     if grep -q '^/usr/local' <<<"$listing"; then fail "package installs into /usr/local"; fi
     for f in "/usr/lib/systemd/system/$pkg"*; do
         ! grep -Eq '^[^#]*/usr/local/' "$f" || fail "$f refers to /usr/local"
+    done
+    # The example drop-ins are not active: nothing in a unit's .d directory.
+    if grep -E '^/(usr/lib|etc)/systemd/system/.*\.d(/|$)' <<<"$listing"; then
+        fail "package installs a drop-in (the examples must stay in /usr/share/doc)"
+    fi
+    for f in "/usr/share/doc/$pkg/examples/"*; do
+        ! grep -Eq '^[[:space:]]*#?[[:space:]]*Exec[A-Za-z]*=.*/usr/local/' "$f" || fail "$f: an Exec*= line refers to /usr/local"
     done
     grep -qx "ExecStart=/usr/bin/$pkg" /usr/lib/systemd/system/$pkg.service ||
         fail "$pkg.service: ExecStart= is not /usr/bin/$pkg"
