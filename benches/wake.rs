@@ -53,6 +53,11 @@ use command_fds::{CommandFdExt, FdMapping};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use wol_libvirt_gateway::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::uri::shown;
+
+// Host B, shared with the remote end-to-end tests.
+#[path = "../tests/host_b.rs"]
+mod host_b;
 
 const URI: &str = "test+unix:///default";
 const JUNK_DATAGRAMS: usize = 100_000;
@@ -729,26 +734,8 @@ fn trickle(bin: &str, cache: &Path, keeper: &Connect, size: usize) {
 /// its ratio to the local wake, and to a `virsh start` process over the
 /// same URI.
 fn remote(bin: &str, runs: usize) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/host-b.sh");
-    let out = Command::new(script)
-        .args(["up", "--owner", &std::process::id().to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tests/e2e/host-b.sh");
-    let facts = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "host-b.sh up failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fact = |key: &str| {
-        facts
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {key} in host-b.sh's facts:\n{facts}"))
-            .to_owned()
-    };
-    let (b_addr, key) = (fact("HOST_B_ADDR"), fact("HOST_B_KEY"));
+    let host = host_b::HostB::up().unwrap_or_else(|e| panic!("{e}"));
+    let (b_addr, key) = (&host.addr, &host.key);
     let tcp = format!("test+tcp://{b_addr}/default");
     let ssh = format!("test+ssh://wol@{b_addr}/default?keyfile={key}&no_tty=1");
     print_machine();
@@ -840,11 +827,13 @@ fn remote(bin: &str, runs: usize) {
             }
         }
         for (uri, name, dom, samples) in &mut virsh {
-            samples.push(spawn_to_exit("virsh", &["-c", uri, "start", name]));
+            let took = spawn_to_exit("virsh", &["-c", uri, "start", name]);
             dom.destroy().expect("destroy");
+            if round > 0 {
+                samples.push(took);
+            }
         }
     }
-    let shown = |uri: &str| uri.split('?').next().unwrap_or(uri).to_owned();
     let virsh: Vec<(String, Stat)> = virsh
         .into_iter()
         .map(|(uri, _, _, samples)| (shown(uri), summarize(samples)))

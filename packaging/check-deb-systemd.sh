@@ -67,13 +67,8 @@ for p in systemd-container; do
 done
 exec 9>"$cache/lock" # the e2e script's lock: one user of the root and of port 9
 flock -w 900 9 || fail "another run holds $cache/lock"
-# KVM only if the e2e script gave libvirt-qemu the host's /dev/kvm group.
-virt_type=qemu kvm_args=()
-if [[ -c /dev/kvm ]] && ((($(stat -c '0%a' /dev/kvm) & 060) == 060)) &&
-    chroot "$root" id -G libvirt-qemu | tr ' ' '\n' | grep -qx "$(stat -c %g /dev/kvm)"; then
-    virt_type=kvm kvm_args=(--bind=/dev/kvm)
-fi
-log "guest type $virt_type"
+# KVM guests where /dev/kvm exists (idempotent: the root has it already).
+kvm_for_root
 
 # ---------------------------------------------------------------- 3. boot
 phase "boot container"

@@ -309,6 +309,27 @@ impl Spares {
     }
 }
 
+/// A background opening under way: ended by [`Opening::done`], or on drop
+/// (a panic in the connect, a thread that never ran) with nothing, so an
+/// action never waits for an opening that will not end.
+struct Opening(Option<Arc<Spares>>);
+
+impl Opening {
+    fn done(mut self, opened: Option<Arc<dyn Hypervisor>>) {
+        if let Some(spares) = self.0.take() {
+            spares.finish_opening(opened);
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(spares) = self.0.take() {
+            spares.finish_opening(None);
+        }
+    }
+}
+
 /// A libvirt host.
 pub struct Host {
     /// The URI as shown (see [`crate::uri::shown`]); the connector has the
@@ -606,11 +627,19 @@ impl Host {
         }
         // The action connection is opened beside this one, not after it:
         // through ssh each takes a whole login (~0.3 s here), and a cold
-        // wake needs both.
-        self.prepare_lane();
+        // wake needs both. Not while the host is out: each retry would be
+        // two failing logins (twice as fast into fail2ban or sshd's
+        // penalties), or two connects hanging on a silent network.
+        let healthy = slot.failed.is_none();
+        if healthy {
+            self.prepare_lane();
+        }
         match self.connector.connect() {
             Ok(hv) => {
                 self.beat.beat();
+                if !healthy {
+                    self.prepare_lane();
+                }
                 *slot = Connection {
                     open: Some(Arc::clone(&hv)),
                     failed: None,
@@ -632,14 +661,15 @@ impl Host {
         if !self.connector.independent_connections() || !self.spares.start_opening() {
             return;
         }
-        let (connector, spares) = (Arc::clone(&self.connector), Arc::clone(&self.spares));
-        let spawned = std::thread::Builder::new()
+        let (connector, opening) = (
+            Arc::clone(&self.connector),
+            Opening(Some(Arc::clone(&self.spares))),
+        );
+        // Without the thread (the closure and its Opening dropped), the
+        // first action connects itself.
+        let _ = std::thread::Builder::new()
             .name("wol-lane".into())
-            .spawn(move || spares.finish_opening(connector.connect().ok()));
-        if spawned.is_err() {
-            // Without the thread, the first action connects itself.
-            self.spares.finish_opening(None);
-        }
+            .spawn(move || opening.done(connector.connect().ok()));
     }
 
     /// Forgets a dead connection (if it is still the current one), and the
@@ -1169,6 +1199,22 @@ mod tests {
         };
         spares.finish_opening(None);
         assert!(taker.join().expect("taker").is_none());
+    }
+
+    #[test]
+    fn an_opening_that_never_ends_normally_still_wakes_the_waiter() {
+        // A connect that panicked, or a thread that could not start: the
+        // Opening is dropped without done().
+        let spares = Arc::new(Spares::default());
+        assert!(spares.start_opening());
+        let opening = Opening(Some(Arc::clone(&spares)));
+        let taker = {
+            let spares = Arc::clone(&spares);
+            std::thread::spawn(move || spares.take())
+        };
+        drop(opening);
+        assert!(taker.join().expect("taker").is_none());
+        assert!(spares.start_opening(), "no opening left marked");
     }
 
     #[test]

@@ -110,7 +110,8 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     // Two hosts with one URI would make every domain of it ambiguous (the
     // same MAC on "two" hosts), and share a name in every log line: URIs
-    // that differ only in their transport parameters count as one.
+    // that differ only in how to get there (keyfile=, no_tty=, ...) count
+    // as one (see uri::shown).
     let shown: Vec<String> = args.libvirt_uri.iter().map(|u| uri::shown(u)).collect();
     if let Some(twice) = shown
         .iter()
@@ -118,7 +119,7 @@ pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
         .find_map(|(i, uri)| shown[..i].contains(uri).then_some(uri))
     {
         eprintln!(
-            "error: --libvirt-uri {twice} is given twice (its ?parameters aside): name each host once (see --help)"
+            "error: --libvirt-uri {twice} is given twice (its transport parameters aside): name each host once (see --help)"
         );
         return 2;
     }

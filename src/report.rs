@@ -719,8 +719,9 @@ pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
         }
         Transport::Network => {
             "Is the host up and reachable from here (a firewall, this service's \
-             IPAddressAllow=), and does libvirtd listen there (libvirtd-tcp.socket or \
-             libvirtd-tls.socket)?"
+             IPAddressAllow=), and does libvirt listen there (libvirtd-tcp.socket or \
+             libvirtd-tls.socket; virtproxyd-tcp.socket or virtproxyd-tls.socket with \
+             modular daemons)?"
         }
     };
     outage(

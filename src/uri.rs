@@ -4,16 +4,39 @@
 //! A remote URI carries transport options in its query
 //! (`qemu+ssh://wol@host2/system?keyfile=/run/credentials/…/ssh-key&no_tty=1`):
 //! they say how to get there, not which host it is, and would fill every
-//! line. So the shown form is the URI without its query and fragment, and
-//! with a password in its user part hidden (libvirt takes none there, but
-//! one typed by mistake must not reach the journal). The full URI is still
-//! what connects, and what names the host's index file.
+//! line. So the shown form is the URI without them and without its
+//! fragment, and with a password in its user part hidden (libvirt takes
+//! none there, but one typed by mistake must not reach the journal). Two
+//! parameters name another daemon, not another way to the same one, and
+//! stay: `socket=` (the daemon's socket) and `name=` (the URI the remote
+//! side opens). The full URI is still what connects, and what names the
+//! host's index file.
 
-/// `uri` as shown: without `?…` and `#…`, with `user:password@` shown as
-/// `user:***@`.
+/// Query parameters that say which daemon, not how to reach it.
+const IDENTIFYING: [&str; 2] = ["socket", "name"];
+
+/// `uri` as shown: without `#…` and without query parameters other than
+/// `socket=` and `name=`, with `user:password@` shown as `user:***@`.
 pub fn shown(uri: &str) -> String {
     let end = uri.find(['?', '#']).unwrap_or(uri.len());
-    let uri = &uri[..end];
+    let query = uri[end..]
+        .strip_prefix('?')
+        .map(|q| q.split('#').next().unwrap_or_default())
+        .unwrap_or_default();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| IDENTIFYING.contains(&pair.split('=').next().unwrap_or_default()))
+        .collect();
+    let base = hide_password(&uri[..end]);
+    if kept.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// `uri` (without query) with the password of `user:password@` as `***`.
+fn hide_password(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
         return uri.to_owned();
     };
@@ -92,7 +115,15 @@ mod tests {
                 "qemu+ssh://[2001:db8::2]/system",
                 "qemu+ssh://[2001:db8::2]/system",
             ),
-            ("qemu:///system?socket=/run/x:y@z", "qemu:///system"),
+            (
+                "qemu:///system?socket=/run/x:y@z",
+                "qemu:///system?socket=/run/x:y@z",
+            ),
+            (
+                "qemu+ssh://wol@host2/?keyfile=/k&name=qemu:///session&no_tty=1#x",
+                "qemu+ssh://wol@host2/?name=qemu:///session",
+            ),
+            ("qemu:///system?", "qemu:///system"),
             ("qemu+ssh://host2", "qemu+ssh://host2"),
             ("weird", "weird"),
             ("", ""),

@@ -85,6 +85,18 @@ fn bad_flag_values_exit_2_with_one_line_naming_the_flag() {
             ][..],
             "--libvirt-uri test:///default is given twice",
         ),
+        // The same host by two ways that differ only in how to get there
+        // (and shown without the key file's path); another socket= is
+        // another daemon, and is accepted (not in this table).
+        (
+            &[
+                "--libvirt-uri",
+                "qemu+ssh://wol@host2/system?keyfile=/a",
+                "--libvirt-uri",
+                "qemu+ssh://wol@host2/system?keyfile=/b&no_tty=1",
+            ][..],
+            "--libvirt-uri qemu+ssh://wol@host2/system is given twice",
+        ),
         (&["--listen-address", "localhost"][..], "--listen-address"),
         (&["--no-such-flag"][..], "--no-such-flag"),
     ] {

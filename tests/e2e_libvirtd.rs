@@ -68,16 +68,7 @@ impl Guest {
         } else {
             "qemu"
         };
-        let xml = format!(
-            "<domain type='{virt_type}'><name>{name}</name><memory unit='MiB'>32</memory>\
-             <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-             <devices>{extra}<interface type='user'><mac address='{mac}'/><model type='virtio'/>\
-             <rom enabled='no'/></interface>\
-             <graphics type='vnc' port='-1' listen='127.0.0.1'/></devices></domain>"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("guest.xml");
-        std::fs::write(&path, xml).expect("write guest xml");
+        let (_dir, path) = guest_xml(&name, mac, virt_type, extra);
         // Leftovers of an earlier run killed before its guests' drop (same
         // test, another process id) go first: they hold the same MAC, and
         // the gateway would rightly refuse the ambiguity.
@@ -141,6 +132,29 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// The test guests' definition (32 MiB, no disk unless `extra` adds one,
+/// one user-mode NIC with `mac`, boot ROM off: it boots nothing and idles),
+/// written to a file in a temporary directory (kept while the first value
+/// lives).
+pub(crate) fn guest_xml(
+    name: &str,
+    mac: &str,
+    virt_type: &str,
+    extra: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let xml = format!(
+        "<domain type='{virt_type}'><name>{name}</name><memory unit='MiB'>32</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
+         <devices>{extra}<interface type='user'><mac address='{mac}'/><model type='virtio'/>\
+         <rom enabled='no'/></interface>\
+         <graphics type='vnc' port='-1' listen='127.0.0.1'/></devices></domain>"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("guest.xml");
+    std::fs::write(&path, xml).expect("write guest xml");
+    (dir, path)
 }
 
 /// Sends a magic packet with Debian's `wakeonlan`.

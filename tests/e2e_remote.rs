@@ -11,115 +11,68 @@
 //! sudo cargo test -- --ignored e2e_remote
 //! ```
 //!
-//! The first test to need host B boots it (building the cached Debian root
-//! on the first run, a few minutes); it is powered off when this test
-//! process ends, however it ends (`host-b.sh up --owner PID`). Tests that
-//! take B away (its daemon stopped or frozen, its network down, its sshd
-//! refusing the key) hold it alone and always give it back.
+//! The first test to need host B boots it (from the Debian root
+//! `setup-host.sh` caches); it is powered off when this test process ends,
+//! however it ends (`host-b.sh up --owner PID`). Tests that take B away
+//! (its daemon stopped or frozen, its network down, its sshd refusing the
+//! key) hold it alone, use a `test:///` node file as host A, and always give
+//! B back.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, terminate, wakeonlan};
-use crate::util::{DEADLINE, Gateway, bin, libvirtd_shared, systemd_socket, wait_until};
-
-/// Host B, as `tests/e2e/host-b.sh up` describes it.
-#[derive(Debug)]
-pub(crate) struct HostB {
-    /// Its address on the veth pair.
-    pub(crate) addr: String,
-    /// Its PID 1, for `nsenter`.
-    pid: String,
-    /// `qemu+tcp://ADDR/system`.
-    pub(crate) tcp_uri: String,
-    /// `qemu+ssh://wol@ADDR/system?keyfile=…&no_tty=1`.
-    pub(crate) ssh_uri: String,
-    /// `kvm`, or `qemu` without /dev/kvm.
-    virt_type: String,
-}
+use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, guest_xml, terminate, wakeonlan};
+use crate::host_b::HostB;
+use crate::util::{
+    DEADLINE, Gateway, Launch, NodeFile, RunState, bin, domain, libvirtd_shared, systemd_socket,
+    wait_until,
+};
 
 static HOST_B: OnceLock<Result<HostB, String>> = OnceLock::new();
 
 /// Host B, booted by the first caller of this test process.
-pub(crate) fn host_b() -> &'static HostB {
+fn host_b() -> &'static HostB {
     match HOST_B.get_or_init(HostB::up) {
         Ok(host) => host,
         Err(e) => panic!("{e}"),
     }
 }
 
-impl HostB {
-    fn up() -> Result<HostB, String> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/host-b.sh");
-        let out = Command::new(script)
-            .args(["up", "--owner", &std::process::id().to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
-        let facts = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            return Err(format!(
-                "{script} up failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let fact = |key: &str| {
-            facts
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{script} up printed no {key}:\n{facts}"))
-        };
-        Ok(HostB {
-            addr: fact("HOST_B_ADDR")?,
-            pid: fact("HOST_B_PID")?,
-            tcp_uri: fact("HOST_B_TCP_URI")?,
-            ssh_uri: fact("HOST_B_SSH_URI")?,
-            virt_type: fact("HOST_B_VIRT_TYPE")?,
-        })
-    }
-
-    /// How the gateway shows the ssh URI: without its parameters.
-    pub(crate) fn ssh_shown(&self) -> String {
-        format!("qemu+ssh://wol@{}/system", self.addr)
-    }
-
-    /// Runs `args` inside B (all of its namespaces); its stdout, or what
-    /// went wrong.
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("nsenter")
-            .args(["-t", &self.pid, "-a"])
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run nsenter: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!(
-                "{args:?} in host B: {}{text}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    /// `virsh` on B, through its TCP listener.
-    fn virsh(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("virsh")
-            .args(["-q", "-c", &self.tcp_uri])
-            .args(args)
-            .output()
-            .expect("run virsh");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
+/// Runs `args` inside host B (all of its namespaces); its stdout, or what
+/// went wrong.
+fn in_b(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("nsenter")
+        .args(["-t", &host_b().pid, "-a"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run nsenter: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{args:?} in host B: {}{text}{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text.trim().to_owned())
+        ))
     }
+}
+
+/// `virsh` on host B, through its TCP listener: whether it succeeded, and
+/// what it printed.
+fn b_virsh(args: &[&str]) -> (bool, String) {
+    let out = Command::new("virsh")
+        .args(["-q", "-c", &host_b().tcp_uri])
+        .args(args)
+        .output()
+        .expect("run virsh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.trim().to_owned())
 }
 
 /// Tests use B together; those that take it away hold it alone.
@@ -142,31 +95,20 @@ pub(crate) struct RemoteGuest {
 
 impl RemoteGuest {
     pub(crate) fn define(test: &str, mac: &str) -> RemoteGuest {
-        let host = host_b();
         let name = format!("wolgw-e2e-remote-{test}");
-        let xml = format!(
-            "<domain type='{}'><name>{name}</name><memory unit='MiB'>32</memory>\
-             <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-             <devices><interface type='user'><mac address='{mac}'/><model type='virtio'/>\
-             <rom enabled='no'/></interface>\
-             <graphics type='vnc' port='-1' listen='127.0.0.1'/></devices></domain>",
-            host.virt_type
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("guest.xml");
-        std::fs::write(&path, xml).expect("write guest xml");
+        let (_dir, path) = guest_xml(&name, mac, &host_b().virt_type, "");
         let guest = RemoteGuest {
             name,
             mac: mac.to_owned(),
         };
         guest.remove();
-        let (ok, text) = host.virsh(&["define", &path.to_string_lossy()]);
+        let (ok, text) = b_virsh(&["define", &path.to_string_lossy()]);
         assert!(ok, "define {} on host B: {text}", guest.name);
         guest
     }
 
     pub(crate) fn state(&self) -> String {
-        host_b().virsh(&["domstate", &self.name]).1
+        b_virsh(&["domstate", &self.name]).1
     }
 
     pub(crate) fn wait_state(&self, state: &str, timeout: Duration) {
@@ -183,9 +125,8 @@ impl RemoteGuest {
     }
 
     fn remove(&self) {
-        let host = host_b();
-        let _ = host.virsh(&["destroy", &self.name]);
-        let _ = host.virsh(&["undefine", &self.name]);
+        let _ = b_virsh(&["destroy", &self.name]);
+        let _ = b_virsh(&["undefine", &self.name]);
     }
 }
 
@@ -234,7 +175,7 @@ fn e2e_remote_a_guest_on_host_b_wakes_over_ssh_and_over_tcp() {
             gateway.log()
         );
         assert!(complaints(&gateway, &shown).is_empty(), "{}", gateway.log());
-        let (ok, text) = host.virsh(&["destroy", &remote.name]);
+        let (ok, text) = b_virsh(&["destroy", &remote.name]);
         assert!(ok, "{text}");
         let _ = Command::new("virsh")
             .args(["-q", "-c", URI, "destroy", &local.name])
@@ -372,13 +313,15 @@ struct Outage {
 
 impl Outage {
     fn begin(cause: Cause) -> Outage {
-        let (begin, _) = cause.commands();
-        let outcome = host_b().run(begin);
-        assert!(outcome.is_ok(), "{cause:?}: {outcome:?}");
-        Outage {
+        // Made first: a command that half worked is still undone on drop.
+        let outage = Outage {
             cause,
             ended: false,
-        }
+        };
+        let (begin, _) = cause.commands();
+        let outcome = in_b(begin);
+        assert!(outcome.is_ok(), "{cause:?}: {outcome:?}");
+        outage
     }
 
     /// Gives B back. Never panics: it also runs while a failing test
@@ -388,7 +331,7 @@ impl Outage {
             return;
         }
         let (_, end) = self.cause.commands();
-        if let Err(e) = host_b().run(end) {
+        if let Err(e) = in_b(end) {
             eprintln!("cannot end the outage {:?} of host B: {e}", self.cause);
         }
     }
@@ -400,24 +343,47 @@ impl Drop for Outage {
     }
 }
 
+/// Host A of the outage tests: a `test:///` node file with one shut-off
+/// domain, in the gateway's own process. Its start takes no time, so how
+/// long a wake of it takes is how long host B made it wait (with a real
+/// QEMU start on a loaded machine, a second's bound would measure QEMU).
+fn host_a(name: &str, mac: &str) -> NodeFile {
+    NodeFile::new(&[domain(name, mac, RunState::ShutOff)])
+}
+
+/// The gateway, socket-activated as systemd would, on host A and `uri`.
+fn gateway_on(socket: &std::net::UdpSocket, node: &NodeFile, uri: &str) -> Gateway {
+    Launch::new(&[
+        "--libvirt-uri",
+        &node.uri(),
+        "--libvirt-uri",
+        uri,
+        "--libvirt-timeout",
+        "2s",
+        "--idle-timeout",
+        "5m",
+    ])
+    .pass_fd(socket.try_clone().expect("dup socket").into())
+    .spawn()
+}
+
 /// Host B out of reach (`cause`) before the gateway starts, over `uri`
 /// (shown as `shown`): a wake on host A is decided without waiting for B
 /// beyond the one-second grace; B's guest waits, with one warning in all;
 /// once B is back its guest is started by the same gateway process.
 fn unreachable_host_b(cause: Cause, uri: &str, shown: &str) {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let _libvirtd = libvirtd_shared();
     let _b = host_b_exclusive();
     let test = format!("{cause:?}").to_lowercase();
-    let local = Guest::define(&format!("remote-{test}"), "52:54:00:e2:b0:20");
+    let node = host_a("a-guest", "52:54:00:e2:b0:20");
     let remote = RemoteGuest::define(&test, "52:54:00:e2:b0:21");
     let mut outage = Outage::begin(cause);
 
     let (socket, addr) = systemd_socket();
-    let mut gateway = activate(&socket, &["--libvirt-uri", uri, "--libvirt-timeout", "2s"]);
+    let mut gateway = gateway_on(&socket, &node, uri);
     let sent = Instant::now();
-    wakeonlan(addr, &local.mac);
-    gateway.wait_for_log(&format!("started {} on {URI}", local.name));
+    wakeonlan(addr, "52:54:00:e2:b0:20");
+    gateway.wait_for_log(&format!("started a-guest on {}", node.uri()));
     let took = sent.elapsed();
     assert!(
         took < TIMEOUT,
@@ -469,14 +435,13 @@ fn e2e_remote_host_b_refusing_the_ssh_key() {
 /// an answer from B): as a hung local daemon, one warning, wakes on host A
 /// go on at once, and the pending wake is done when B answers again.
 fn host_b_hangs_mid_request(cause: Cause, uri: &str, shown: &str) {
-    let _libvirtd = libvirtd_shared();
     let _b = host_b_exclusive();
     let test = format!("hang-{cause:?}").to_lowercase();
-    let local = Guest::define(&format!("remote-{test}"), "52:54:00:e2:b0:30");
+    let node = host_a("a-guest", "52:54:00:e2:b0:30");
     let first = RemoteGuest::define(&format!("{test}-1"), "52:54:00:e2:b0:31");
     let second = RemoteGuest::define(&format!("{test}-2"), "52:54:00:e2:b0:32");
     let (socket, addr) = systemd_socket();
-    let mut gateway = activate(&socket, &["--libvirt-uri", uri, "--libvirt-timeout", "2s"]);
+    let mut gateway = gateway_on(&socket, &node, uri);
     // Connected: a normal wake on B first.
     wakeonlan(addr, &first.mac);
     first.wait_state("running", SLOW_DEADLINE);
@@ -485,10 +450,11 @@ fn host_b_hangs_mid_request(cause: Cause, uri: &str, shown: &str) {
     let mut outage = Outage::begin(cause);
     wakeonlan(addr, &second.mac);
     gateway.wait_for_log(&format!("libvirt at {shown} did not answer within 2 s"));
-    // Host A, meanwhile: decided at once (B is known silent: not asked).
+    // Host A, meanwhile: decided at once (B is known silent: not asked, no
+    // grace to wait).
     let sent = Instant::now();
-    wakeonlan(addr, &local.mac);
-    gateway.wait_for_log(&format!("started {} on {URI}", local.name));
+    wakeonlan(addr, "52:54:00:e2:b0:30");
+    gateway.wait_for_log(&format!("started a-guest on {}", node.uri()));
     let took = sent.elapsed();
     assert!(
         took < Duration::from_secs(1),

@@ -11,6 +11,7 @@ mod e2e_faults;
 mod e2e_journald;
 mod e2e_libvirtd;
 mod e2e_remote;
+mod host_b;
 mod hosts;
 mod http;
 mod index_cache;

@@ -23,11 +23,14 @@
 # whose owner is gone; it refuses while another owner's B is up.
 #
 # What `up` adds to this machine, and `down` removes: the veth pair (it goes
-# with the container), an "unreachable" route for B's /24 under the pair's
-# (so nothing for B ever leaves by the default route), the state directory /run/wol-e2e-host-b (the key
+# with the container), the state directory /run/wol-e2e-host-b (the key
 # pair, B's known_hosts line) and /etc/ssh/ssh_config.d/wol-e2e-host-b.conf,
 # which tells this machine's ssh to check B's host key against that
 # known_hosts (and nothing else about any other host) and never to prompt.
+# What stays: an "unreachable" route for B's /24 (TEST-NET-2, which no real
+# network uses), under the pair's own route: whatever still talks to B after
+# B is gone (a gateway a killed test left running, a service retrying) is
+# refused here and never leaves by the default route.
 #
 # Environment: WOL_E2E_CACHE (the root's cache), WOL_E2E_HOST_B_NET (the
 # first three octets of a /24 for the veth pair, default 198.51.100).
@@ -79,8 +82,12 @@ down() {
         fi
         nspawn_pid="" ct_pid=""
     fi
+    undo_up
+}
+
+# What `up` added to this machine (the container aside), gone.
+undo_up() {
     ip link del "$iface" 2>/dev/null || true
-    ip route del unreachable "$net.0/24" metric 4096 2>/dev/null || true
     rm -f "$ssh_conf"
     rm -rf "$state"
 }
@@ -121,9 +128,9 @@ up() {
     fi
 
     phase "network: $peer (here, $iface) <-> $addr (B, host0)"
-    # A safety net under the veth pair's route: should the pair go (B
-    # powered off) while something still talks to B, the kernel refuses at
-    # once instead of sending it to this machine's default route.
+    # A safety net under the veth pair's route, kept after `down`: should the
+    # pair go (B powered off) while something still talks to B, the kernel
+    # refuses at once instead of sending it to this machine's default route.
     ip route replace unreachable "$net.0/24" metric 4096
     ip addr replace "$peer/24" dev "$iface"
     ip link set "$iface" up
@@ -180,7 +187,8 @@ FACTS
 
     if [[ -n $owner ]]; then
         # The watcher: B goes when its owner does.
-        setsid "$self" watch </dev/null >>"$cache/host-b-watch.log" 2>&1 3>&- 9>&- &
+        setsid "$self" watch "$owner" "$(cat "$state/owner-start")" \
+            </dev/null >>"$cache/host-b-watch.log" 2>&1 3>&- 9>&- &
         log "host B is powered off when process $owner ends"
     fi
     keep_container=1
@@ -191,20 +199,22 @@ FACTS
 # The EXIT hook of `up`: after a failure, nothing of it stays (the lib's
 # cleanup then powers B off).
 undo_failed_up() {
-    ((${keep_container:-0})) && return
-    ip link del "$iface" 2>/dev/null || true
-    ip route del unreachable "$net.0/24" metric 4096 2>/dev/null || true
-    rm -f "$ssh_conf"
-    rm -rf "$state"
+    ((${keep_container:-0})) || undo_up
 }
 
-# Waits for the owner to end, then takes B down.
+# watch OWNER START: waits for the owner (pid and start time) to end, then
+# takes B down, unless B is another owner's by then (a new `up` after a
+# `down`): checked again under the lock.
 watch() {
-    while owner_alive; do sleep 0.5; done
-    [[ -f $state/owner ]] || return 0 # taken down already
-    echo "$(date '+%F %T') owner $(cat "$state/owner") ended: taking host B down"
+    local owner=$1 start=$2
+    while [[ $(start_time "$owner") == "$start" ]]; do sleep 0.5; done
     exec 9>"$lockfile"
     flock 9
+    if [[ $(cat "$state/owner" 2>/dev/null) != "$owner" ||
+        $(cat "$state/owner-start" 2>/dev/null) != "$start" ]]; then
+        return 0 # taken down already, or up again for another owner
+    fi
+    echo "$(date '+%F %T') owner $owner ended: taking host B down"
     down
     end_phase
 }
@@ -231,7 +241,7 @@ root)
 watch)
     # Not the lib's cleanup: the watcher never powers off by its exit trap.
     trap - EXIT
-    watch
+    watch "${1:?watch needs the owner pid}" "${2:?and its start time}"
     ;;
 *)
     echo "usage: $0 up [--owner PID] | env | down | root" >&2

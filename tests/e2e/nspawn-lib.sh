@@ -70,20 +70,18 @@ wait_for() {
     done
 }
 
-# Waits for libvirtd in the container and defines the tiny guest $domain
-# ($virt_type, 32 MiB, no disk, one user-mode NIC with $mac, boot ROM off:
-# it boots nothing and idles), shut off.
-define_guest() {
-    wait_for "libvirtd answers on qemu:///system" 30 ct virsh -c qemu:///system version
-    cat >"/proc/$ct_pid/root/tmp/$domain.xml" <<XML
+# guest_xml NAME MAC: the tiny test guest ($virt_type, 32 MiB, no disk, one
+# user-mode NIC with MAC, boot ROM off: it boots nothing and idles).
+guest_xml() {
+    cat <<XML
 <domain type='$virt_type'>
-  <name>$domain</name>
+  <name>$1</name>
   <memory unit='MiB'>32</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   <devices>
     <interface type='user'>
-      <mac address='$mac'/>
+      <mac address='$2'/>
       <model type='virtio'/>
       <rom enabled='no'/>
     </interface>
@@ -91,6 +89,13 @@ define_guest() {
   </devices>
 </domain>
 XML
+}
+
+# Waits for libvirtd in the container and defines the guest $domain with
+# $mac (guest_xml), shut off.
+define_guest() {
+    wait_for "libvirtd answers on qemu:///system" 30 ct virsh -c qemu:///system version
+    guest_xml "$domain" "$mac" >"/proc/$ct_pid/root/tmp/$domain.xml"
     ct virsh -q -c qemu:///system define "/tmp/$domain.xml" | sed 's/^/    /'
     [[ $(domstate) == "shut off" ]] || fail "guest $domain is '$(domstate)', expected 'shut off'"
     log "guest $domain ($virt_type, $mac) defined, shut off"
@@ -129,7 +134,7 @@ suite=bookworm
 bootstrap_include=(systemd systemd-sysv dbus iproute2 libvirt0)
 root_packages=(libvirt-daemon-system libvirt-clients polkitd qemu-system-x86 wakeonlan jq
     openssh-server openssh-client)
-root_format=3 # bump when the build steps below change
+root_format=4 # bump when the build steps below change
 root_stamp="format=$root_format suite=$suite include=${bootstrap_include[*]} packages=${root_packages[*]}"
 
 # Debian packages of the libraries BINARY links (for the root).
@@ -181,6 +186,11 @@ build_root() {
     # ask the (bootless, ACPI-deaf) guest to shut down and wait 120 s.
     ln -sf /dev/null "$new/etc/systemd/system/console-getty.service"
     ln -sf /dev/null "$new/etc/systemd/system/libvirt-guests.service"
+    # No sshd at boot: the e2e and package containers share this machine's
+    # network, and theirs would listen on its port 22. Host B, on a network
+    # of its own, starts it (tests/e2e/host-b.sh).
+    systemctl --root="$new" disable ssh.service >>"$cache/build.log" 2>&1 ||
+        fail "cannot disable ssh.service in $new; see $cache/build.log"
     echo "wol-e2e" >"$new/etc/hostname"
     echo "127.0.1.1 wol-e2e" >>"$new/etc/hosts"
     # Last: the stamp says the root is complete.

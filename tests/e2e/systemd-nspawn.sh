@@ -19,14 +19,21 @@
 #     re-activation, the journal fields, then the same over the HTTP socket
 #     (a token made by `token add`, curl from the host with ?wait=, idle exit
 #     and re-activation over TCP, VIA=http in the journal), and the security
-#     score.
+#     score; then, with host B up (tests/e2e/host-b.sh: a libvirtd in a
+#     network namespace of its own) and the shipped remote-hosts drop-in
+#     installed (only its address replaced), a packet wakes a KVM guest on B
+#     over qemu+ssh://, the journal's HOST= names B without the URI's
+#     parameters, the local guest still wakes, the service idles out, and
+#     the score with the drop-in.
 #  5. Always powers the container off (trap EXIT); nothing is left running.
 #
 # The container shares the host's network namespace (no --private-network),
 # so the shipped sockets' 127.0.0.1:9 (UDP) and 127.0.0.1:9109 (TCP) must be
 # free on the host; the host's curl is the HTTP client.
 #
-# Environment: WOL_E2E_CACHE (cache dir), WOL_E2E_MAX_EXPOSURE (default 1.0).
+# Environment: WOL_E2E_CACHE (cache dir), WOL_E2E_MAX_EXPOSURE (default 1.0),
+# WOL_E2E_MAX_EXPOSURE_REMOTE (with the drop-in, default 1.2),
+# WOL_E2E_HOST_B_NET (host B's /24, see host-b.sh).
 set -euo pipefail
 
 script=e2e
@@ -278,18 +285,7 @@ b_known=$(fact HOST_B_KNOWN_HOSTS)
 log "host B at $b_addr (libvirtd on TCP and behind sshd)"
 bvirsh() { virsh -q -c "$b_tcp" "$@"; }
 bdomstate() { bvirsh domstate $remote_domain 2>/dev/null | head -n1; }
-cat >"$cache/$remote_domain.xml" <<XML
-<domain type='$virt_type'>
-  <name>$remote_domain</name>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices>
-    <interface type='user'><mac address='$remote_mac'/><model type='virtio'/><rom enabled='no'/></interface>
-    <graphics type='vnc' port='-1' listen='127.0.0.1'/>
-  </devices>
-</domain>
-XML
+guest_xml "$remote_domain" "$remote_mac" >"$cache/$remote_domain.xml"
 bvirsh define "$cache/$remote_domain.xml" | sed 's/^/    /'
 [[ $(bdomstate) == "shut off" ]] || fail "guest $remote_domain on host B is '$(bdomstate)', expected 'shut off'"
 
