@@ -29,9 +29,14 @@ use crate::util::{
 pub(crate) const URI: &str = "qemu:///system";
 
 pub(crate) fn virsh(args: &[&str]) -> (bool, String) {
+    virsh_on(URI, args)
+}
+
+/// `virsh -c uri args`: whether it succeeded, and what it printed.
+pub(crate) fn virsh_on(uri: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")
         .arg("-c")
-        .arg(URI)
+        .arg(uri)
         .args(args)
         .output()
         .expect("run virsh (tests/e2e/setup-host.sh installs it)");

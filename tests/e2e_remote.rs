@@ -22,7 +22,9 @@ use std::process::Command;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, guest_xml, terminate, wakeonlan};
+use crate::e2e_libvirtd::{
+    Guest, SLOW_DEADLINE, URI, activate, guest_xml, terminate, virsh_on, wakeonlan,
+};
 use crate::host_b::HostB;
 use crate::util::{
     DEADLINE, Gateway, Launch, NodeFile, RunState, bin, domain, libvirtd_shared, systemd_socket,
@@ -59,20 +61,9 @@ fn in_b(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// `virsh` on host B, through its TCP listener: whether it succeeded, and
-/// what it printed.
+/// `virsh` on host B, through its TCP listener.
 fn b_virsh(args: &[&str]) -> (bool, String) {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", &host_b().tcp_uri])
-        .args(args)
-        .output()
-        .expect("run virsh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text.trim().to_owned())
+    virsh_on(&host_b().tcp_uri, args)
 }
 
 /// Tests use B together; those that take it away hold it alone.
