@@ -54,10 +54,12 @@ pub(crate) fn virsh_ok(args: &[&str]) -> String {
     text
 }
 
-/// A throwaway guest, destroyed and undefined on drop.
+/// A throwaway guest of the libvirt at `uri` (this machine's, or host B's
+/// in `tests/e2e_remote.rs`), destroyed and undefined on drop.
 pub(crate) struct Guest {
     pub(crate) name: String,
     pub(crate) mac: String,
+    uri: String,
 }
 
 impl Guest {
@@ -67,35 +69,54 @@ impl Guest {
 
     /// A guest with `extra` devices (e.g. a disk) besides its NIC.
     pub(crate) fn define_with(test: &str, mac: &str, extra: &str) -> Guest {
-        let name = format!("wolgw-e2e-{test}-{}", std::process::id());
         let virt_type = if std::path::Path::new("/dev/kvm").exists() {
             "kvm"
         } else {
             "qemu"
         };
+        Guest::define_on(URI, virt_type, test, mac, extra)
+    }
+
+    /// A guest of type `virt_type` on the libvirt at `uri`.
+    pub(crate) fn define_on(
+        uri: &str,
+        virt_type: &str,
+        test: &str,
+        mac: &str,
+        extra: &str,
+    ) -> Guest {
+        let name = format!("wolgw-e2e-{test}-{}", std::process::id());
         let (_dir, path) = guest_xml(&name, mac, virt_type, extra);
+        let guest = Guest {
+            name,
+            mac: mac.to_owned(),
+            uri: uri.to_owned(),
+        };
         // Leftovers of an earlier run killed before its guests' drop (same
         // test, another process id) go first: they hold the same MAC, and
         // the gateway would rightly refuse the ambiguity.
         let prefix = format!("wolgw-e2e-{test}-");
-        for stale in virsh_ok(&["list", "--all", "--name"]).lines() {
+        for stale in guest.virsh_ok(&["list", "--all", "--name"]).lines() {
             if stale
                 .strip_prefix(&prefix)
                 .is_some_and(|pid| pid.parse::<u32>().is_ok())
             {
-                Guest::remove_named(stale.trim());
+                guest.remove_named(stale.trim());
             }
         }
-        let guest = Guest {
-            name,
-            mac: mac.to_owned(),
-        };
-        virsh_ok(&["define", &path.to_string_lossy()]);
+        guest.virsh_ok(&["define", &path.to_string_lossy()]);
         guest
     }
 
+    /// `virsh` on this guest's libvirt; panics with its output on failure.
+    fn virsh_ok(&self, args: &[&str]) -> String {
+        let (ok, text) = virsh_on(&self.uri, args);
+        assert!(ok, "virsh -c {} {args:?} failed: {text}", self.uri);
+        text
+    }
+
     pub(crate) fn state(&self) -> String {
-        virsh_ok(&["domstate", &self.name, "--reason"])
+        self.virsh_ok(&["domstate", &self.name, "--reason"])
     }
 
     pub(crate) fn wait_state(&self, prefix: &str) -> String {
@@ -107,7 +128,15 @@ impl Guest {
     pub(crate) fn wait_state_within(&self, prefix: &str, timeout: Duration) -> String {
         let mut last = String::new();
         let reached = wait_until(timeout, || {
-            last = self.state();
+            last = if self.uri == URI {
+                self.state()
+            } else {
+                // Across a network (host B) a read may fail for a moment,
+                // e.g. "No route to host" while the neighbour entry is
+                // renewed after B's network came back: not yet, not a
+                // failure.
+                virsh_on(&self.uri, &["domstate", &self.name, "--reason"]).1
+            };
             last.starts_with(prefix)
         });
         assert!(
@@ -119,17 +148,18 @@ impl Guest {
     }
 
     pub(crate) fn start(&self) {
-        virsh_ok(&["start", &self.name]);
+        self.virsh_ok(&["start", &self.name]);
         self.wait_state("running");
     }
 
     fn remove(&self) {
-        Guest::remove_named(&self.name);
+        self.remove_named(&self.name);
     }
 
-    fn remove_named(name: &str) {
-        let _ = virsh(&["destroy", name]);
-        let _ = virsh(&["undefine", "--managed-save", name]);
+    /// Removes the domain `name` of this guest's libvirt.
+    fn remove_named(&self, name: &str) {
+        let _ = virsh_on(&self.uri, &["destroy", name]);
+        let _ = virsh_on(&self.uri, &["undefine", "--managed-save", name]);
     }
 }
 
@@ -143,12 +173,7 @@ impl Drop for Guest {
 /// one user-mode NIC with `mac`, boot ROM off: it boots nothing and idles),
 /// written to a file in a temporary directory (kept while the first value
 /// lives).
-pub(crate) fn guest_xml(
-    name: &str,
-    mac: &str,
-    virt_type: &str,
-    extra: &str,
-) -> (tempfile::TempDir, PathBuf) {
+fn guest_xml(name: &str, mac: &str, virt_type: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let xml = format!(
         "<domain type='{virt_type}'><name>{name}</name><memory unit='MiB'>32</memory>\
          <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
