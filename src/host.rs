@@ -742,10 +742,11 @@ impl Host {
                 (None, Ok(macs)) => macs.clone(),
                 (None, Err(_)) => Vec::new(),
             };
-            let allowed = self
-                .policy
-                .check(&domain, &macs)
-                .and_then(|()| policy::check_credential(&owner.record.meta, &ask.credential));
+            // The credential first: a request that proves nothing must not
+            // learn which domains the operator's policy refuses (a refusal
+            // would tell that the domain exists).
+            let allowed = policy::check_credential(&owner.record.meta, &ask.credential)
+                .and_then(|()| self.policy.check(&domain, &macs));
             if let Err(reason) = allowed {
                 lookup.refused.push((domain.name, reason));
                 continue;

@@ -696,3 +696,35 @@ fn the_domain_list_names_no_domain_the_token_does_not_open() {
     );
     assert!(!listed.body.to_string().contains("web02"), "{listed:?}");
 }
+
+#[test]
+fn a_made_up_token_tells_nothing_about_which_domains_exist() {
+    // Security review, finding 3: under --require-opt-in, "hidden" exists
+    // but has not opted in, "web99" does not exist. A made-up token must get
+    // the same answer for both, and each answer counts toward 429.
+    let served = serve(
+        NodeFile::new(&[
+            web01(RunState::ShutOff),
+            domain("hidden", "52:54:00:80:00:04", RunState::ShutOff),
+        ]),
+        &["--require-opt-in"],
+    );
+    let made_up = "made-up-token-aaaaaaaaaaaaaaaaa";
+    let hidden = served.get("/v1/wake/hidden", Some(made_up));
+    let missing = served.get("/v1/wake/web99", Some(made_up));
+    assert_eq!(hidden.status, 401, "{hidden:?}");
+    assert_eq!(
+        (hidden.status, &hidden.body),
+        (missing.status, &missing.body)
+    );
+    // web01's own token, refused by the operator's policy (web01 has not
+    // opted in): a 404 after a token check, counted like the others.
+    let refused = served.get("/v1/wake/web01", Some(WEB_TOKEN));
+    assert_eq!(refused.status, 404, "{refused:?}");
+    for _ in 0..2 {
+        assert_eq!(served.get("/v1/wake/hidden", Some(made_up)).status, 401);
+    }
+    let blocked = served.get("/v1/wake/hidden", Some(made_up));
+    assert_eq!(blocked.status, 429, "five failures, then 429: {blocked:?}");
+    assert!(served.gateway.lines_with("started").is_empty());
+}

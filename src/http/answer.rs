@@ -10,7 +10,6 @@ use crate::ask::Target;
 use crate::gateway::Reply;
 use crate::hypervisor::DomainState;
 use crate::outcome::Outcome;
-use crate::policy::Refusal;
 use crate::report::{self, action_word};
 
 /// 404 for every "no domain this token may wake" with a token some domain
@@ -173,12 +172,12 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
             "none",
             Some("libvirt failed to look the domain up (the gateway's log says why)".to_owned()),
         ),
-        // A token some domain holds but not this one, or no such domain:
-        // a failed authentication. A domain the token opens but the
-        // operator's policy refuses answers the same 404, uncounted.
-        Outcome::Refused { reason, .. } => {
-            let failed_auth = *reason == Refusal::NotThisToken;
-            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), failed_auth, None);
+        // A token some domain holds but not this one, no such domain, or a
+        // domain the token opens but the operator's policy refuses (checked
+        // only after the token): the same 404, counted as a failure, so
+        // nothing tells the three apart and guessing names is throttled.
+        Outcome::Refused { .. } => {
+            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
         }
         Outcome::NoMatch => {
             return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
@@ -297,12 +296,12 @@ mod tests {
         assert_eq!(refused, decided(Outcome::NoMatch));
         assert_eq!(code(&refused), (StatusCode::NOT_FOUND, true));
         // The operator's policy refusing a domain the token opens: the same
-        // 404, not a failed authentication.
+        // 404, and counted (it came after the token check).
         let policy = decided(Outcome::Refused {
             domains: vec![web01()],
             reason: Refusal::NotAllowed,
         });
-        assert_eq!(code(&policy), (StatusCode::NOT_FOUND, false));
+        assert_eq!(policy, refused);
         let dry = decided(Outcome::DryRun {
             domain: web01(),
             state: DomainState::ShutOff,
