@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use wol_libvirt_gateway::secret::token_hash;
 
 use crate::util::{
-    DEADLINE, DomainSpec, Gateway, Launch, NodeFile, RunState, domain, summary_count,
-    systemd_socket, wait_until, wake,
+    DEADLINE, DomainSpec, Gateway, Launch, NetNs, NodeFile, RunState, connect_from, domain,
+    http_get, summary_count, systemd_socket, wait_until, wake,
 };
 
 const WEB: &str = "52:54:00:80:00:01";
@@ -727,4 +727,63 @@ fn a_made_up_token_tells_nothing_about_which_domains_exist() {
     let blocked = served.get("/v1/wake/hidden", Some(made_up));
     assert_eq!(blocked.status, 429, "five failures, then 429: {blocked:?}");
     assert!(served.gateway.lines_with("started").is_empty());
+}
+
+#[test]
+#[ignore = "needs root (a network namespace of its own, for many IPv6 addresses): \
+            sudo cargo test -- --ignored http::rotating"]
+fn rotating_ipv6_addresses_within_one_64_share_one_failure_limit() {
+    // Security review, finding 5: the limit counted exact addresses, so a
+    // client that used another address of its /64 for each try was never
+    // answered 429.
+    let ns = NetNs::new(&[
+        "fd00:1:2:3::1/128",
+        "fd00:1:2:3::10/128",
+        "fd00:1:2:3::11/128",
+        "fd00:1:2:3::12/128",
+        "fd00:1:2:3::13/128",
+        "fd00:1:2:3::14/128",
+        "fd00:1:2:3::15/128",
+        "fd00:1:2:4::1/128",
+    ]);
+    let tcp = ns.run(|| TcpListener::bind("[fd00:1:2:3::1]:0").expect("tcp in the namespace"));
+    let http = tcp.local_addr().expect("addr");
+    let node = NodeFile::new(&[web01(RunState::ShutOff)]);
+    let (udp_socket, _) = systemd_socket();
+    let uri = node.uri();
+    let gateway = Launch::new(&[
+        "--libvirt-uri",
+        &uri,
+        "--idle-timeout",
+        "5m",
+        "--allow-plain-http",
+    ])
+    .pass_fd(udp_socket.into())
+    .pass_fd(tcp.into())
+    .spawn();
+    gateway.wait_for_log("listening on ");
+    let get_from = |from: &str| {
+        let from: std::net::IpAddr = from.parse().expect("address");
+        ns.run(|| {
+            http_get(
+                connect_from(from, http),
+                "/v1/wake/web01",
+                Some("made-up-token-aaaaaaaaaaaaaaaa"),
+            )
+        })
+        .0
+    };
+    let statuses: Vec<u16> = (0x10..=0x15)
+        .map(|host| get_from(&format!("fd00:1:2:3::{host:x}")))
+        .collect();
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 429],
+        "one /64, one limit"
+    );
+    assert_eq!(
+        get_from("fd00:1:2:4::1"),
+        401,
+        "another /64 is another client"
+    );
 }

@@ -894,3 +894,114 @@ impl Drop for InProcess {
         }
     }
 }
+
+/// A network namespace of the test's own (`ip netns add`), with loopback up
+/// and more addresses on it (IPv6 ones without duplicate detection, usable
+/// at once), so a test can be many clients, also many of one IPv6 /64,
+/// without touching the machine's own network. Deleted on drop. Needs root.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// A namespace whose loopback also has `addresses` (`fd00::1/128`, …).
+    pub fn new(addresses: &[&str]) -> NetNs {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "wolgw-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        for address in addresses {
+            let mut args = vec!["-n", &ns.name, "address", "add", address, "dev", "lo"];
+            if address.contains(':') {
+                args.push("nodad");
+            }
+            ip(&args);
+        }
+        ns
+    }
+
+    /// Runs `f` on a thread inside the namespace: the sockets it makes live
+    /// there, whichever thread uses them later.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let ns = std::fs::File::open(&path).expect("the namespace's file");
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&ns),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .expect("setns");
+                    f()
+                })
+                .join()
+                .expect("thread in the namespace")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// A TCP connection to `server` from the address `from` (made on the
+/// calling thread: inside a [`NetNs::run`] for addresses of a namespace).
+pub fn connect_from(from: std::net::IpAddr, server: SocketAddr) -> std::net::TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let family = if from.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let fd = socket(family, SocketType::STREAM, None).expect("socket");
+    bind(&fd, &SocketAddr::new(from, 0)).expect("bind the source address");
+    connect(&fd, &server).expect("connect");
+    std::net::TcpStream::from(fd)
+}
+
+/// `GET path` with `token` (if any) over `stream`, `Connection: close`; the
+/// status and the body.
+pub fn http_get(mut stream: std::net::TcpStream, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: gateway\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}

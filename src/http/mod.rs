@@ -17,7 +17,6 @@
 //! 429 at once. No token, token hash or `?token=` value is ever logged.
 
 mod answer;
-mod limit;
 pub mod route;
 pub mod tls;
 
@@ -41,7 +40,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::ask::{Ask, Credential, Target};
+use crate::client::Client;
 use crate::domain_xml::Agent;
+use crate::failures::Failures;
 use crate::fleet::Fleet;
 use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
@@ -55,7 +56,6 @@ use crate::secret::{Hash, token_hash};
 use crate::sockets::Source;
 
 use self::answer::Answered;
-use self::limit::Failures;
 use self::route::{Endpoint, Presented, Refusal};
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -88,7 +88,8 @@ pub struct Context {
     pub fleet: Arc<Fleet>,
     /// The operator's policy (for what a wake would do).
     pub policy: Policy,
-    failures: Mutex<Failures>,
+    /// Failed authentications per client (an IPv4 address, an IPv6 /64).
+    failures: Mutex<Failures<Client>>,
     tokens: KnownTokens,
     /// Connections per client address (at most [`MAX_CONNECTIONS`] keys).
     per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -318,7 +319,7 @@ async fn handle(
         return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
     }
     let address = peer.ip();
-    if let Some(after) = lock(&context.failures).blocked(address, Instant::now()) {
+    if let Some(after) = lock(&context.failures).blocked(Client::of(address), Instant::now()) {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed authentications from this address; try again later",
@@ -412,7 +413,7 @@ impl KnownTokens {
 }
 
 fn failed(context: &Context, address: IpAddr) {
-    lock(&context.failures).record(address, Instant::now());
+    lock(&context.failures).record(Client::of(address), Instant::now());
 }
 
 /// The target of a POST, from a body of bounded size read within a

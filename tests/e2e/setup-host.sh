@@ -18,8 +18,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# etherwake: the raw Ethernet tests (tests/raw.rs) send with it.
-"$(dirname "$0")/../../.ci/ensure-packages.sh" libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake
+# etherwake: the raw Ethernet tests (tests/raw.rs) send with it; iproute2: the
+# IPv6 tests make network namespaces of their own (util::NetNs).
+"$(dirname "$0")/../../.ci/ensure-packages.sh" libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake iproute2
 
 # What libvirt-daemon-system would do (it drags in systemd packages we do not
 # want on a machine whose PID 1 is not systemd).
