@@ -130,8 +130,9 @@ enum Message {
     Host(HostEvent),
     /// An HTTP wake request.
     Http(Submission),
-    /// An HTTP request was answered: activity, for the idle timeout.
-    HttpDone,
+    /// An HTTP request was answered; `authenticated`: its token opened a
+    /// domain, which makes it activity for the idle timeout.
+    HttpDone { authenticated: bool },
     /// The look after a start: the domain's state then (`None`: it is
     /// gone), or why it could not be read.
     Checked(
@@ -209,12 +210,15 @@ impl Submitter {
     }
 
     /// Keeps the gateway from its idle exit while an HTTP request is being
-    /// answered (a caller waiting for its domain to come up included); the
-    /// idle time counts from the answer.
+    /// answered (a caller waiting for its domain to come up included). Only
+    /// a request whose token opened a domain ([`Busy::authenticated`]) is
+    /// activity: the idle time then counts from its answer. Others (health
+    /// checks, made-up tokens) never keep the gateway running.
     pub fn busy(&self) -> Busy {
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy {
             submitter: self.clone(),
+            authenticated: false,
         }
     }
 }
@@ -222,12 +226,25 @@ impl Submitter {
 /// An HTTP request being answered; see [`Submitter::busy`].
 pub struct Busy {
     submitter: Submitter,
+    authenticated: bool,
+}
+
+impl Busy {
+    /// The request's token opened a domain.
+    pub fn authenticated(&mut self) {
+        self.authenticated = true;
+    }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        // Told before the count drops: once the loop sees no request being
+        // answered, the activity is already in its mailbox.
+        let authenticated = self.authenticated;
+        self.submitter
+            .mailbox
+            .send(Message::HttpDone { authenticated });
         self.submitter.busy.fetch_sub(1, Ordering::SeqCst);
-        self.submitter.mailbox.send(Message::HttpDone);
     }
 }
 
@@ -434,17 +451,21 @@ impl Gateway {
                 // in this round's dispatch.
                 Message::Host(HostEvent::Refreshed) => {}
                 Message::Http(submission) => self.http(submission, now),
-                Message::HttpDone => self.last_datagram = now,
+                Message::HttpDone { authenticated } => {
+                    if authenticated {
+                        self.last_datagram = now;
+                    }
+                }
                 Message::Checked(check, found) => self.checked(&check, found, now),
             }
         }
     }
 
-    /// An HTTP request enters the book like a packet (and counts as
-    /// activity for the idle timeout); its answer waits for the decision.
+    /// An HTTP request enters the book like a packet; its answer waits for
+    /// the decision. (It is activity for the idle timeout only once its
+    /// token proved to open a domain: see [`Submitter::busy`].)
     fn http(&mut self, submission: Submission, now: Instant) {
         let Submission { ask, source, reply } = submission;
-        self.last_datagram = now;
         self.stats.http_requests += 1;
         match self.book.offer(ask.clone(), source, now) {
             // Joining a request that waits for libvirt: say so now, as the

@@ -13,7 +13,7 @@ use wol_libvirt_gateway::secret::token_hash;
 
 use crate::util::{
     DEADLINE, DomainSpec, Gateway, Launch, NetNs, NodeFile, RunState, connect_from, domain,
-    http_get, summary_count, systemd_socket, wait_until, wake,
+    http_exchange, http_get, summary_count, systemd_socket, wait_until, wake,
 };
 
 const WEB: &str = "52:54:00:80:00:01";
@@ -671,11 +671,21 @@ fn requests_without_a_token_do_not_keep_the_gateway_running() {
         .pass_fd(tcp.into())
         .spawn();
     gateway.wait_for_log("listening on ");
-    // Health checks and requests without a token every 100 ms: the idle
-    // exit comes all the same.
+    // Health checks, requests without a token and with a made-up one (a
+    // finding of the security review: those kept it running), each from an
+    // address of its own so none is ever answered 429, every 100 ms: the
+    // idle exit comes all the same.
+    let mut round = 0u8;
     let exited = wait_until(DEADLINE, || {
+        round = round.wrapping_add(1);
+        let from = std::net::IpAddr::from([127, 0, 1, round]);
         let _ = agent().get(&format!("http://{http}/v1/health")).call();
         let _ = agent().get(&format!("http://{http}/v1/wake/web01")).call();
+        let _ = http_get(
+            connect_from(from, http),
+            "/v1/wake/web01",
+            Some("made-up-token-aaaaaaaaaaaaaaaa"),
+        );
         std::thread::sleep(Duration::from_millis(100));
         !gateway.alive()
     });
@@ -786,4 +796,109 @@ fn rotating_ipv6_addresses_within_one_64_share_one_failure_limit() {
         401,
         "another /64 is another client"
     );
+}
+
+/// A keep-alive `GET` of `path` with `token` (if any).
+fn keep_alive_get(path: &str, token: Option<&str>) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n{auth}\r\n")
+}
+
+#[test]
+fn answers_without_a_valid_token_close_the_connection() {
+    // Security review, finding 2: a health check every few seconds kept a
+    // connection (and its slot) for 150 s without any credential.
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let from = "127.0.0.1".parse().expect("address");
+    for (path, token, status) in [
+        ("/v1/health", None, 200),
+        ("/v1/wake/web01", None, 401),
+        (
+            "/v1/wake/web01",
+            Some("made-up-token-aaaaaaaaaaaaaaaa"),
+            401,
+        ),
+        ("/v1/wake/web99", Some(WEB_TOKEN), 404),
+        ("/v2/nothing", Some(WEB_TOKEN), 404),
+    ] {
+        let mut stream = connect_from(from, served.http);
+        let answer = http_exchange(&mut stream, &keep_alive_get(path, token));
+        assert_eq!(answer, Some((status, true)), "{path} {token:?}");
+        let again = http_exchange(&mut stream, &keep_alive_get("/v1/health", None));
+        assert_eq!(again, None, "{path}: the server closed the connection");
+    }
+    // A token that opened its domain keeps the connection for the next.
+    let mut stream = connect_from(from, served.http);
+    let woke = http_exchange(
+        &mut stream,
+        &keep_alive_get("/v1/wake/web01", Some(WEB_TOKEN)),
+    );
+    assert_eq!(woke, Some((200, false)));
+    let again = http_exchange(
+        &mut stream,
+        &keep_alive_get("/v1/wake/web01", Some(WEB_TOKEN)),
+    );
+    assert_eq!(
+        again,
+        Some((200, false)),
+        "a duplicate, on the same connection"
+    );
+}
+
+#[test]
+fn clients_without_a_token_cannot_keep_a_valid_token_out() {
+    // Security review, finding 2: eight connections each from 127.0.0.2-9
+    // doing health checks held all 64 slots, and a valid token's wake from
+    // 127.0.0.20 timed out. Here they keep trying for the whole test: each
+    // reconnects at once when its connection is closed.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let http = served.http;
+    let stop = Arc::new(AtomicBool::new(false));
+    let holding = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (2..=9u8)
+        .flat_map(|host| (0..8).map(move |_| host))
+        .map(|host| {
+            let (stop, holding) = (Arc::clone(&stop), Arc::clone(&holding));
+            std::thread::spawn(move || {
+                let from = std::net::IpAddr::from([127, 0, 0, host]);
+                let mut counted = false;
+                while !stop.load(Ordering::SeqCst) {
+                    let mut stream = connect_from(from, http);
+                    while http_exchange(&mut stream, &keep_alive_get("/v1/health", None)).is_some()
+                    {
+                        if !std::mem::replace(&mut counted, true) {
+                            holding.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(DEADLINE, || holding.load(Ordering::SeqCst) == 64),
+        "every attacker got answered at least once"
+    );
+    let sent = Instant::now();
+    let mut stream = connect_from("127.0.0.20".parse().expect("address"), http);
+    let woke = http_exchange(
+        &mut stream,
+        &keep_alive_get("/v1/wake/web01", Some(WEB_TOKEN)),
+    );
+    let took = sent.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.join().expect("attacker thread");
+    }
+    assert_eq!(woke, Some((200, false)), "after {took:?}");
+    assert!(
+        took < wol_libvirt_gateway::http::HEADER_TIMEOUT,
+        "the valid token waited {took:?} behind connections without one"
+    );
+    served.gateway.wait_for_log("started web01");
 }

@@ -1005,3 +1005,37 @@ pub fn http_get(mut stream: std::net::TcpStream, path: &str, token: Option<&str>
         .map_or(String::new(), |(_, body)| body.to_owned());
     (status, body)
 }
+
+/// Sends `request` (a whole HTTP/1.1 request) on `stream` and reads one
+/// answer: its status and whether it says `Connection: close`. `None` when
+/// the connection closed (or stalled past [`DEADLINE`]) before an answer.
+pub fn http_exchange(stream: &mut std::net::TcpStream, request: &str) -> Option<(u16, bool)> {
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.set_read_timeout(Some(DEADLINE)).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while got.len() < end + length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some((status, head.contains("connection: close")))
+}

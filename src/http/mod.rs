@@ -10,19 +10,24 @@
 //! slots and journal line (`VIA=http`). Whether the token may wake the
 //! domain is decided there, against the domain's current XML.
 //!
-//! Hostile clients cost little: connections are capped, headers must
-//! arrive within [`HEADER_TIMEOUT`], bodies are capped and must arrive
-//! within [`BODY_TIMEOUT`], a connection lives at most [`MAX_CONNECTION`],
-//! and a client that failed to authenticate 5 times in a minute is answered
-//! 429 at once. No token, token hash or `?token=` value is ever logged.
+//! Hostile clients cost little: connections are capped in total and per
+//! client, with room kept for requests with a valid token ([`slots`]);
+//! headers must arrive within [`HEADER_TIMEOUT`], bodies are capped and must
+//! arrive within [`BODY_TIMEOUT`], a connection lives at most
+//! [`MAX_CONNECTION`] and is closed after any answer that did not prove a
+//! token (health checks, 401, 404, 429, malformed requests), and a client
+//! that failed to authenticate 5 times in a minute is answered 429 at once.
+//! Clients are counted as IPv4 addresses and IPv6 /64s ([`Client`]). No
+//! token, token hash or `?token=` value is ever logged.
 
 mod answer;
 pub mod route;
+mod slots;
 pub mod tls;
 
 pub use self::answer::WakeAnswer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -35,7 +40,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
@@ -57,8 +61,11 @@ use crate::sockets::Source;
 
 use self::answer::Answered;
 use self::route::{Endpoint, Presented, Refusal};
+use self::slots::{Id, Slots};
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once; past it a new connection takes the place of
+/// an unproven one of a client that holds more, or is closed at once (see
+/// [`slots`]).
 pub const MAX_CONNECTIONS: usize = 64;
 /// A request's headers must arrive within this (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,8 +78,8 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 /// A connection is served this long; then its request under way is
 /// answered and it is closed.
 pub const MAX_CONNECTION: Duration = Duration::from_secs(150);
-/// Connections from one address served at once: one client cannot hold
-/// every slot.
+/// Connections from one client (an IPv4 address, an IPv6 /64) served at
+/// once: one client cannot hold every slot.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// How long a wake request waits for its decision before it is answered
 /// 503 (it stays in the book and is done when libvirt answers).
@@ -91,8 +98,8 @@ pub struct Context {
     /// Failed authentications per client (an IPv4 address, an IPv6 /64).
     failures: Mutex<Failures<Client>>,
     tokens: KnownTokens,
-    /// Connections per client address (at most [`MAX_CONNECTIONS`] keys).
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The connections served, each with the way to close it.
+    slots: Mutex<Slots<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Context {
@@ -104,7 +111,7 @@ impl Context {
             policy,
             failures: Mutex::new(Failures::default()),
             tokens: KnownTokens::default(),
-            per_address: Arc::new(Mutex::new(HashMap::new())),
+            slots: Mutex::new(Slots::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS)),
         }
     }
 }
@@ -129,14 +136,13 @@ pub fn spawn(
 }
 
 async fn serve(listeners: Vec<TcpListener>, tls: Option<TlsAcceptor>, context: Arc<Context>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = Vec::new();
     for listener in listeners {
         let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
             continue;
         };
-        let (context, slots, tls) = (Arc::clone(&context), Arc::clone(&slots), tls.clone());
-        tasks.push(tokio::spawn(accept(listener, tls, context, slots)));
+        let (context, tls) = (Arc::clone(&context), tls.clone());
+        tasks.push(tokio::spawn(accept(listener, tls, context)));
     }
     for task in tasks {
         let _ = task.await;
@@ -147,13 +153,11 @@ async fn accept(
     listener: tokio::net::TcpListener,
     tls: Option<TlsAcceptor>,
     context: Arc<Context>,
-    slots: Arc<Semaphore>,
 ) {
     loop {
-        // A free slot first: past the cap, connections wait in the backlog.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
+        // Every connection is accepted and then served or closed at once:
+        // none waits in the kernel's backlog behind connections that hold
+        // the slots without a credential.
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -163,26 +167,45 @@ async fn accept(
             }
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let Some(per_address) = PerAddress::take(&context.per_address, peer.ip()) else {
-            // Closed at once: its slot is free again.
-            debug!("HTTP: {peer} already has {MAX_CONNECTIONS_PER_ADDRESS} connections");
-            continue;
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let admitted = lock(&context.slots).admit(Client::of(peer.ip()), Instant::now(), close);
+        let id = match admitted {
+            Ok((id, displaced)) => {
+                if let Some(displaced) = displaced {
+                    let _ = displaced.send(());
+                }
+                id
+            }
+            Err(refused) => {
+                debug!("HTTP: closing {peer} at once ({refused:?})");
+                continue;
+            }
         };
         let (context, tls) = (Arc::clone(&context), tls.clone());
         tokio::spawn(async move {
-            let _per_address = per_address;
-            let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
-            match tls {
-                // The handshake has the headers' deadline: a client that
-                // stalls in it holds a slot no longer.
-                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => connection(stream, peer, context, deadline).await,
-                    Ok(Err(e)) => debug!("TLS handshake with {peer} failed: {e}"),
-                    Err(_) => debug!("TLS handshake with {peer} timed out"),
-                },
-                None => connection(stream, peer, context, deadline).await,
+            let served = async {
+                let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
+                match tls {
+                    // The handshake has the headers' deadline: a client that
+                    // stalls in it holds a slot no longer.
+                    Some(tls) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                connection(stream, peer, id, Arc::clone(&context), deadline).await;
+                            }
+                            Ok(Err(e)) => debug!("TLS handshake with {peer} failed: {e}"),
+                            Err(_) => debug!("TLS handshake with {peer} timed out"),
+                        }
+                    }
+                    None => connection(stream, peer, id, Arc::clone(&context), deadline).await,
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                // Displaced by a newcomer (see slots): dropped, so closed.
+                _ = closed => debug!("HTTP: closed {peer}'s connection to make room"),
             }
-            drop(slot);
+            lock(&context.slots).release(id);
         });
     }
 }
@@ -191,6 +214,7 @@ async fn accept(
 async fn connection<S>(
     stream: S,
     peer: SocketAddr,
+    id: Id,
     context: Arc<Context>,
     deadline: tokio::time::Instant,
 ) where
@@ -198,7 +222,7 @@ async fn connection<S>(
 {
     let service = service_fn(move |request| {
         let context = Arc::clone(&context);
-        async move { Ok::<_, Infallible>(handle(&context, peer, request).await) }
+        async move { Ok::<_, Infallible>(handle(&context, peer, id, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -215,39 +239,6 @@ async fn connection<S>(
         // MAX_WAIT) is answered, then the connection is closed.
         connection.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(route::MAX_WAIT + DECISION_DEADLINE, connection).await;
-    }
-}
-
-/// One connection counted against its address; given back on drop.
-struct PerAddress {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    address: IpAddr,
-}
-
-impl PerAddress {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<PerAddress> {
-        let mut map = lock(counts);
-        let count = map.entry(address).or_default();
-        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
-        Some(PerAddress {
-            counts: Arc::clone(counts),
-            address,
-        })
-    }
-}
-
-impl Drop for PerAddress {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(count) = map.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.address);
-            }
-        }
     }
 }
 
@@ -289,11 +280,33 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     refusal(&Refusal::new(status, message))
 }
 
+/// Answers a request on connection `id`. A connection whose request proved
+/// a token is kept open for the next one; after any other answer it is
+/// closed, so that holding a connection takes a valid token.
 async fn handle(
     context: &Context,
     peer: SocketAddr,
+    id: Id,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let (mut response, proven) = answer_request(context, peer, request).await;
+    if proven {
+        lock(&context.slots).prove(id);
+    } else {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The answer to a request, and whether its token opened a domain.
+async fn answer_request(
+    context: &Context,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> (Response<Full<Bytes>>, bool) {
+    let unproven = |response| (response, false);
     let header_bytes: usize = request
         .headers()
         .iter()
@@ -301,10 +314,10 @@ async fn handle(
         .sum::<usize>()
         + request.uri().to_string().len();
     if header_bytes > MAX_HEADER_BYTES {
-        return error(
+        return unproven(error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             &format!("request headers are larger than {MAX_HEADER_BYTES} bytes"),
-        );
+        ));
     }
     let (method, path, query) = (
         request.method().clone(),
@@ -313,10 +326,10 @@ async fn handle(
     );
     let endpoint = match route::endpoint(&method, &path, query.as_deref()) {
         Ok(endpoint) => endpoint,
-        Err(refused) => return refusal(&refused),
+        Err(refused) => return unproven(refusal(&refused)),
     };
     if endpoint == Endpoint::Health {
-        return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+        return unproven(health());
     }
     let address = peer.ip();
     if let Some(after) = lock(&context.failures).blocked(Client::of(address), Instant::now()) {
@@ -327,37 +340,46 @@ async fn handle(
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
-        return response;
+        return unproven(response);
     }
     let token = match route::token(request.headers(), query.as_deref()) {
         Presented::Token(token) => token_hash(&token),
         Presented::Missing | Presented::Malformed => {
             failed(context, address);
-            return unauthorized(
+            return unproven(unauthorized(
                 "a token is needed: Authorization: Bearer TOKEN (or ?token=TOKEN); \
                  wol-libvirt-gateway token add DOMAIN makes one",
-            );
+            ));
         }
     };
-    // Only a request with a plausible token keeps the gateway from its idle
-    // exit (health checks and junk do not keep it running).
-    let _busy = context.submitter.busy();
-    match endpoint {
-        Endpoint::Health => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+    // The gateway does not idle out while a request with a plausible token
+    // is answered, and only one whose token opened a domain is activity.
+    let mut busy = context.submitter.busy();
+    let (response, proven) = match endpoint {
+        Endpoint::Health => (health(), false),
         Endpoint::Domains => domains(context, address, token).await,
         Endpoint::Wake { target, wait } => {
             // A target in the path wins (a POST without a body, as Home
             // Assistant's rest_command sends, names it there).
             let target = match target {
-                Some(target) => target,
-                None => match read_target(request).await {
-                    Ok(target) => target,
-                    Err(refused) => return refusal(&refused),
-                },
+                Some(target) => Ok(target),
+                None => read_target(request).await,
             };
-            wake(context, peer, target, token, wait).await
+            match target {
+                Ok(target) => wake(context, peer, target, token, wait).await,
+                Err(refused) => (refusal(&refused), false),
+            }
         }
+    };
+    if proven {
+        busy.authenticated();
     }
+    (response, proven)
+}
+
+/// `GET /v1/health`.
+fn health() -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
 /// 401 with `WWW-Authenticate: Bearer`.
@@ -460,13 +482,14 @@ async fn read_target(request: Request<Incoming>) -> Result<Target, Refusal> {
     route::body_target(content_type.as_deref(), &collected.to_bytes())
 }
 
+/// A wake request; the answer, and whether the token opened the domain.
 async fn wake(
     context: &Context,
     peer: SocketAddr,
     target: Target,
     token: Hash,
     wait: Duration,
-) -> Response<Full<Bytes>> {
+) -> (Response<Full<Bytes>>, bool) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     context.submitter.submit(Submission {
         ask: Ask {
@@ -479,16 +502,18 @@ async fn wake(
     let reply = match tokio::time::timeout(DECISION_DEADLINE, rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => {
-            return error(
+            let stopping = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the gateway is stopping; try again",
             );
+            return (stopping, false);
         }
         Err(_) => {
-            return error(
+            let late = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no decision in time; the request is kept and done when libvirt answers",
             );
+            return (late, false);
         }
     };
     let (status, mut answer, follow) = match answer::answer(&reply, &target) {
@@ -511,7 +536,7 @@ async fn wake(
                 if status == StatusCode::NOT_FOUND
                     && !context.tokens.known(&context.fleet, token).await
                 {
-                    return unauthorized("the token opens no domain");
+                    return (unauthorized("the token opens no domain"), false);
                 }
             }
             let mut response = error(status, &message);
@@ -520,7 +545,7 @@ async fn wake(
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
-            return response;
+            return (response, false);
         }
     };
     let mut status = status;
@@ -563,7 +588,7 @@ async fn wake(
         }
         answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     }
-    json(status, &answer)
+    (json(status, &answer), true)
 }
 
 /// The domain's state now and why it stopped, if it did; read off the loop.
@@ -641,13 +666,14 @@ async fn watch(
 }
 
 /// `GET /v1/domains`: the domains the token may wake, as `list --json`
-/// shows them. 401 when the token opens none.
-async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Full<Bytes>> {
+/// shows them (and true: the token opened them). 401 when the token opens
+/// none.
+async fn domains(context: &Context, address: IpAddr, token: Hash) -> (Response<Full<Bytes>>, bool) {
     // A token no domain holds costs no scan of its own (the set of tokens
     // is read at most once a minute).
     if !context.tokens.known(&context.fleet, token).await {
         failed(context, address);
-        return unauthorized("the token opens no domain");
+        return (unauthorized("the token opens no domain"), false);
     }
     let fleet = Arc::clone(&context.fleet);
     let policy = context.policy.clone();
@@ -673,7 +699,10 @@ async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Fu
     })
     .await;
     let Ok((views, problems)) = views else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        return (
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            false,
+        );
     };
     for problem in &problems {
         warn!("{problem}");
@@ -681,12 +710,13 @@ async fn domains(context: &Context, address: IpAddr, token: Hash) -> Response<Fu
     if views.is_empty() {
         failed(context, address);
         if !problems.is_empty() {
-            return error(
+            let away = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "libvirt is not answering; try again",
             );
+            return (away, false);
         }
-        return unauthorized("the token opens no domain");
+        return (unauthorized("the token opens no domain"), false);
     }
-    json(StatusCode::OK, &views)
+    (json(StatusCode::OK, &views), true)
 }
