@@ -14,13 +14,25 @@
 //! - a request that could not be decided because libvirt was unreachable or
 //!   silent waits ("parked") and is retried with backoff, or at once when a
 //!   host answers again;
-//! - at most `max_pending` requests wait; more are dropped (and counted).
+//! - at most `max_pending` magic packets wait; more are dropped (and
+//!   counted). HTTP requests have room of their own, apart from the
+//!   packets': at most `max_http_pending` in all, `max_http_per_client` of
+//!   one client, and at most `max_http_parked` of them wait for libvirt
+//!   (more are withdrawn), so no HTTP client, with or without a valid token,
+//!   can take a packet's place, and requests that wait for a host that does
+//!   not answer cannot take the place of requests a host that answers can
+//!   decide;
+//! - requests for one target with different SecureOn passwords are a few
+//!   at a time ([`MAX_CREDENTIALS_PER_TARGET`]); HTTP requests take no such
+//!   place (their per-client caps bound them), so a made-up token never
+//!   keeps a domain's owner out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::ask::{Ask, Credential, Target};
 use crate::backoff::Backoff;
+use crate::client::Client;
 use crate::sockets::Source;
 
 /// The book's settings.
@@ -31,8 +43,15 @@ pub struct Rules {
     /// After an outcome that did not bring the domain up, the next try waits
     /// at least this long.
     pub retry_spacing: Duration,
-    /// Requests kept waiting at most; more are dropped.
+    /// Magic packets' requests kept at most; more are dropped.
     pub max_pending: usize,
+    /// HTTP requests kept at most (room apart from the packets').
+    pub max_http_pending: usize,
+    /// HTTP requests of one client (an IPv4 address, an IPv6 /64) kept at
+    /// most.
+    pub max_http_per_client: usize,
+    /// HTTP requests kept waiting for libvirt at most; more are withdrawn.
+    pub max_http_parked: usize,
     /// Recently handled MACs remembered at most (a flood of distinct MACs
     /// must not grow memory; forgetting one only risks a harmless second try).
     pub max_recent: usize,
@@ -49,6 +68,10 @@ impl Rules {
             dedupe_window,
             retry_spacing: Duration::from_secs(1),
             max_pending: 4_096,
+            max_http_pending: 1_024,
+            // As many as one client's connections (crate::http).
+            max_http_per_client: 8,
+            max_http_parked: 256,
             max_recent: 4_096,
             first_retry: Duration::from_millis(500),
             max_retry: Duration::from_secs(5),
@@ -104,6 +127,8 @@ struct Entry {
     stage: Stage,
     /// Arrival order, for the exit report.
     seq: u64,
+    /// The HTTP client it came from; `None` for a magic packet.
+    client: Option<Client>,
 }
 
 #[derive(Debug)]
@@ -130,6 +155,15 @@ pub struct Parked {
     pub retry_at: Instant,
 }
 
+/// Why a request that waits for libvirt is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotParked {
+    /// It is not being handled (nothing to park).
+    NotInFlight,
+    /// Too many HTTP requests wait for libvirt already: it was withdrawn.
+    Crowded,
+}
+
 /// An outage that ended: parked requests are due now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resumed {
@@ -154,8 +188,17 @@ pub struct Book {
     in_flight: usize,
     parked: usize,
     recent: HashMap<Ask, Recent>,
-    /// Requests waiting or being handled per target.
+    /// Requests with a SecureOn password waiting or being handled per
+    /// target.
     per_target: HashMap<Target, usize>,
+    /// Magic packets' requests kept.
+    packets: usize,
+    /// HTTP requests kept, per client.
+    http: HashMap<Client, usize>,
+    /// HTTP requests kept in all.
+    http_total: usize,
+    /// HTTP requests waiting for libvirt.
+    http_parked: usize,
     last_prune: Option<Instant>,
     outage: Option<Outage>,
 }
@@ -172,6 +215,10 @@ impl Book {
             parked: 0,
             recent: HashMap::new(),
             per_target: HashMap::new(),
+            packets: 0,
+            http: HashMap::new(),
+            http_total: 0,
+            http_parked: 0,
             last_prune: None,
             outage: None,
         }
@@ -205,20 +252,38 @@ impl Book {
                 }
             }
         }
-        if self.entries.len() >= self.rules.max_pending {
+        let client = match &source {
+            Source::Http(peer) => Some(Client::of(peer.ip())),
+            Source::Udp(_) | Source::Raw(_) => None,
+        };
+        if let Some(client) = client {
+            let of_client = self.http.get(&client).copied().unwrap_or(0);
+            if self.http_total >= self.rules.max_http_pending
+                || of_client >= self.rules.max_http_per_client
+            {
+                return Offer::Dropped;
+            }
+        } else if self.packets >= self.rules.max_pending {
             return Offer::Dropped;
         }
-        // Requests for one target with different credentials are separate
-        // (a wrong password first must not swallow the right one), but a
-        // few at a time: a flood of made-up passwords for one MAC would
-        // otherwise become a flood of libvirt lookups. (Without a
-        // credential there is one request per target anyway.)
-        if mac.credential != Credential::None {
+        // Requests for one target with different passwords are separate (a
+        // wrong password first must not swallow the right one), but a few
+        // at a time: a flood of made-up passwords for one MAC would
+        // otherwise become a flood of libvirt lookups. (Without a password
+        // there is one request per target anyway.)
+        if matches!(mac.credential, Credential::SecureOn(_)) {
             let same_target = self.per_target.entry(mac.target.clone()).or_default();
             if *same_target >= MAX_CREDENTIALS_PER_TARGET {
                 return Offer::Dropped;
             }
             *same_target += 1;
+        }
+        match client {
+            Some(client) => {
+                *self.http.entry(client).or_default() += 1;
+                self.http_total += 1;
+            }
+            None => self.packets += 1,
         }
         // Not parked during an outage: with several hosts, the MAC may be
         // on one that answers (an unreachable host answers at once).
@@ -237,6 +302,7 @@ impl Book {
                 },
                 stage: Stage::Waiting { key, parked: false },
                 seq: self.seq,
+                client,
             },
         );
         Offer::Queued
@@ -269,6 +335,9 @@ impl Book {
         self.queue.remove(&(due, seq));
         if parked {
             self.parked -= 1;
+            if entry.client.is_some() {
+                self.http_parked -= 1;
+            }
         }
         entry.stage = Stage::InFlight;
         self.in_flight += 1;
@@ -289,27 +358,35 @@ impl Book {
             .map(|(&(due, _), _)| due)
     }
 
-    fn take_in_flight(&mut self, mac: &Ask) -> Option<Entry> {
-        let entry = self.take_in_flight_entry(mac)?;
-        if mac.credential == Credential::None {
-            return Some(entry);
-        }
-        if let Some(count) = self.per_target.get_mut(&mac.target) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_target.remove(&mac.target);
-            }
-        }
-        Some(entry)
-    }
-
-    fn take_in_flight_entry(&mut self, mac: &Ask) -> Option<Entry> {
-        match self.entries.get(mac)?.stage {
+    /// Removes the in-flight request for `ask` (and what it counted for).
+    fn take_in_flight(&mut self, ask: &Ask) -> Option<Entry> {
+        match self.entries.get(ask)?.stage {
             Stage::InFlight => {}
             Stage::Waiting { .. } => return None,
         }
         self.in_flight -= 1;
-        self.entries.remove(mac)
+        let entry = self.entries.remove(ask)?;
+        match entry.client {
+            Some(client) => {
+                self.http_total -= 1;
+                if let Some(count) = self.http.get_mut(&client) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.http.remove(&client);
+                    }
+                }
+            }
+            None => self.packets -= 1,
+        }
+        if matches!(ask.credential, Credential::SecureOn(_)) {
+            if let Some(count) = self.per_target.get_mut(&ask.target) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_target.remove(&ask.target);
+                }
+            }
+        }
+        Some(entry)
     }
 
     /// The request for `mac` was decided at `now`; `brought_up` says whether
@@ -328,8 +405,20 @@ impl Book {
 
     /// The request for `mac` could not be decided: libvirt is unreachable
     /// or silent. It waits for the next retry (with backoff, shared by all
-    /// parked requests), or until [`Book::hosts_back`].
-    pub fn park(&mut self, mac: &Ask, now: Instant) -> Option<Parked> {
+    /// parked requests), or until [`Book::hosts_back`]; an HTTP request
+    /// beyond `max_http_parked` is withdrawn instead.
+    pub fn park(&mut self, mac: &Ask, now: Instant) -> Result<Parked, NotParked> {
+        let entry = self.entries.get(mac).ok_or(NotParked::NotInFlight)?;
+        let Stage::InFlight = entry.stage else {
+            return Err(NotParked::NotInFlight);
+        };
+        let http = entry.client.is_some();
+        if http && self.http_parked >= self.rules.max_http_parked {
+            // Withdrawn undecided: nothing is remembered of it (a later one
+            // is acted on as if it were the first).
+            self.take_in_flight(mac);
+            return Err(NotParked::Crowded);
+        }
         let rules = &self.rules;
         let began = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
@@ -342,12 +431,12 @@ impl Book {
             outage.retry_at = now + outage.backoff.next_delay();
         }
         let retry_at = outage.retry_at;
-        let entry = self.entries.get_mut(mac)?;
-        let Stage::InFlight = entry.stage else {
-            return None;
-        };
+        let entry = self.entries.get_mut(mac).ok_or(NotParked::NotInFlight)?;
         self.in_flight -= 1;
         self.parked += 1;
+        if http {
+            self.http_parked += 1;
+        }
         entry.request.parked = true;
         entry.request.due = retry_at;
         self.seq += 1;
@@ -356,7 +445,7 @@ impl Book {
             parked: true,
         };
         self.queue.insert((retry_at, self.seq), mac.clone());
-        Some(Parked { began, retry_at })
+        Ok(Parked { began, retry_at })
     }
 
     /// A host answers again: parked requests are due at once.
@@ -602,7 +691,7 @@ mod tests {
         assert_eq!(book.next_due(secs(t0, 0.1)).map(|r| r.ask), Some(mac(2)));
         assert_eq!(
             book.park(&mac(2), secs(t0, 0.2)),
-            Some(Parked {
+            Ok(Parked {
                 began: false,
                 retry_at: secs(t0, 0.5)
             })
@@ -614,11 +703,11 @@ mod tests {
         // Both fail again: one round, the delay doubles once.
         assert_eq!(
             book.park(&mac(1), retry).map(|p| p.retry_at),
-            Some(secs(t0, 1.5))
+            Ok(secs(t0, 1.5))
         );
         assert_eq!(
             book.park(&mac(2), retry).map(|p| p.retry_at),
-            Some(secs(t0, 1.5))
+            Ok(secs(t0, 1.5))
         );
         // A host answers again at 0.7 s: both are due now.
         let back = secs(t0, 0.7);
@@ -643,8 +732,8 @@ mod tests {
         }
         book.next_due(t0);
         book.next_due(t0);
-        book.park(&mac(1), t0);
-        book.park(&mac(2), t0);
+        book.park(&mac(1), t0).expect("in flight");
+        book.park(&mac(2), t0).expect("in flight");
         let retry = book.next_due_at().expect("parked");
         book.next_due(retry);
         book.settle(&mac(1), true, retry);
@@ -654,7 +743,7 @@ mod tests {
         let later = secs(t0, 30.0);
         assert_eq!(
             book.park(&mac(2), later).map(|p| p.retry_at),
-            Some(secs(t0, 30.5))
+            Ok(secs(t0, 30.5))
         );
     }
 
@@ -709,6 +798,89 @@ mod tests {
             book.settle(&with(i), false, t0);
         }
         assert_eq!(book.offer(with(5000), source(), t0), Offer::Queued);
+    }
+
+    fn http(client: u8) -> Source {
+        Source::Http(SocketAddr::from(([192, 0, 2, client], 40_000)))
+    }
+
+    fn token(target: &str, token: &str) -> Ask {
+        Ask {
+            target: Target::Domain(target.into()),
+            credential: Credential::Token(crate::secret::token_hash(token)),
+        }
+    }
+
+    #[test]
+    fn http_requests_have_room_of_their_own_apart_from_the_packets() {
+        let (mut book, t0) = book();
+        book.rules.max_pending = 2;
+        book.rules.max_http_pending = 3;
+        // HTTP requests from many clients fill their own room...
+        for i in 0..3 {
+            let ask = token(&format!("junk{i}"), "made-up-token-aaaaaaaaaaaa");
+            assert_eq!(book.offer(ask, http(i), t0), Offer::Queued);
+        }
+        let more = token("junk9", "made-up-token-aaaaaaaaaaaa");
+        assert_eq!(book.offer(more, http(9), t0), Offer::Dropped);
+        // ...and never the packets'.
+        assert_eq!(book.offer(mac(1), source(), t0), Offer::Queued);
+        assert_eq!(book.offer(mac(2), source(), t0), Offer::Queued);
+        assert_eq!(book.offer(mac(3), source(), t0), Offer::Dropped);
+        assert_eq!(book.len(), 5);
+    }
+
+    #[test]
+    fn one_http_client_keeps_at_most_its_share() {
+        let (mut book, t0) = book();
+        book.rules.max_http_per_client = 2;
+        let junk = |i| token(&format!("junk{i}"), "made-up-token-aaaaaaaaaaaa");
+        assert_eq!(book.offer(junk(0), http(1), t0), Offer::Queued);
+        assert_eq!(book.offer(junk(1), http(1), t0), Offer::Queued);
+        assert_eq!(book.offer(junk(2), http(1), t0), Offer::Dropped);
+        assert_eq!(book.offer(junk(3), http(2), t0), Offer::Queued);
+        // Decided, they make room again.
+        let first = book.next_due(t0).expect("due").ask;
+        book.settle(&first, false, t0);
+        assert_eq!(book.offer(junk(4), http(1), t0), Offer::Queued);
+    }
+
+    #[test]
+    fn made_up_tokens_take_no_place_of_a_domains_owner() {
+        // A flood of made-up tokens for one domain (while a host is away,
+        // each waiting): the owner's token is still taken in.
+        let (mut book, t0) = book();
+        for i in 0..20u8 {
+            let ask = token("web01", &format!("made-up-token-{i:02}-aaaaaaaaaa"));
+            assert_eq!(book.offer(ask, http(i), t0), Offer::Queued);
+        }
+        let owner = token("web01", "the-owners-token-aaaaaaaaaaa");
+        assert_eq!(book.offer(owner, http(200), t0), Offer::Queued);
+    }
+
+    #[test]
+    fn few_http_requests_wait_for_libvirt_and_the_rest_are_withdrawn() {
+        let (mut book, t0) = book();
+        book.rules.max_http_parked = 2;
+        let asks: Vec<Ask> = (0..3)
+            .map(|i| token(&format!("db{i}"), "a-valid-token-aaaaaaaaaaaaa"))
+            .collect();
+        for (i, ask) in asks.iter().enumerate() {
+            book.offer(ask.clone(), http(i as u8), t0);
+            book.next_due(t0).expect("due");
+        }
+        assert!(book.park(&asks[0], t0).is_ok());
+        assert!(book.park(&asks[1], t0).is_ok());
+        assert_eq!(book.park(&asks[2], t0), Err(NotParked::Crowded));
+        assert_eq!(book.len(), 2, "the third was withdrawn");
+        // Packets still wait for libvirt whatever HTTP requests do.
+        book.offer(mac(1), source(), t0);
+        book.next_due(t0).expect("due");
+        assert!(book.park(&mac(1), t0).is_ok());
+        assert_eq!(book.parked(), 3);
+        // A withdrawn request is not remembered: the next one is due at once.
+        assert_eq!(book.offer(asks[2].clone(), http(2), t0), Offer::Queued);
+        assert!(book.due(t0).any(|ask| ask == asks[2]));
     }
 
     #[test]

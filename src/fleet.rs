@@ -21,6 +21,7 @@ use crate::hypervisor::Action;
 use crate::hypervisor::HvError;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::plan::{Candidate, Plan, plan};
+use crate::secret::Hash;
 
 /// How long to wait for hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,12 @@ impl Fleet {
     pub fn uris(&self) -> String {
         let uris: Vec<&str> = self.hosts.iter().map(|h| &**h.uri()).collect();
         uris.join(", ")
+    }
+
+    /// True if some host has shown `token` on a domain (see
+    /// [`Host::vouches`]); never waits on libvirt.
+    pub fn vouches(&self, token: &Hash) -> bool {
+        self.hosts.iter().any(|host| host.vouches(token))
     }
 
     /// Domain listings and full scans made so far, on all hosts.

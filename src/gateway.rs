@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::{debug, warn};
 
-use crate::ask::Ask;
-use crate::book::{Book, Offer, Rules};
+use crate::ask::{Ask, Credential};
+use crate::book::{Book, NotParked, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
 use crate::host::{Health, HostError, HostEvent, Route};
 use crate::hypervisor::{DomainState, HvError, StopReason};
@@ -178,8 +178,15 @@ pub enum Reply {
     /// Too many requests wait already: dropped, nothing done.
     Dropped,
     /// libvirt does not answer: the request waits in the book and is done
-    /// when it does.
-    Waiting(WaitFor),
+    /// when it does. `vouched`: some host has shown the request's token on
+    /// a domain (see [`Fleet::vouches`]); if none has, the token opened
+    /// nothing that answers, which counts as a failed authentication.
+    Waiting {
+        /// The hosts waited for.
+        waiting: WaitFor,
+        /// Some host has shown the token.
+        vouched: bool,
+    },
 }
 
 /// An HTTP wake request for the loop, and where its answer goes. Dropping
@@ -434,13 +441,7 @@ impl Gateway {
                     self.decided(&ask, &decision, now)
                 }
                 Message::Concluded(ask, Conclusion::Wait(waiting)) => {
-                    // HTTP callers hear it now; the request stays and is
-                    // done when libvirt answers.
-                    for reply in self.replies.remove(&ask).unwrap_or_default() {
-                        let _ = reply.send(Reply::Waiting(waiting.clone()));
-                    }
-                    self.book.park(&ask, now);
-                    self.last_wait = Some(waiting);
+                    self.wait_for_hosts(&ask, waiting, now);
                 }
                 Message::Host(HostEvent::Back) => {
                     if let Some(resumed) = self.book.hosts_back(now) {
@@ -471,11 +472,7 @@ impl Gateway {
             // Joining a request that waits for libvirt: say so now, as the
             // first caller heard.
             Offer::Repeat if self.book.is_parked(&ask) => {
-                let waiting = self
-                    .last_wait
-                    .clone()
-                    .unwrap_or(WaitFor { hosts: Vec::new() });
-                let _ = reply.send(Reply::Waiting(waiting));
+                let _ = reply.send(self.waiting_reply(&ask));
             }
             Offer::Queued | Offer::Repeat => self.replies.entry(ask).or_default().push(reply),
             Offer::Duplicate { ago, .. } => {
@@ -487,6 +484,39 @@ impl Gateway {
                 let _ = reply.send(Reply::Dropped);
             }
         }
+    }
+
+    /// A request that a host not answering kept from a decision: it waits
+    /// and is done when libvirt answers, but an HTTP request only while few
+    /// wait (see [`Book::park`]). HTTP callers hear it now, and whether
+    /// some host has shown their token.
+    fn wait_for_hosts(&mut self, ask: &Ask, waiting: WaitFor, now: Instant) {
+        let reply = match self.book.park(ask, now) {
+            Err(NotParked::Crowded) => {
+                self.stats.dropped += 1;
+                Reply::Dropped
+            }
+            Ok(_) | Err(NotParked::NotInFlight) => {
+                self.last_wait = Some(waiting.clone());
+                self.waiting_reply(ask)
+            }
+        };
+        for waiter in self.replies.remove(ask).unwrap_or_default() {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+
+    /// What an HTTP caller of a request waiting for libvirt hears.
+    fn waiting_reply(&self, ask: &Ask) -> Reply {
+        let waiting = self
+            .last_wait
+            .clone()
+            .unwrap_or(WaitFor { hosts: Vec::new() });
+        let vouched = match ask.credential {
+            Credential::Token(token) => self.fleet.vouches(&token),
+            Credential::None | Credential::SecureOn(_) => false,
+        };
+        Reply::Waiting { waiting, vouched }
     }
 
     fn decided(&mut self, ask: &Ask, decision: &Decision, now: Instant) {
@@ -579,7 +609,12 @@ impl Gateway {
             });
         if let Err(e) = spawned {
             self.reporter.no_worker(&ask.target, &e, now);
-            self.book.park(&ask, now);
+            if self.book.park(&ask, now) == Err(NotParked::Crowded) {
+                self.stats.dropped += 1;
+                for waiter in self.replies.remove(&ask).unwrap_or_default() {
+                    let _ = waiter.send(Reply::Dropped);
+                }
+            }
         }
     }
 

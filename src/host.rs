@@ -9,7 +9,7 @@
 //! the same domain at the same time. The host keeps its [`Health`]
 //! (answering, unreachable, silent) and reports each outage once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -359,6 +359,9 @@ pub struct Host {
     /// When the running liveness ping started, if one runs.
     ping: Mutex<Option<Instant>>,
     counters: Counters,
+    /// The token hashes each domain held when its XML was last read here:
+    /// the tokens this host has shown (see [`Host::vouches`]).
+    tokens: Mutex<HashMap<Uuid, Vec<Hash>>>,
     /// Told when the host answers again after an outage, and when a
     /// refresh of its index ends (requests may wait for either).
     on_event: OnceLock<Box<dyn Fn(HostEvent) + Send + Sync>>,
@@ -432,6 +435,7 @@ impl Host {
             health: Mutex::new(Health::Answering),
             ping: Mutex::new(None),
             counters: Counters::default(),
+            tokens: Mutex::new(HashMap::new()),
             on_event: OnceLock::new(),
         }
     }
@@ -485,6 +489,28 @@ impl Host {
     /// Full scans (every domain's XML) made so far.
     pub fn full_scans(&self) -> u64 {
         self.counters.full_scans.load(Ordering::Relaxed)
+    }
+
+    /// True if some domain held `token` when this host last read its XML.
+    /// Never waits on libvirt. It decides only whether a request may wait
+    /// for a host that does not answer, never whether a token opens a
+    /// domain: that is checked against the domain's current XML.
+    pub fn vouches(&self, token: &Hash) -> bool {
+        // Every stored hash is compared, in constant time each.
+        lock(&self.tokens)
+            .values()
+            .flatten()
+            .fold(false, |found, held| found | held.matches(token))
+    }
+
+    /// Remembers the tokens a domain's XML held (read just now).
+    fn saw(&self, uuid: Uuid, tokens: &[Hash]) {
+        let mut seen = lock(&self.tokens);
+        if tokens.is_empty() {
+            seen.remove(&uuid);
+        } else {
+            seen.insert(uuid, tokens.to_vec());
+        }
     }
 
     /// Where a request for `mac` should go, known without asking libvirt
@@ -796,7 +822,10 @@ impl Host {
         };
         self.beat.beat();
         match hv.inspect(uuid) {
-            Ok(inspection) if inspection.record.name == name => Ok(vec![inspection]),
+            Ok(inspection) if inspection.record.name == name => {
+                self.saw(uuid, &inspection.record.meta.tokens);
+                Ok(vec![inspection])
+            }
             // Renamed or undefined since: as if not found.
             Ok(_) => Ok(Vec::new()),
             Err(e) if e.kind == HvErrorKind::NoDomain => Ok(Vec::new()),
@@ -841,6 +870,7 @@ impl Host {
             match hv.inspect(*uuid) {
                 Ok(inspection) => {
                     self.beat.beat();
+                    self.saw(*uuid, &inspection.record.meta.tokens);
                     let macs = &inspection.record.macs;
                     let has = macs.as_ref().is_ok_and(|m| m.contains(&mac));
                     if let Ok(macs) = macs {
@@ -929,6 +959,7 @@ impl Host {
         let mut readable = Vec::with_capacity(records.len());
         for record in records {
             let uuid = record.uuid;
+            self.saw(uuid, &record.meta.tokens);
             match record.macs {
                 Ok(macs) => {
                     state.reported_unreadable.remove(&uuid);
@@ -1122,6 +1153,7 @@ impl Host {
                 let managed_save = state == Some(DomainState::ShutOff)
                     && hv.has_managed_save(record.uuid).unwrap_or(false);
                 let secureon = record.meta.secureon.is_some();
+                self.saw(record.uuid, &record.meta.tokens);
                 let tokens = record.meta.tokens;
                 DomainInfo {
                     domain: DomainRef {

@@ -902,3 +902,54 @@ fn clients_without_a_token_cannot_keep_a_valid_token_out() {
     );
     served.gateway.wait_for_log("started web01");
 }
+
+#[test]
+fn a_host_that_does_not_answer_lets_nobody_block_wakes_on_one_that_does() {
+    // Security review, finding 1: with a second host refusing connections,
+    // made-up tokens got 503 and were kept (never 429), so they filled the
+    // book until a magic packet was dropped; four wrong tokens for web01
+    // took its places and its owner's valid token was dropped.
+    let served = serve(
+        NodeFile::new(&[web01(RunState::ShutOff), db01(RunState::ShutOff)]),
+        &["--libvirt-uri", "test+tcp://127.0.0.1:1/default"],
+    );
+    let get_from = |host: u8, path: &str, token: &str| {
+        let from = std::net::IpAddr::from([127, 0, 0, host]);
+        http_get(connect_from(from, served.http), path, Some(token))
+    };
+    let made_up = "made-up-token-aaaaaaaaaaaaaaaa";
+    let junk: Vec<u16> = (0..6)
+        .map(|i| get_from(2, &format!("/v1/wake/junk{i}"), made_up).0)
+        .collect();
+    assert_eq!(
+        junk,
+        [503, 503, 503, 503, 503, 429],
+        "a failure each, then 429"
+    );
+    // Four wrong tokens for web01, from four addresses: none is kept...
+    for host in 3..=6 {
+        let (status, body) = get_from(
+            host,
+            "/v1/wake/web01",
+            &format!("wrong-token-{host}-aaaaaaaaaaaa"),
+        );
+        assert_eq!(status, 503, "{body}");
+    }
+    // ...so its owner's token wakes it, and a magic packet still wakes db01.
+    let (status, body) = get_from(7, "/v1/wake/web01", WEB_TOKEN);
+    assert_eq!(status, 200, "{body}");
+    served.gateway.wait_for_log("started web01");
+    wake(served.udp, DB);
+    served.gateway.wait_for_log("started db01");
+    assert!(
+        served.gateway.lines_with("dropping").is_empty(),
+        "{}",
+        served.gateway.log()
+    );
+    // A token a host has shown, for domains only the missing host may have:
+    // kept, and not a failure however often.
+    let elsewhere: Vec<u16> = (0..6)
+        .map(|i| get_from(8, &format!("/v1/wake/on-b-{i}"), WEB_TOKEN).0)
+        .collect();
+    assert_eq!(elsewhere, [503; 6]);
+}

@@ -116,12 +116,14 @@ pub fn answer(reply: &Reply, target: &Target) -> Answered {
             );
         }
         // The token is not checked yet (that needs libvirt): no URI, no
-        // libvirt message, to a caller who may hold no valid token.
-        Reply::Waiting(_) => {
+        // libvirt message, to a caller who may hold no valid token. If no
+        // host has ever shown the token, it opened nothing that answers: a
+        // failure, so made-up tokens meet 429 here as anywhere else.
+        Reply::Waiting { vouched, .. } => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "libvirt does not answer; the request is kept and done when it does".into(),
-                false,
+                !vouched,
                 Some(5),
             );
         }
@@ -316,9 +318,12 @@ mod tests {
     #[test]
     fn a_waiting_or_dropped_request_is_503_with_retry_after() {
         let target = Target::Domain(Arc::from("web01"));
-        let waiting = Reply::Waiting(WaitFor {
-            hosts: vec![(Arc::from("qemu:///system"), None)],
-        });
+        let waiting = Reply::Waiting {
+            waiting: WaitFor {
+                hosts: vec![(Arc::from("qemu:///system"), None)],
+            },
+            vouched: true,
+        };
         let Answered::Error {
             status,
             message,
@@ -331,6 +336,16 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!message.contains("qemu:///system"), "{message}");
         assert_eq!(retry_after, Some(5));
+        // Kept either way; a failure only for a token no host has shown.
+        assert_eq!(code(&answer(&waiting, &target)), (status, false));
+        let Reply::Waiting { waiting, .. } = waiting else {
+            panic!()
+        };
+        let unvouched = Reply::Waiting {
+            waiting,
+            vouched: false,
+        };
+        assert_eq!(code(&answer(&unvouched, &target)), (status, true));
         let duplicate = answer(
             &Reply::Duplicate {
                 ago: Duration::from_millis(1500),
