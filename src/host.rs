@@ -148,6 +148,9 @@ struct IndexState {
     /// file answers lookups one MAC at a time.
     index: Option<MacIndex>,
     fresh: Freshness,
+    /// When the last listing that succeeded was asked for: a domain defined
+    /// before then is in the index (see [`Host::check_unknown`]).
+    listed_from: Option<Instant>,
     file: Option<IndexFile>,
     /// Domains whose XML could not be read, reported once each.
     reported_unreadable: HashSet<Uuid>,
@@ -425,6 +428,7 @@ impl Host {
             index: Mutex::new(IndexState {
                 index: None,
                 fresh: Freshness::default(),
+                listed_from: None,
                 file: None,
                 reported_unreadable: HashSet::new(),
             }),
@@ -794,11 +798,25 @@ impl Host {
     /// does not know the MAC, or was wrong about it, it is refreshed as
     /// [`refresh_for`] allows, and asked again.
     fn owners(&self, hv: &Arc<dyn Hypervisor>, mac: Mac) -> Result<Vec<Inspection>, HvError> {
+        let since = Instant::now();
         let hint = self.hint(mac);
         let mut stale = false;
         if !hint.is_empty() {
-            let (confirmed, all) = self.confirm(hv.as_ref(), mac, &hint)?;
+            let (mut confirmed, all) = self.confirm(hv.as_ref(), mac, &hint)?;
             if all {
+                // Every owner the index names still has the MAC, but a
+                // domain it never read may have it too (a clone defined
+                // since): before one is brought up, make sure.
+                if !would_act(&confirmed) {
+                    return Ok(confirmed);
+                }
+                self.check_unknown(hv.as_ref(), since)?;
+                let new: Vec<Uuid> = (self.hint(mac).into_iter())
+                    .filter(|uuid| !hint.contains(uuid))
+                    .collect();
+                if !new.is_empty() {
+                    confirmed.extend(self.confirm(hv.as_ref(), mac, &new)?.0);
+                }
                 return Ok(confirmed);
             }
             stale = true;
@@ -813,6 +831,27 @@ impl Host {
         refreshed?;
         let hint = self.hint(mac);
         Ok(self.confirm(hv.as_ref(), mac, &hint)?.0)
+    }
+
+    /// Makes sure the index knows every domain defined before `since`: one
+    /// listing, reading only the XML of domains it has not read. The index
+    /// counts as complete, as it does for a MAC it lacks, for
+    /// `--rescan-interval` after a listing was asked for, and for whoever
+    /// came before a listing under way (requests acting at once share one):
+    /// besides saving calls, that keeps a wake from waiting behind another
+    /// domain's slow start, which holds up every listing. A failed listing
+    /// is the caller's error: nothing is brought up on a guess.
+    fn check_unknown(&self, hv: &dyn Hypervisor, since: Instant) -> Result<(), HvError> {
+        let _one_refresh_at_a_time = lock(&self.refreshing);
+        let recent = lock(&self.index).listed_from.is_some_and(|from| {
+            from >= since || since.saturating_duration_since(from) < self.rescan.interval
+        });
+        if recent {
+            return Ok(());
+        }
+        let listed = self.reread(hv, false);
+        self.tell(HostEvent::Refreshed);
+        listed
     }
 
     /// The domain named `name`, read for a wake (none if there is none).
@@ -917,21 +956,29 @@ impl Host {
                 SystemTime::now(),
             )
         };
+        match decision {
+            Refresh::Nothing => Ok(false),
+            Refresh::Listing | Refresh::Full => {
+                self.reread(hv, decision == Refresh::Full).map(|()| true)
+            }
+        }
+    }
+
+    /// Lists the domains and reads the XML of those the index has not read
+    /// (of every one with `full`), forgetting those that are gone.
+    fn reread(&self, hv: &dyn Hypervisor, full: bool) -> Result<(), HvError> {
+        self.load_file(&mut lock(&self.index));
         let started = Instant::now();
-        let listed = match decision {
-            Refresh::Nothing => return Ok(false),
-            Refresh::Listing | Refresh::Full => match hv.list() {
-                Ok(listed) => listed,
-                Err(e) => {
-                    // A failed listing counts as one: unknown MACs must not
-                    // turn a failing daemon into a stream of calls.
-                    lock(&self.index).fresh.listed_at = Some(Instant::now());
-                    return Err(e);
-                }
-            },
+        let listed = match hv.list() {
+            Ok(listed) => listed,
+            Err(e) => {
+                // A failed listing counts as one: unknown MACs must not
+                // turn a failing daemon into a stream of calls.
+                lock(&self.index).fresh.listed_at = Some(Instant::now());
+                return Err(e);
+            }
         };
         self.beat.beat();
-        let full = decision == Refresh::Full;
         let listed_count = listed.len();
         // A full scan reads the whole listing; a listing only the domains
         // the index has not read, and keeps the UUIDs to forget the rest.
@@ -991,6 +1038,7 @@ impl Host {
             (forgot || added, to_read.len())
         };
         state.fresh.listed_at = Some(now);
+        state.listed_from = Some(started);
         debug!(
             "{} {} on {}: read {count} domain(s) in {:.1} ms",
             if full { "scanned" } else { "listed" },
@@ -1001,7 +1049,7 @@ impl Host {
         if changed {
             self.store_file(&mut state);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Loads the index file into memory, once, before the first refresh.
@@ -1170,6 +1218,14 @@ impl Host {
             })
             .collect())
     }
+}
+
+/// True if these owners of a MAC (on one host) could have one of them
+/// brought up: a single one that is not up. (Several are ambiguous, or one
+/// of them is up: nothing is started either way, and a domain more changes
+/// neither.)
+fn would_act(owners: &[Inspection]) -> bool {
+    matches!(owners, [one] if action_for(one.state).is_some())
 }
 
 #[cfg(test)]

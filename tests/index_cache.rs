@@ -91,7 +91,11 @@ fn a_hit_wakes_without_scanning() {
     let second = activation(&conn, cache.path(), URI);
     let outcome = wake_through(&second, MAC1);
     assert_eq!(started(&outcome), Some("a"), "{outcome:?}");
-    assert_eq!(refreshes(&second), (0, 0), "the index file answered");
+    assert_eq!(
+        refreshes(&second),
+        (0, 1),
+        "the index file answered; a listing made sure no domain it does not know has the MAC"
+    );
     assert_eq!(state_of(&conn, "a"), DomainState::Running);
 }
 
@@ -200,18 +204,22 @@ fn an_unusable_cache_directory_only_disables_the_cache() {
     std::fs::write(&not_a_dir, b"").expect("write");
     let err = IndexFile::open(&CacheDirSource::Flag(not_a_dir), URI).expect_err("refused");
     assert!(err.to_string().contains("not a directory"), "{err}");
-    // A directory where the file cannot be written: the wake still happens.
+    // A directory where the file cannot be written (a directory in its
+    // place: the rename fails, for root too): the wake still happens.
     let file = index_file(cache.path(), URI);
-    let blocker = file
-        .path()
-        .with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::create_dir(&blocker).expect("block the temporary file");
+    std::fs::create_dir(file.path()).expect("block the index file");
     let fleet = fleet(vec![
         host(Shared(conn.clone()), rescan(Duration::from_secs(5))).with_index_file(file),
     ]);
     let outcome = wake_through(&fleet, MAC1);
     assert_eq!(started(&outcome), Some("a"), "{outcome:?}");
-    assert!(!index_file(cache.path(), URI).path().exists());
+    assert!(index_file(cache.path(), URI).path().is_dir(), "not written");
+    let left: Vec<String> = std::fs::read_dir(cache.path())
+        .expect("ls")
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.contains(".tmp."))
+        .collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
 
 #[test]
@@ -227,4 +235,34 @@ fn two_uris_keep_separate_indexes() {
     assert_eq!(cached_owners(cache.path(), uri_one, MAC1), ["one"]);
     assert_eq!(cached_owners(cache.path(), uri_two, MAC1), ["two"]);
     assert_eq!(std::fs::read_dir(cache.path()).expect("ls").count(), 2);
+}
+
+#[test]
+fn a_domain_the_index_does_not_know_makes_a_known_mac_ambiguous() {
+    // Security review, finding 4: "a" was woken (the index file records it
+    // as MAC1's owner), then stopped, and a new domain "d" with the same MAC
+    // was defined: a fresh process started "a" from the index instead of
+    // refusing the MAC as ambiguous, as it does without an index.
+    let (_node, conn) = three_domains();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let first = activation(&conn, cache.path(), URI);
+    assert_eq!(started(&wake_through(&first, MAC1)), Some("a"));
+    assert_eq!(cached_owners(cache.path(), URI, MAC1), ["a"]);
+    lookup(&conn, "a").destroy().expect("destroy");
+    redefine(&conn, "d", &[MAC1]);
+
+    let next = activation(&conn, cache.path(), URI);
+    let outcome = wake_through(&next, MAC1);
+    let Outcome::Ambiguous { domains } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    let mut names: Vec<&str> = domains.iter().map(name_of).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a", "d"]);
+    assert_eq!(state_of(&conn, "a"), DomainState::ShutOff);
+    assert_eq!(state_of(&conn, "d"), DomainState::ShutOff);
+    assert_eq!(refreshes(&next), (0, 1), "one listing; only d's XML read");
+    let mut cached = cached_owners(cache.path(), URI, MAC1);
+    cached.sort_unstable();
+    assert_eq!(cached, ["a", "d"]);
 }

@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -84,6 +84,22 @@ pub enum DirError {
         dir: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// Someone else may write into the directory: they could plant a link
+    /// where the index is written, or an index that names the wrong domain.
+    #[error(
+        "{dir} can be written by other users (mode {mode:04o}, owner uid {owner}): use a \
+         directory only this user (uid {me}) can write, e.g. chmod go-w {dir}"
+    )]
+    WritableByOthers {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner.
+        owner: u32,
+        /// This process's user.
+        me: u32,
     },
 }
 
@@ -158,15 +174,20 @@ impl IndexFile {
         let dir = match source {
             CacheDirSource::Systemd(dir) | CacheDirSource::Flag(dir) => dir,
             CacheDirSource::Xdg(dir) => {
-                fs::create_dir_all(dir).map_err(|source| DirError::Create {
-                    dir: dir.clone(),
-                    source,
-                })?;
+                // Ours alone, whatever the umask (see the check below).
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| DirError::Create {
+                        dir: dir.clone(),
+                        source,
+                    })?;
                 dir
             }
         };
-        match fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => {}
+        let meta = match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => meta,
             Ok(_) => return Err(DirError::NotADirectory(dir.clone())),
             Err(source) => {
                 return Err(DirError::Unusable {
@@ -174,6 +195,19 @@ impl IndexFile {
                     source,
                 });
             }
+        };
+        // Only this user (or root, who can do anything anyway) may write
+        // there: group- or world-writable (sticky /tmp included: a planted
+        // symlink needs no deleting) or someone else's directory is refused.
+        let me = rustix::process::geteuid().as_raw();
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+            return Err(DirError::WritableByOthers {
+                dir: dir.clone(),
+                mode,
+                owner: meta.uid(),
+                me,
+            });
         }
         Ok(IndexFile {
             path: dir.join(file_name(uri)),
@@ -289,6 +323,10 @@ impl IndexFile {
 
     /// Writes the index atomically: a temporary file in the same directory,
     /// then a rename over the old one, so a reader never sees half a file.
+    /// The temporary file has an unpredictable name and is created anew
+    /// (`O_EXCL|O_NOFOLLOW`): a link planted in the directory is never
+    /// followed, and nothing but a file of our own is ever written; the
+    /// rename replaces a link at the index's path, never what it points to.
     pub fn store(&self, index: &MacIndex, scanned: Option<SystemTime>) -> io::Result<()> {
         let with_nics: HashSet<Uuid> = index.pairs().iter().map(|(_, uuid)| *uuid).collect();
         let mut records: Vec<(Mac, Uuid)> = index
@@ -301,12 +339,20 @@ impl IndexFile {
         let scan = scanned
             .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or_else(|| "never".to_owned(), |age| age.as_secs().to_string());
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let tmp = self
             .path
-            .with_extension(format!("tmp.{}", std::process::id()));
+            .with_extension(format!("tmp.{:016x}", u64::from_ne_bytes(random)));
         // No fsync: after a crash a truncated file is only a corrupt hint,
         // which is ignored and rebuilt; the wake path should not wait on disk.
-        let written = fs::File::create(&tmp).and_then(|file| {
+        let created = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o644)
+            .open(&tmp);
+        let written = created.and_then(|file| {
             let mut out = io::BufWriter::new(file);
             write!(
                 out,
@@ -479,6 +525,64 @@ mod tests {
         }
         std::fs::write(file.path(), &good).expect("write");
         assert_eq!(lookup(&file, mac(1)), Some(vec![uuid(1)]));
+    }
+
+    #[test]
+    fn a_link_planted_in_the_directory_is_never_followed() {
+        // Security review, finding 4: the temporary file had a predictable
+        // name and was opened with File::create, which follows a symlink and
+        // truncates its target.
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_in(dir.path(), "qemu:///system");
+        let victims = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (victims.path().join("a"), victims.path().join("b"));
+        for victim in [&first, &second] {
+            fs::write(victim, b"precious\n").expect("write");
+        }
+        // Where the old code wrote its temporary file, and the index itself.
+        let old_tmp = file
+            .path()
+            .with_extension(format!("tmp.{}", std::process::id()));
+        symlink(&first, old_tmp).expect("plant");
+        symlink(&second, file.path()).expect("plant");
+        let index = MacIndex::from_domains([(uuid(1), vec![mac(1)])]);
+        file.store(&index, None).expect("store");
+        for victim in [&first, &second] {
+            assert_eq!(fs::read(victim).expect("read"), b"precious\n");
+        }
+        let written = fs::symlink_metadata(file.path()).expect("index");
+        assert!(
+            written.file_type().is_file(),
+            "the link was replaced, not followed"
+        );
+        assert_eq!(lookup(&file, mac(1)), Some(vec![uuid(1)]));
+    }
+
+    #[test]
+    fn a_directory_other_users_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        for mode in [0o777, 0o1777, 0o775] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).expect("chmod");
+            let refused = IndexFile::open(&CacheDirSource::Flag(dir.path().into()), "x")
+                .expect_err("refused");
+            let said = refused.to_string();
+            assert!(said.contains("can be written by other users"), "{said}");
+            assert!(!said.contains('\n'), "{said}");
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(IndexFile::open(&CacheDirSource::Flag(dir.path().into()), "x").is_ok());
+    }
+
+    #[test]
+    fn our_own_cache_directory_is_made_for_this_user_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = home.path().join("cache").join(APP_DIR);
+        IndexFile::open(&CacheDirSource::Xdg(dir.clone()), "x").expect("made and usable");
+        let mode = fs::metadata(&dir).expect("made").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]
