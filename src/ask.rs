@@ -30,12 +30,33 @@ impl Target {
 }
 
 impl fmt::Display for Target {
+    /// A MAC, or a domain name as a client gave it, escaped: it is written
+    /// into log lines and the journal, where a line separator, a bidi
+    /// override or an escape sequence must not forge or disguise a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Mac(mac) => mac.fmt(f),
-            Target::Domain(name) => f.write_str(name),
+            Target::Domain(name) => write_escaped(f, name),
         }
     }
+}
+
+/// Writes `text` with every character that is not printable (controls,
+/// line and paragraph separators, format characters such as bidi overrides
+/// and zero-width ones, lone combining marks) as `\u{…}`, and `\` as
+/// `\\` so that an escape cannot be faked. Letters of any script stay as
+/// they are.
+fn write_escaped(f: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        match c {
+            '\\' => f.write_str("\\\\")?,
+            // escape_debug also escapes quotes, which are printable.
+            '\'' | '"' => f.write_char(c)?,
+            c if c.escape_debug().next() == Some('\\') => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            c => f.write_char(c)?,
+        }
+    }
+    Ok(())
 }
 
 /// What a request proves.
@@ -98,6 +119,34 @@ impl From<crate::packet::Magic> for Ask {
             credential: magic
                 .password
                 .map_or(Credential::None, Credential::SecureOn),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(name: &str) -> String {
+        Target::Domain(Arc::from(name)).to_string()
+    }
+
+    #[test]
+    fn a_name_from_a_client_cannot_forge_or_disguise_a_log_line() {
+        // Security review, finding 7: logged verbatim, this read as a
+        // second line, "FAKE started web01", and a name ending ".exe".
+        assert_eq!(
+            shown("x\u{2028}FAKE started web01\u{202e}gpj.exe"),
+            "x\\u{2028}FAKE started web01\\u{202e}gpj.exe"
+        );
+        assert_eq!(
+            shown("a\u{1b}[2Jb\u{200b}c\u{85}"),
+            "a\\u{1b}[2Jb\\u{200b}c\\u{85}"
+        );
+        assert_eq!(shown("back\\u{2028}slash"), "back\\\\u{2028}slash");
+        // Ordinary names, in any script, with quotes, stay as they are.
+        for name in ["web01", "köln-vm", "виртуалка", "bob's \"vm\""] {
+            assert_eq!(shown(name), name);
         }
     }
 }

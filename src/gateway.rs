@@ -24,11 +24,13 @@ use tracing::{debug, warn};
 use crate::ask::{Ask, Credential};
 use crate::book::{Book, NotParked, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
+use crate::guesses::Guesses;
 use crate::host::{Health, HostError, HostEvent, Route};
 use crate::hypervisor::{DomainState, HvError, StopReason};
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet;
+use crate::policy::Refusal;
 use crate::report::{Reporter, Stats, StatusView};
 use crate::sockets::{self, Listener, Source};
 
@@ -276,6 +278,8 @@ pub struct Gateway {
     listeners: Vec<Listener>,
     fleet: Arc<Fleet>,
     book: Book,
+    /// Wrong SecureOn passwords, per MAC and per sender.
+    guesses: Guesses,
     mailbox: Mailbox,
     inbox: Receiver<Message>,
     bell: UnixStream,
@@ -334,6 +338,7 @@ impl Gateway {
             uris: fleet.uris(),
             fleet: Arc::new(fleet),
             book: Book::new(config.rules.clone()),
+            guesses: Guesses::default(),
             mailbox,
             inbox,
             bell: bell_read,
@@ -527,6 +532,16 @@ impl Gateway {
             return;
         };
         self.stats.handled += 1;
+        if let (
+            Outcome::Refused {
+                reason: Refusal::SecureOnWrong,
+                ..
+            },
+            Some(mac),
+        ) = (&decision.outcome, ask.mac())
+        {
+            self.guesses.wrong(mac, &request.source, now);
+        }
         self.reporter.decision(&request, decision, &self.uris, now);
         if let Outcome::Done { domain, verb, .. } = &decision.outcome {
             self.checks.push(Check {
@@ -783,6 +798,7 @@ impl Gateway {
             listeners,
             buf,
             book,
+            guesses,
             reporter,
             stats,
             config,
@@ -790,18 +806,18 @@ impl Gateway {
         } = self;
         let drained = sockets::drain(listeners, buf, MAX_DRAIN_BATCH, |payload, source| {
             match packet::parse_with_password(payload) {
-                Ok(magic) => match book.offer(Ask::from(magic), source.clone(), now) {
-                    Offer::Queued => {}
-                    Offer::Repeat => stats.duplicates += 1,
-                    Offer::Duplicate { ago, first } => {
-                        stats.duplicates += 1;
-                        reporter.duplicate(magic.mac, &source, ago, first, now);
+                Ok(magic) => {
+                    // Someone guessing SecureOn passwords is not looked up.
+                    let throttled = magic
+                        .password
+                        .and_then(|_| guesses.throttled(magic.mac, &source, now));
+                    if let Some(left) = throttled {
+                        stats.throttled += 1;
+                        reporter.throttled(magic.mac, &source, left, now);
+                    } else {
+                        offer(book, reporter, stats, config, magic, source, now);
                     }
-                    Offer::Dropped => {
-                        stats.dropped += 1;
-                        reporter.dropped(magic.mac, &source, config.rules.max_pending, now);
-                    }
-                },
+                }
                 Err(reason) => {
                     stats.rejected += 1;
                     reporter.rejected(&source, payload.len(), &reason, now);
@@ -832,5 +848,29 @@ impl Gateway {
             self.fleet.refreshes(),
         );
         self.notifier.stopping(&status);
+    }
+}
+
+/// A magic packet enters the book.
+fn offer(
+    book: &mut Book,
+    reporter: &mut Reporter,
+    stats: &mut Stats,
+    config: &Config,
+    magic: packet::Magic,
+    source: Source,
+    now: Instant,
+) {
+    match book.offer(Ask::from(magic), source.clone(), now) {
+        Offer::Queued => {}
+        Offer::Repeat => stats.duplicates += 1,
+        Offer::Duplicate { ago, first } => {
+            stats.duplicates += 1;
+            reporter.duplicate(magic.mac, &source, ago, first, now);
+        }
+        Offer::Dropped => {
+            stats.dropped += 1;
+            reporter.dropped(magic.mac, &source, config.rules.max_pending, now);
+        }
     }
 }

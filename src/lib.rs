@@ -31,6 +31,7 @@ pub mod domain_xml;
 pub mod failures;
 pub mod fleet;
 pub mod gateway;
+pub mod guesses;
 pub mod host;
 pub mod http;
 pub mod hypervisor;

@@ -117,8 +117,9 @@ pub struct Record {
     /// `ACTION`: `start`, `restore`, `resume`, `pm-wakeup` or `none`.
     pub action: Option<&'static str>,
     /// `RESULT`: `ok`, `failed`, `already-up`, `ambiguous`, `no-match`,
-    /// `refused`, `duplicate`, `dropped`, `dry-run`, or `stopped-again` (the
-    /// look after a start).
+    /// `refused`, `duplicate`, `dropped`, `throttled` (a SecureOn password
+    /// not looked up), `dry-run`, or `stopped-again` (the look after a
+    /// start).
     pub result: Option<&'static str>,
 }
 
@@ -212,6 +213,9 @@ pub struct Stats {
     pub handled: u64,
     /// Wake requests refused because too many were waiting.
     pub dropped: u64,
+    /// Magic packets with a SecureOn password not looked up: too many wrong
+    /// ones for their MAC, or from their sender, lately.
+    pub throttled: u64,
     /// Wake requests read but not decided when the gateway exited.
     pub unacted: u64,
     /// Wake requests that waited because the most allowed were being handled.
@@ -240,6 +244,7 @@ pub struct Reporter {
     unknown: RateLimiter,
     problems: RateLimiter,
     overflow: RateLimiter,
+    guesses: RateLimiter,
     last_event: String,
     sink: Option<Sender<Record>>,
 }
@@ -254,6 +259,7 @@ impl Reporter {
             unknown: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             problems: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             overflow: RateLimiter::new(LOG_WINDOW, 1),
+            guesses: RateLimiter::new(LOG_WINDOW, 1),
             last_event: String::new(),
             sink: None,
         }
@@ -344,6 +350,25 @@ impl Reporter {
         record.action = Some("none");
         record.result = Some("dropped");
         let shown = self.overflow.allow(now);
+        self.send(record, shown);
+    }
+
+    /// A packet with a SecureOn password that is not looked up: too many
+    /// wrong ones lately for its MAC or from its sender. One line a window,
+    /// the rest counted.
+    pub fn throttled(&mut self, mac: Mac, source: &Source, left: Duration, now: Instant) {
+        let message = format!(
+            "not looking up the SecureOn password for {mac} from {source}: {} wrong ones for \
+             this MAC or from this sender within {} s; passwords are heard again in {} s \
+             (counted in the exit summary)",
+            crate::guesses::MAX_FAILURES,
+            crate::guesses::WINDOW.as_secs(),
+            left.as_secs()
+        );
+        let mut record = Record::about(Level::WARN, &Target::Mac(mac), source, message);
+        record.action = Some("none");
+        record.result = Some("throttled");
+        let shown = self.guesses.allow(now);
         self.send(record, shown);
     }
 
@@ -567,6 +592,12 @@ impl Reporter {
         if let Some(n) = self.overflow.close_window(now, force) {
             warn!("dropped {n} more wake requests in the last {window} s: too many pending");
         }
+        if let Some(n) = self.guesses.close_window(now, force) {
+            warn!(
+                "throttled {n} more magic packets with SecureOn passwords in the last {window} s: \
+                 too many wrong ones"
+            );
+        }
     }
 
     /// When the next rate-limit summary is due, if any.
@@ -577,6 +608,7 @@ impl Reporter {
             &self.unknown,
             &self.problems,
             &self.overflow,
+            &self.guesses,
         ]
         .into_iter()
         .filter_map(RateLimiter::summary_due)
@@ -655,6 +687,7 @@ impl Reporter {
             duplicates,
             handled,
             dropped,
+            throttled,
             unacted,
             waited_for_slot,
             drain_time,
@@ -662,6 +695,9 @@ impl Reporter {
         let mut extra = String::new();
         if dropped > 0 {
             let _ = write!(extra, ", {dropped} dropped (too many pending)");
+        }
+        if throttled > 0 {
+            let _ = write!(extra, ", {throttled} throttled (wrong SecureOn passwords)");
         }
         if unacted > 0 {
             let _ = write!(extra, ", {unacted} not acted on");

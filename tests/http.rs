@@ -953,3 +953,20 @@ fn a_host_that_does_not_answer_lets_nobody_block_wakes_on_one_that_does() {
         .collect();
     assert_eq!(elsewhere, [503; 6]);
 }
+
+#[test]
+fn a_name_in_a_request_is_logged_escaped() {
+    // Security review, finding 7: a line separator and a right-to-left
+    // override in a requested name were logged as they came.
+    let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
+    let path = "/v1/wake/x%E2%80%A8FAKE%20started%20web01%E2%80%AEgpj.exe";
+    let answer = served.get(path, Some("made-up-token-aaaaaaaaaaaaaaaa"));
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let line = served.gateway.wait_for_log("no domain named");
+    assert!(
+        line.contains(r"x\u{2028}FAKE started web01\u{202e}gpj.exe"),
+        "{line}"
+    );
+    let log = served.gateway.log();
+    assert!(!log.contains(['\u{2028}', '\u{202e}']), "{log}");
+}

@@ -167,3 +167,51 @@ fn a_malformed_password_is_one_line_naming_the_forms() {
     assert!(stderr.contains("'01:02:03'"), "{stderr}");
     assert!(stderr.contains("4 or 6 bytes"), "{stderr}");
 }
+
+#[test]
+fn guessing_passwords_is_throttled_per_mac_and_said_in_the_journal() {
+    // Security review, finding 6: about 10,000 wrong passwords a second were
+    // decided; a 4-byte password fell in days.
+    let secret = [0x5e, 0xc7, 0xe7, 0x01];
+    let sealed = Sealed::seal(&Password::new(&secret).expect("4 bytes")).expect("random");
+    let element = WakeMeta {
+        secureon: Some(sealed),
+        ..WakeMeta::default()
+    }
+    .render()
+    .expect("an element")
+    .replacen(
+        "<wake",
+        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
+        1,
+    )
+    .replace("</wake>", "</wol:wake>");
+    let node = NodeFile::new(&[domain("web01", WEB, RunState::ShutOff).with_metadata(&element)]);
+    let mut gateway = Launch::by_hand(&node.uri(), &["--idle-timeout", "5m"]).spawn();
+    let addr = gateway.listen_addr();
+    for guess in 0..5u8 {
+        send(addr, &packet(mac(WEB), &[guess, 0, 0, 0]));
+        wait_for_count(&gateway, "SecureOn password wrong", usize::from(guess) + 1);
+    }
+    // The sixth, the right one, is not looked up: the MAC is throttled.
+    send(addr, &packet(mac(WEB), &secret));
+    gateway.wait_for_log("not looking up the SecureOn password");
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(DEADLINE).code(), Some(0));
+    let summary = gateway.wait_for_log("exiting (signal)");
+    assert_eq!(
+        summary_count(&summary, "throttled (wrong SecureOn passwords)"),
+        1,
+        "{summary}"
+    );
+    assert_eq!(
+        summary_count(&summary, "wake requests handled"),
+        5,
+        "{summary}"
+    );
+    assert!(
+        gateway.lines_with("started web01").is_empty(),
+        "{}",
+        gateway.log()
+    );
+}
