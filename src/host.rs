@@ -967,9 +967,20 @@ impl Host {
     /// Lists the domains and reads the XML of those the index has not read
     /// (of every one with `full`), forgetting those that are gone.
     fn reread(&self, hv: &dyn Hypervisor, full: bool) -> Result<(), HvError> {
-        self.load_file(&mut lock(&self.index));
         let started = Instant::now();
-        let listed = match hv.list() {
+        // The index file, if not loaded yet, is read while libvirtd answers
+        // the listing (each ~6 ms and ~20 ms at 10,000 domains).
+        let listed = std::thread::scope(|scope| {
+            let load = || self.load_file(&mut lock(&self.index));
+            let loading = std::thread::Builder::new()
+                .name("wol-load".into())
+                .spawn_scoped(scope, load);
+            if loading.is_err() {
+                load();
+            }
+            hv.list()
+        });
+        let listed = match listed {
             Ok(listed) => listed,
             Err(e) => {
                 // A failed listing counts as one: unknown MACs must not

@@ -369,3 +369,71 @@ fn with_journal_stream_naming_another_fd_it_writes_readable_lines_to_stderr() {
     let native = journal(since, &[format!("_PID={pid}")]);
     assert!(native.is_empty(), "{native:#?}");
 }
+
+#[test]
+#[ignore = "needs root to start systemd-journald by hand: sudo cargo test -- --ignored e2e_journald"]
+fn on_the_journal_throttled_guesses_are_an_entry_with_fields() {
+    // Security review, finding 6: wrong SecureOn passwords are throttled,
+    // and the journal says so with the gateway's fields.
+    use wol_libvirt_gateway::domain_xml::WakeMeta;
+    use wol_libvirt_gateway::packet::Password;
+    use wol_libvirt_gateway::secret::Sealed;
+    let _lock = JOURNALD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _journald = ensure_journald();
+    let since = now_usec();
+    let sealed = Sealed::seal(&Password::new(&[9, 8, 7, 6, 5, 4]).expect("6 bytes")).expect("salt");
+    let element = WakeMeta {
+        secureon: Some(sealed),
+        ..WakeMeta::default()
+    }
+    .render()
+    .expect("an element")
+    .replacen(
+        "<wake",
+        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
+        1,
+    )
+    .replace("</wake>", "</wol:wake>");
+    let node =
+        NodeFile::new(&[domain("web01", WEB01_MAC, RunState::ShutOff).with_metadata(&element)]);
+    let gateway = Connected::spawn(&[
+        "--listen-address",
+        "127.0.0.1:0",
+        "--libvirt-uri",
+        &node.uri(),
+    ]);
+    let pid = gateway.child.id();
+    let addr = listen_addr(field(
+        &wait_for_entry(since, pid, "listening on "),
+        "MESSAGE",
+    ));
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let source = sender.local_addr().expect("sender addr").to_string();
+    let guess = |password: u8| {
+        let mut packet = magic_packet(mac(WEB01_MAC));
+        packet.extend_from_slice(&[password, 0, 0, 0, 0, 0]);
+        sender.send_to(&packet, addr).expect("send");
+    };
+    // Five wrong ones, each decided (refused) before the next is sent...
+    for password in 0..5u8 {
+        guess(password);
+        let refused = [format!("_PID={pid}"), "RESULT=refused".to_owned()];
+        let decided = wait_until(DEADLINE, || {
+            journal(since, &refused).len() > usize::from(password)
+        });
+        assert!(decided, "wrong password {password} not refused in time");
+    }
+    // ...then the sixth is not looked up.
+    guess(9);
+    let throttled = wait_for_entry(since, pid, "not looking up the SecureOn password");
+    for (name, want) in [
+        ("PRIORITY", "4"),
+        ("MAC", WEB01_MAC),
+        ("SOURCE", source.as_str()),
+        ("VIA", "udp"),
+        ("ACTION", "none"),
+        ("RESULT", "throttled"),
+    ] {
+        assert_eq!(field(&throttled, name), want, "{name} in {throttled:#?}");
+    }
+}
