@@ -15,6 +15,9 @@
 //! - `virsh start`: a `virsh -c test+unix:///default start NAME` process, from
 //!   spawn to exit (what a script would run instead of the gateway);
 //! - floor: connect + lookup + XML + create() of one shut-off domain, in process;
+//! - listing: one `virConnectListAllDomains` on an open connection, in
+//!   process: what a cold wake of a domain the index names adds at least
+//!   (the check that no domain the index never read has the MAC);
 //! - cold process, warm index: the real binary started with the socket passed
 //!   as systemd passes it, from sending the packet until its log says libvirt
 //!   started the domain (create() returned), index file present;
@@ -130,6 +133,16 @@ fn main() {
             dom.destroy().expect("destroy");
             took.as_secs_f64()
         });
+        let listing = {
+            let conn = Connect::open(Some(URI)).expect("connect");
+            measure(runs, || {
+                let started = Instant::now();
+                let domains = conn.list_all_domains(0).expect("list");
+                let took = started.elapsed();
+                drop(domains);
+                took.as_secs_f64()
+            })
+        };
         let baseline = measure(runs.min(5), || {
             let started = Instant::now();
             let conn = Connect::open(Some(URI)).expect("connect");
@@ -171,6 +184,7 @@ fn main() {
             size,
             virsh,
             floor,
+            listing,
             warm,
             cold,
             baseline,
@@ -201,6 +215,7 @@ struct Row {
     size: usize,
     virsh: Stat,
     floor: Stat,
+    listing: Stat,
     warm: Stat,
     cold: Stat,
     baseline: Stat,
@@ -606,17 +621,18 @@ fn ms(s: &Stat) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| domains | `virsh start` process | cold wake, warm index | floor | cold wake, no index | full-scan baseline | junk drain (gateway) | bare recv | peak RSS | of it private |"
+        "| domains | `virsh start` process | cold wake, warm index | floor | listing | cold wake, no index | full-scan baseline | junk drain (gateway) | bare recv | peak RSS | of it private |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} = {:.2}x virsh start | {} | {} = {:.2}x baseline | {} | {:.0} k/s ({:.0}-{:.0}) = {:.2}x bare | {:.0} k/s ({:.0}-{:.0}) | {:.1} MiB ({:.1}-{:.1}) | {:.1} MiB |",
+            "| {} | {} | {} = {:.2}x virsh start | {} | {} | {} = {:.2}x baseline | {} | {:.0} k/s ({:.0}-{:.0}) = {:.2}x bare | {:.0} k/s ({:.0}-{:.0}) | {:.1} MiB ({:.1}-{:.1}) | {:.1} MiB |",
             r.size,
             ms(&r.virsh),
             ms(&r.warm),
             r.warm.median / r.virsh.median,
             ms(&r.floor),
+            ms(&r.listing),
             ms(&r.cold),
             r.cold.median / r.baseline.median,
             ms(&r.baseline),
