@@ -19,7 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 use wol_libvirt_gateway::packet::magic_packet;
 
-use crate::util::{DEADLINE, Launch, NodeFile, RunState, bin, domain, mac, wait_until};
+use crate::util::{
+    DEADLINE, Launch, NodeFile, RunState, bin, domain, mac, secureon_element, wait_until,
+};
 
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
 const SOCKET_DIR: &str = "/run/systemd/journal";
@@ -180,6 +182,19 @@ impl Connected {
     }
 }
 
+impl Connected {
+    /// The binary on `node`'s `test:///` URI, by hand on an ephemeral
+    /// loopback port, and that port, read back from its own journal entry
+    /// (entries since `since`).
+    fn listening(node: &NodeFile, since: u64) -> (Connected, SocketAddr) {
+        let uri = node.uri();
+        let gateway = Connected::spawn(&["--listen-address", "127.0.0.1:0", "--libvirt-uri", &uri]);
+        let listening = wait_for_entry(since, gateway.child.id(), "listening on ");
+        let addr = listen_addr(field(&listening, "MESSAGE"));
+        (gateway, addr)
+    }
+}
+
 impl Drop for Connected {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -284,20 +299,12 @@ fn on_the_journal_each_decision_is_an_entry_with_fields_and_its_syslog_priority(
     let _journald = ensure_journald();
     let since = now_usec();
     let node = NodeFile::new(&[domain("web01", WEB01_MAC, RunState::ShutOff)]);
-    // Port 0: the port it got is read back from its own journal entry.
-    let gateway = Connected::spawn(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ]);
+    let (gateway, addr) = Connected::listening(&node, since);
     let pid = gateway.child.id();
-
     let listening = wait_for_entry(since, pid, "listening on ");
     // Native protocol, not a line on the stderr stream: detection worked.
     assert_eq!(field(&listening, "_TRANSPORT"), "journal", "{listening:#?}");
     assert_eq!(field(&listening, "PRIORITY"), "6", "{listening:#?}");
-    let addr = listen_addr(field(&listening, "MESSAGE"));
 
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let source = sender.local_addr().expect("sender addr").to_string();
@@ -375,38 +382,14 @@ fn with_journal_stream_naming_another_fd_it_writes_readable_lines_to_stderr() {
 fn on_the_journal_throttled_guesses_are_an_entry_with_fields() {
     // Security review, finding 6: wrong SecureOn passwords are throttled,
     // and the journal says so with the gateway's fields.
-    use wol_libvirt_gateway::domain_xml::WakeMeta;
-    use wol_libvirt_gateway::packet::Password;
-    use wol_libvirt_gateway::secret::Sealed;
     let _lock = JOURNALD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let _journald = ensure_journald();
     let since = now_usec();
-    let sealed = Sealed::seal(&Password::new(&[9, 8, 7, 6, 5, 4]).expect("6 bytes")).expect("salt");
-    let element = WakeMeta {
-        secureon: Some(sealed),
-        ..WakeMeta::default()
-    }
-    .render()
-    .expect("an element")
-    .replacen(
-        "<wake",
-        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
-        1,
-    )
-    .replace("</wake>", "</wol:wake>");
+    let element = secureon_element(&[9, 8, 7, 6, 5, 4]);
     let node =
         NodeFile::new(&[domain("web01", WEB01_MAC, RunState::ShutOff).with_metadata(&element)]);
-    let gateway = Connected::spawn(&[
-        "--listen-address",
-        "127.0.0.1:0",
-        "--libvirt-uri",
-        &node.uri(),
-    ]);
+    let (gateway, addr) = Connected::listening(&node, since);
     let pid = gateway.child.id();
-    let addr = listen_addr(field(
-        &wait_for_entry(since, pid, "listening on "),
-        "MESSAGE",
-    ));
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let source = sender.local_addr().expect("sender addr").to_string();
     let guess = |password: u8| {

@@ -49,8 +49,12 @@ struct Served {
 }
 
 fn serve(node: NodeFile, args: &[&str]) -> Served {
+    serve_on(TcpListener::bind("127.0.0.1:0").expect("tcp"), node, args)
+}
+
+/// The same on the TCP socket `tcp`.
+fn serve_on(tcp: TcpListener, node: NodeFile, args: &[&str]) -> Served {
     let (udp_socket, udp) = systemd_socket();
-    let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
     let http = tcp.local_addr().expect("addr");
     let uri = node.uri();
     let mut all = vec!["--libvirt-uri", uri.as_str(), "--idle-timeout", "5m"];
@@ -757,21 +761,9 @@ fn rotating_ipv6_addresses_within_one_64_share_one_failure_limit() {
         "fd00:1:2:4::1/128",
     ]);
     let tcp = ns.run(|| TcpListener::bind("[fd00:1:2:3::1]:0").expect("tcp in the namespace"));
-    let http = tcp.local_addr().expect("addr");
     let node = NodeFile::new(&[web01(RunState::ShutOff)]);
-    let (udp_socket, _) = systemd_socket();
-    let uri = node.uri();
-    let gateway = Launch::new(&[
-        "--libvirt-uri",
-        &uri,
-        "--idle-timeout",
-        "5m",
-        "--allow-plain-http",
-    ])
-    .pass_fd(udp_socket.into())
-    .pass_fd(tcp.into())
-    .spawn();
-    gateway.wait_for_log("listening on ");
+    let served = serve_on(tcp, node, &["--allow-plain-http"]);
+    let http = served.http;
     let get_from = |from: &str| {
         let from: std::net::IpAddr = from.parse().expect("address");
         ns.run(|| {

@@ -10,12 +10,11 @@ use wol_libvirt_gateway::hypervisor::Libvirt;
 use wol_libvirt_gateway::outcome::{Outcome, Verb};
 use wol_libvirt_gateway::packet::{Mac, Magic, Password, magic_packet};
 use wol_libvirt_gateway::policy::Refusal;
-use wol_libvirt_gateway::secret::Sealed;
 use wol_libvirt_gateway::secureon;
 
 use crate::util::{
     DEADLINE, Launch, NodeFile, RunState, Shared, domain, fleet, host, mac, open_node, rescan,
-    send, summary_count,
+    secureon_element, send, summary_count,
 };
 
 const WEB: &str = "52:54:00:50:00:01";
@@ -99,19 +98,7 @@ fn set_stores_only_a_salted_hash_and_clear_removes_it() {
 #[test]
 fn the_gateway_refuses_a_missing_or_wrong_password_and_never_logs_it() {
     let secret = [0x5e, 0xc7, 0xe7, 0x01, 0x02, 0x03];
-    let sealed = Sealed::seal(&Password::new(&secret).expect("6 bytes")).expect("random");
-    let element = WakeMeta {
-        secureon: Some(sealed),
-        ..WakeMeta::default()
-    }
-    .render()
-    .expect("an element")
-    .replacen(
-        "<wake",
-        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
-        1,
-    )
-    .replace("</wake>", "</wol:wake>");
+    let element = secureon_element(&secret);
     let node = NodeFile::new(&[domain("web01", WEB, RunState::ShutOff).with_metadata(&element)]);
     let mut gateway = Launch::by_hand(&node.uri(), &["--idle-timeout", "2s"]).spawn();
     let addr = gateway.listen_addr();
@@ -173,19 +160,7 @@ fn guessing_passwords_is_throttled_per_mac_and_said_in_the_journal() {
     // Security review, finding 6: about 10,000 wrong passwords a second were
     // decided; a 4-byte password fell in days.
     let secret = [0x5e, 0xc7, 0xe7, 0x01];
-    let sealed = Sealed::seal(&Password::new(&secret).expect("4 bytes")).expect("random");
-    let element = WakeMeta {
-        secureon: Some(sealed),
-        ..WakeMeta::default()
-    }
-    .render()
-    .expect("an element")
-    .replacen(
-        "<wake",
-        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
-        1,
-    )
-    .replace("</wake>", "</wol:wake>");
+    let element = secureon_element(&secret);
     let node = NodeFile::new(&[domain("web01", WEB, RunState::ShutOff).with_metadata(&element)]);
     let mut gateway = Launch::by_hand(&node.uri(), &["--idle-timeout", "5m"]).spawn();
     let addr = gateway.listen_addr();

@@ -100,6 +100,27 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
     }
 }
 
+/// The metadata element `secureon set` stores for `password` (a salted
+/// hash), in the namespace a node file needs.
+pub fn secureon_element(password: &[u8]) -> String {
+    use wol_libvirt_gateway::domain_xml::WakeMeta;
+    use wol_libvirt_gateway::packet::Password;
+    use wol_libvirt_gateway::secret::Sealed;
+    let sealed = Sealed::seal(&Password::new(password).expect("4 or 6 bytes")).expect("random");
+    WakeMeta {
+        secureon: Some(sealed),
+        ..WakeMeta::default()
+    }
+    .render()
+    .expect("an element")
+    .replacen(
+        "<wake",
+        "<wol:wake xmlns:wol='https://wol-libvirt-gateway/xmlns/1'",
+        1,
+    )
+    .replace("</wake>", "</wol:wake>")
+}
+
 /// A node file for `test:///PATH` in its own temporary directory.
 pub struct NodeFile {
     dir: TempDir,
