@@ -477,7 +477,8 @@ impl Gateway {
             // Joining a request that waits for libvirt: say so now, as the
             // first caller heard.
             Offer::Repeat if self.book.is_parked(&ask) => {
-                let _ = reply.send(self.waiting_reply(&ask));
+                let waiting = self.last_wait.clone().unwrap_or_default();
+                let _ = reply.send(self.waiting_reply(&ask, waiting));
             }
             Offer::Queued | Offer::Repeat => self.replies.entry(ask).or_default().push(reply),
             Offer::Duplicate { ago, .. } => {
@@ -503,20 +504,14 @@ impl Gateway {
             }
             Ok(_) | Err(NotParked::NotInFlight) => {
                 self.last_wait = Some(waiting.clone());
-                self.waiting_reply(ask)
+                self.waiting_reply(ask, waiting)
             }
         };
-        for waiter in self.replies.remove(ask).unwrap_or_default() {
-            let _ = waiter.send(reply.clone());
-        }
+        self.answer_waiters(ask, &reply);
     }
 
     /// What an HTTP caller of a request waiting for libvirt hears.
-    fn waiting_reply(&self, ask: &Ask) -> Reply {
-        let waiting = self
-            .last_wait
-            .clone()
-            .unwrap_or(WaitFor { hosts: Vec::new() });
+    fn waiting_reply(&self, ask: &Ask, waiting: WaitFor) -> Reply {
         let vouched = match ask.credential {
             Credential::Token(token) => self.fleet.vouches(&token),
             Credential::None | Credential::SecureOn(_) => false,
@@ -524,10 +519,15 @@ impl Gateway {
         Reply::Waiting { waiting, vouched }
     }
 
-    fn decided(&mut self, ask: &Ask, decision: &Decision, now: Instant) {
-        for reply in self.replies.remove(ask).unwrap_or_default() {
-            let _ = reply.send(Reply::Decided(decision.clone()));
+    /// Tells the HTTP callers waiting for `ask`'s decision.
+    fn answer_waiters(&mut self, ask: &Ask, reply: &Reply) {
+        for waiter in self.replies.remove(ask).unwrap_or_default() {
+            let _ = waiter.send(reply.clone());
         }
+    }
+
+    fn decided(&mut self, ask: &Ask, decision: &Decision, now: Instant) {
+        self.answer_waiters(ask, &Reply::Decided(decision.clone()));
         let Some(request) = self.book.settle(ask, decision.outcome.brings_up(), now) else {
             return;
         };
@@ -626,9 +626,7 @@ impl Gateway {
             self.reporter.no_worker(&ask.target, &e, now);
             if self.book.park(&ask, now) == Err(NotParked::Crowded) {
                 self.stats.dropped += 1;
-                for waiter in self.replies.remove(&ask).unwrap_or_default() {
-                    let _ = waiter.send(Reply::Dropped);
-                }
+                self.answer_waiters(&ask, &Reply::Dropped);
             }
         }
     }

@@ -160,7 +160,7 @@ impl Exit {
 }
 
 /// Why a request could not be decided: the hosts it waits for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WaitFor {
     /// The hosts it waits for, with their last error (`None`: silent).
     pub hosts: Vec<(Arc<str>, Option<HvError>)>,
