@@ -191,12 +191,10 @@ pub struct Book {
     /// Requests with a SecureOn password waiting or being handled per
     /// target.
     per_target: HashMap<Target, usize>,
-    /// Magic packets' requests kept.
+    /// Magic packets' requests kept (the rest of the entries are HTTP's).
     packets: usize,
     /// HTTP requests kept, per client.
     http: HashMap<Client, usize>,
-    /// HTTP requests kept in all.
-    http_total: usize,
     /// HTTP requests waiting for libvirt.
     http_parked: usize,
     last_prune: Option<Instant>,
@@ -217,7 +215,6 @@ impl Book {
             per_target: HashMap::new(),
             packets: 0,
             http: HashMap::new(),
-            http_total: 0,
             http_parked: 0,
             last_prune: None,
             outage: None,
@@ -258,7 +255,7 @@ impl Book {
         };
         if let Some(client) = client {
             let of_client = self.http.get(&client).copied().unwrap_or(0);
-            if self.http_total >= self.rules.max_http_pending
+            if self.entries.len() - self.packets >= self.rules.max_http_pending
                 || of_client >= self.rules.max_http_per_client
             {
                 return Offer::Dropped;
@@ -279,10 +276,7 @@ impl Book {
             *same_target += 1;
         }
         match client {
-            Some(client) => {
-                *self.http.entry(client).or_default() += 1;
-                self.http_total += 1;
-            }
+            Some(client) => *self.http.entry(client).or_default() += 1,
             None => self.packets += 1,
         }
         // Not parked during an outage: with several hosts, the MAC may be
@@ -368,7 +362,6 @@ impl Book {
         let entry = self.entries.remove(ask)?;
         match entry.client {
             Some(client) => {
-                self.http_total -= 1;
                 if let Some(count) = self.http.get_mut(&client) {
                     *count -= 1;
                     if *count == 0 {
