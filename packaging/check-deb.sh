@@ -98,6 +98,8 @@ expected=(
 )
 for f in target/assets/units/*; do expected+=("/usr/lib/systemd/system/$(basename "$f")"); done
 for f in target/assets/*.1; do expected+=("/usr/share/man/man1/$(basename "$f").gz"); done
+# The documentation the README links to, every file of docs/.
+for f in docs/*.md; do expected+=("/usr/share/doc/$pkg/docs/$(basename "$f")"); done
 # Example drop-ins (packaging/stage-assets.sh): documentation, not active.
 shopt -s nullglob
 for f in target/assets/examples/*; do expected+=("/usr/share/doc/$pkg/examples/$(basename "$f")"); done

@@ -157,6 +157,11 @@ expected=(
     "/usr/share/licenses/$pkg/LICENSE"
 )
 docs=("/usr/share/doc/$pkg/README.md")
+# The documentation the README links to, every file of docs/.
+for f in docs/*.md; do
+    expected+=("/usr/share/doc/$pkg/docs/$(basename "$f")")
+    docs+=("/usr/share/doc/$pkg/docs/$(basename "$f")")
+done
 for f in target/assets/units/*; do expected+=("$units_dir/$(basename "$f")"); done
 for f in target/assets/*.1; do
     expected+=("/usr/share/man/man1/$(basename "$f").gz")

@@ -59,9 +59,7 @@ pub enum Refusal {
     #[error("not named by any --allow")]
     NotAllowed,
     /// `--require-opt-in` was given and the domain has no opt-in.
-    #[error(
-        "no wake opt-in in its <metadata> (--require-opt-in; see README, \"Who may wake what\")"
-    )]
+    #[error("no wake opt-in in its <metadata> (--require-opt-in; see docs/access.md)")]
     NoOptIn,
     /// The domain set a SecureOn password and the packet carried none.
     #[error("SecureOn password missing (the domain set one: send it with the packet)")]

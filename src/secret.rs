@@ -106,7 +106,7 @@ pub fn token_hash(presented: &str) -> Hash {
 
 /// A stored SecureOn password: a random salt and SHA-256(salt ‖ password).
 /// The salt keeps equal passwords on two domains from looking equal; a
-/// 48-bit password stays brute-forceable from its hash (README).
+/// 48-bit password stays brute-forceable from its hash (docs/access.md).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Sealed {
     /// Random per password.

@@ -7,6 +7,7 @@ mod activation;
 mod assets;
 mod cli;
 mod concurrency;
+mod docs;
 mod e2e_faults;
 mod e2e_journald;
 mod e2e_libvirtd;

@@ -138,7 +138,7 @@ fn the_opt_in_survives_token_changes() {
             Some(domain_xml::METADATA_NAMESPACE),
             virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
         )
-        .expect("opt in as the README says");
+        .expect("opt in as docs/access.md says");
     let hv = Libvirt::from_connection(conn);
     let token = token::add(&hv, "web01").expect("add");
     assert!(stored(&hv, "web01").opt_in);
