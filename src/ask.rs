@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::packet::{Mac, Password};
+use crate::model::{Mac, Password};
 use crate::secret::Hash;
 
 /// The domain a request is for.

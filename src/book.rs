@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::ask::{Ask, Credential, Target};
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::sockets::Source;
+use crate::model::Source;
 
 /// The book's settings.
 #[derive(Debug, Clone)]
@@ -552,7 +552,7 @@ impl Book {
 mod tests {
     use super::*;
     use crate::ask::Credential;
-    use crate::packet::{Mac, Password};
+    use crate::model::{Mac, Password};
     use std::net::SocketAddr;
 
     fn mac(last: u8) -> Ask {

@@ -6,7 +6,7 @@
 //! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
 //! never mistaken for a NIC.
 
-use crate::packet::Mac;
+use crate::model::Mac;
 use crate::secret::{Hash, Sealed};
 
 /// Why a domain's XML yielded no trustworthy list of MACs.

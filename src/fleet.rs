@@ -17,8 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::ask::{Ask, Target};
 use crate::host::{Acted, Health, Host, HostError, Lookup, Route};
-use crate::hypervisor::Action;
-use crate::hypervisor::HvError;
+use crate::model::{Action, HvError};
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::plan::{Candidate, Plan, plan};
 use crate::secret::Hash;
@@ -416,8 +415,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::DomainState;
-    use crate::index::Uuid;
+    use crate::model::{DomainState, Uuid};
     use crate::plan::Candidate;
 
     const GRACE: Duration = Duration::from_secs(1);

@@ -26,7 +26,7 @@ use crate::book::{Book, NotParked, Offer, Rules};
 use crate::fleet::{Conclusion, Fleet};
 use crate::guesses::Guesses;
 use crate::host::{Health, HostError, HostEvent, Route};
-use crate::hypervisor::{DomainState, HvError, StopReason};
+use crate::model::{DomainState, HvError, StopReason};
 use crate::notify::Notifier;
 use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::packet;

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::failures::Failures;
-use crate::packet::Mac;
-use crate::sockets::Source;
+use crate::model::{Mac, Source};
 
 pub use crate::failures::{MAX_FAILURES, WINDOW};
 

@@ -25,8 +25,8 @@ use crate::hypervisor::{
 use crate::index::file::IndexFile;
 use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
 use crate::lock;
+use crate::model::Mac;
 use crate::outcome::Verb;
-use crate::packet::Mac;
 use crate::plan::{Candidate, action_for};
 use crate::policy::{self, DomainRef, Policy, Refusal};
 use crate::report;

@@ -21,147 +21,11 @@ use virt::error::ErrorNumber;
 
 use crate::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
 use crate::lock;
-use crate::packet::Mac;
+use crate::model::Mac;
 
-/// A domain's run state, as libvirt reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainState {
-    /// Running.
-    Running,
-    /// Blocked on a resource (still running).
-    Blocked,
-    /// Paused by an admin or libvirt.
-    Paused,
-    /// Being shut down (still active).
-    InShutdown,
-    /// Shut off.
-    ShutOff,
-    /// Crashed.
-    Crashed,
-    /// Suspended by guest power management (S3/S4).
-    PmSuspended,
-    /// No state, or a state this build does not know.
-    Other,
-}
-
-impl DomainState {
-    /// True for states in which the domain has a running process. A domain in
-    /// any of these counts as "up" for the ambiguity rule.
-    pub fn is_active(self) -> bool {
-        !matches!(self, DomainState::ShutOff | DomainState::Crashed)
-    }
-
-    /// The word `virsh domstate` would print (also the `STATE` journal field).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DomainState::Running => "running",
-            DomainState::Blocked => "blocked",
-            DomainState::Paused => "paused",
-            DomainState::InShutdown => "in shutdown",
-            DomainState::ShutOff => "shut off",
-            DomainState::Crashed => "crashed",
-            DomainState::PmSuspended => "pmsuspended",
-            DomainState::Other => "no state",
-        }
-    }
-}
-
-impl fmt::Display for DomainState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A domain's UUID, stored as 16 bytes: the index holds one per (MAC,
-/// domain) pair, and 10,000 domains should cost kilobytes, not megabytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Uuid(pub u128);
-
-impl fmt::Display for Uuid {
-    /// libvirt's canonical form: lowercase 8-4-4-4-12 hex.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = format!("{:032x}", self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
-    }
-}
-
-impl fmt::Debug for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// A string that is not a canonical UUID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a UUID (expected 8-4-4-4-12 hex digits)")]
-pub struct UuidParseError(String);
-
-impl FromStr for Uuid {
-    type Err = UuidParseError;
-
-    /// Parses the 8-4-4-4-12 form, in any letter case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || UuidParseError(s.to_owned());
-        let groups: Vec<&str> = s.split('-').collect();
-        if !groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) {
-            return Err(bad());
-        }
-        let hex: String = groups.concat();
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u128::from_str_radix(&hex, 16).map(Uuid).map_err(|_| bad())
-    }
-}
-
-/// The libvirt call that brings a domain up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `virDomainCreate`: boot a shut-off domain, or restore its managed-save image.
-    Start,
-    /// `virDomainResume`: continue a paused domain.
-    Resume,
-    /// `virDomainPMWakeup`: wake a guest suspended by power management.
-    PmWakeup,
-}
-
-/// What kind of failure a libvirt call had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HvErrorKind {
-    /// The domain does not exist (any more).
-    NoDomain,
-    /// Anything else; whether the connection is still usable is asked
-    /// separately ([`Hypervisor::is_alive`]).
-    Other,
-}
-
-/// A libvirt error, carrying libvirt's own message (one line).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct HvError {
-    /// What kind of failure.
-    pub kind: HvErrorKind,
-    /// libvirt's message.
-    pub message: String,
-}
-
-impl HvError {
-    /// An error of kind [`HvErrorKind::Other`] with this message.
-    pub fn other(message: impl Into<String>) -> Self {
-        HvError {
-            kind: HvErrorKind::Other,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::model::{
+    Action, DomainState, HvError, HvErrorKind, StopReason, Uuid, UuidParseError,
+};
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {
@@ -497,29 +361,6 @@ fn record(listed: &Listed, domain: Option<Domain>) -> DomainRecord {
         }),
     };
     DomainRecord::from_xml(listed.name.clone(), listed.uuid, xml)
-}
-
-/// Why a domain stopped, as libvirt tells it (the state's reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// Shut down from inside the guest.
-    Shutdown,
-    /// Destroyed (forced off) through libvirt.
-    Destroyed,
-    /// QEMU crashed, or the guest did (shut off with reason crashed).
-    Crashed,
-    /// Migrated away.
-    Migrated,
-    /// Saved to a file.
-    Saved,
-    /// Failed to start.
-    Failed,
-    /// Restored from a snapshot that was off.
-    FromSnapshot,
-    /// Stopped by the daemon (e.g. at its restart).
-    Daemon,
-    /// The guest panicked (crashed state).
-    Panicked,
 }
 
 /// libvirt's reason as a [`StopReason`], for stopped and crashed domains.

@@ -38,6 +38,7 @@ pub mod hypervisor;
 pub mod index;
 pub mod list;
 pub mod logging;
+pub mod model;
 pub mod notify;
 pub mod outcome;
 pub mod packet;

@@ -7,8 +7,8 @@ use std::borrow::Borrow;
 use std::fmt::Write as _;
 
 use crate::host::{DomainInfo, Host};
+use crate::model::Mac;
 use crate::outcome::Verb;
-use crate::packet::Mac;
 use crate::plan::{Candidate, Plan, plan};
 use crate::policy::Policy;
 use crate::report::{self, Effect};
@@ -247,7 +247,7 @@ pub fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{DomainState, Uuid};
+    use crate::model::{DomainState, Uuid};
     use crate::policy::{AllowEntry, DomainRef, Refusal};
 
     const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);

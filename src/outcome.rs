@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::hypervisor::{Action, DomainState, HvError};
+use crate::model::{Action, DomainState, HvError};
 use crate::policy::Refusal;
 
 /// What was (or, in a dry run, would be) done to a domain: the `ACTION`

@@ -10,7 +10,8 @@
 //! ([`parse_with_password`]); only domains that set one check it.
 
 use std::fmt;
-use std::str::FromStr;
+
+pub use crate::model::{Mac, MacParseError, Password};
 
 /// Length of the sync stream (`0xff` repeated).
 const SYNC_LEN: usize = 6;
@@ -20,82 +21,6 @@ const REPETITIONS: usize = 16;
 const MAC_LEN: usize = 6;
 /// The smallest datagram that can hold a magic packet (102 bytes).
 pub const MIN_PACKET_LEN: usize = SYNC_LEN + REPETITIONS * MAC_LEN;
-
-/// A 48-bit Ethernet MAC address.
-///
-/// Displays as lowercase, colon-separated hex (`52:54:00:aa:bb:cc`), the form
-/// libvirt writes, and compares byte-wise, so `52:54:00:AA:BB:CC` in a domain
-/// XML and `52:54:00:aa:bb:cc` from a packet are the same address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The broadcast address `ff:ff:ff:ff:ff:ff`.
-    pub const BROADCAST: Mac = Mac([0xff; 6]);
-
-    /// True for group (multicast or broadcast) addresses: the I/G bit of the
-    /// first octet is set. No NIC, and so no libvirt domain, owns one.
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-
-    /// True for `00:00:00:00:00:00`.
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Why a string is not a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MacParseError(String);
-
-impl fmt::Display for MacParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "'{}' is not a MAC address (expected six hex pairs such as 52:54:00:aa:bb:cc)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for MacParseError {}
-
-impl FromStr for Mac {
-    type Err = MacParseError;
-
-    /// Parses `52:54:00:aa:bb:cc` or `52-54-00-AA-BB-CC`, in any letter case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError(s.to_owned());
-        let separator = if s.contains('-') { '-' } else { ':' };
-        let mut bytes = [0u8; 6];
-        let mut parts = s.split(separator);
-        for byte in &mut bytes {
-            let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 {
-                return Err(err());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(Mac(bytes))
-    }
-}
 
 /// Why a datagram is not a usable magic packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,66 +72,6 @@ impl fmt::Display for Rejection {
                 write!(f, "multicast MAC {mac} (no VM can own it)")
             }
         }
-    }
-}
-
-/// A SecureOn password as a packet carries it: 4 or 6 bytes. Its bytes are
-/// never shown (Debug says only its length).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Password {
-    len: u8,
-    bytes: [u8; 6],
-}
-
-impl Password {
-    /// The password in `bytes`, if there are 4 or 6.
-    pub fn new(bytes: &[u8]) -> Option<Password> {
-        let len = bytes.len();
-        if len != 4 && len != 6 {
-            return None;
-        }
-        let mut all = [0u8; 6];
-        all[..len].copy_from_slice(bytes);
-        Some(Password {
-            len: len as u8,
-            bytes: all,
-        })
-    }
-
-    /// Its bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl FromStr for Password {
-    type Err = String;
-
-    /// `01:02:03:04:05:06` or `01:02:03:04` (also with `-`), as etherwake's
-    /// `-p` takes it; a 4-byte one may also be written `192.168.1.1`.
-    fn from_str(s: &str) -> Result<Password, String> {
-        let bytes: Option<Vec<u8>> = if s.contains('.') {
-            s.split('.').map(|part| part.parse::<u8>().ok()).collect()
-        } else {
-            s.split([':', '-'])
-                .map(|part| {
-                    (part.len() == 2)
-                        .then(|| u8::from_str_radix(part, 16).ok())
-                        .flatten()
-                })
-                .collect()
-        };
-        bytes.and_then(|b| Password::new(&b)).ok_or_else(|| {
-            "a SecureOn password is 4 or 6 bytes: six hex pairs such as 01:02:03:04:05:06, \
-             or four (01:02:03:04 or 192.168.1.1)"
-                .to_owned()
-        })
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Password({} bytes)", self.len)
     }
 }
 

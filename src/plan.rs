@@ -1,7 +1,6 @@
 //! The decision for one MAC, a pure function of the domains that own it.
 
-use crate::hypervisor::{Action, DomainState};
-use crate::index::Uuid;
+use crate::model::{Action, DomainState, Uuid};
 
 /// A domain that owns the requested MAC (and that the policy lets through),
 /// with its current state.

@@ -7,8 +7,7 @@ use std::str::FromStr;
 
 use crate::ask::Credential;
 use crate::domain_xml::WakeMeta;
-use crate::hypervisor::Uuid;
-use crate::packet::{Mac, Password};
+use crate::model::{Mac, Password, Uuid};
 use crate::secret::Sealed;
 
 /// What the policy looks at in a domain: read from its current XML.

@@ -23,7 +23,6 @@
 //!   the host only in promiscuous mode. On a NIC that is no bridge port the
 //!   same holds (the NIC's own filter drops them).
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -33,7 +32,9 @@ use nix::sys::socket::LinkAddr;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, Protocol, RawProtocol, SocketFlags, SocketType};
 
-use crate::packet::Mac;
+use crate::model::Mac;
+
+pub use crate::model::RawSource;
 
 /// The Wake-on-LAN ethertype (AMD Magic Packet over bare Ethernet).
 pub const ETHERTYPE_WOL: u16 = 0x0842;
@@ -57,24 +58,6 @@ pub struct RawListener {
     fd: OwnedFd,
     interface: Arc<str>,
     ifindex: usize,
-}
-
-/// Who sent a raw frame: the sender's hardware address and the interface it
-/// arrived on. Displays as `52:54:00:12:34:56 on eth0`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawSource {
-    /// The frame's Ethernet source address (what the sender claims: it is
-    /// not authenticated any more than a UDP source address is). All zeros
-    /// for frames sent on `lo`, whose own address is all zeros.
-    pub mac: Mac,
-    /// The interface the frame arrived on.
-    pub interface: Arc<str>,
-}
-
-impl fmt::Display for RawSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} on {}", self.mac, self.interface)
-    }
 }
 
 impl RawListener {

@@ -17,13 +17,13 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::ask::Target;
 use crate::book::{Request, Resumed};
-use crate::hypervisor::{DomainState, HvError, StopReason, Unreadable};
+use crate::hypervisor::Unreadable;
 use crate::index::file::FileError;
+use crate::model::{DomainState, HvError, Mac, Source, StopReason};
 use crate::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
-use crate::packet::{Mac, Rejection};
+use crate::packet::Rejection;
 use crate::policy::Refusal;
 use crate::ratelimit::RateLimiter;
-use crate::sockets::Source;
 use crate::uri::Transport;
 
 /// Window of the log rate limits.

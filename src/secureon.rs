@@ -5,7 +5,7 @@
 
 use crate::domain_xml::WakeMeta;
 use crate::hypervisor::{HvError, Libvirt};
-use crate::packet::Password;
+use crate::model::Password;
 use crate::secret::Sealed;
 
 /// Why a SecureOn command did nothing.

@@ -1,7 +1,6 @@
 //! Socket acquisition: the UDP sockets systemd passed in, or our own, and
 //! the raw Ethernet listeners of `--raw-interface`.
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -9,40 +8,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use anyhow::{Context, Result, bail};
 use listenfd::ListenFd;
 
-use crate::raw::{RawListener, RawSource};
+use crate::raw::RawListener;
 
-/// Where a wake request came from: a UDP sender, or a raw Ethernet frame's
-/// sender on an interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A UDP datagram's source address.
-    Udp(SocketAddr),
-    /// A raw frame's source MAC and interface.
-    Raw(RawSource),
-    /// An HTTP wake request's peer.
-    Http(SocketAddr),
-}
-
-impl Source {
-    /// How it arrived, for the `VIA` journal field: `udp`, `raw` or `http`.
-    pub fn via(&self) -> &'static str {
-        match self {
-            Source::Udp(_) => "udp",
-            Source::Raw(_) => "raw",
-            Source::Http(_) => "http",
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Udp(addr) => addr.fmt(f),
-            Source::Raw(raw) => raw.fmt(f),
-            Source::Http(addr) => write!(f, "{addr} (HTTP)"),
-        }
-    }
-}
+pub use crate::model::Source;
 
 /// Something the gateway reads wake requests from.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::ask::Target;
 use crate::gateway::Reply;
-use crate::hypervisor::DomainState;
+use crate::model::DomainState;
 use crate::outcome::Outcome;
 use crate::report::{self, action_word};
 
@@ -214,7 +214,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::hypervisor::HvError;
+    use crate::model::HvError;
     use crate::outcome::{Decision, Named, Verb, WaitFor};
     use crate::policy::Refusal;
 

@@ -11,7 +11,7 @@
 //! domain is decided there, against the domain's current XML.
 //!
 //! Hostile clients cost little: connections are capped in total and per
-//! client, with room kept for requests with a valid token ([`slots`]);
+//! client, with room kept for requests with a valid token (`slots.rs`);
 //! headers must arrive within [`HEADER_TIMEOUT`], bodies are capped and must
 //! arrive within [`BODY_TIMEOUT`], a connection lives at most
 //! [`MAX_CONNECTION`] and is closed after any answer that did not prove a
@@ -51,13 +51,12 @@ use crate::fleet::Fleet;
 use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
 use crate::host::{Host, HostError};
-use crate::hypervisor::{DomainState, StopReason};
 use crate::list::{self, DomainView};
 use crate::lock;
+use crate::model::{DomainState, Source, StopReason};
 use crate::policy::Policy;
 use crate::report;
 use crate::secret::{Hash, token_hash};
-use crate::sockets::Source;
 
 use self::answer::Answered;
 use self::route::{Endpoint, Presented, Refusal};
@@ -65,7 +64,7 @@ use self::slots::{Id, Slots};
 
 /// Connections served at once; past it a new connection takes the place of
 /// an unproven one of a client that holds more, or is closed at once (see
-/// [`slots`]).
+/// `slots.rs`).
 pub const MAX_CONNECTIONS: usize = 64;
 /// A request's headers must arrive within this (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);

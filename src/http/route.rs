@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::http::{HeaderMap, Method, StatusCode, header};
 
 use crate::ask::Target;
-use crate::packet::Mac;
+use crate::model::Mac;
 
 /// The longest `?wait=` honoured; longer is capped to it.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{MacIndex, Uuid};
-use crate::packet::Mac;
+use crate::model::Mac;
 
 /// First line of every index file; a different one means another format.
 const HEADER: &str = "wol-libvirt-gateway mac-index 3";

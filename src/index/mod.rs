@@ -22,8 +22,8 @@ pub mod file;
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use crate::hypervisor::Uuid;
-use crate::packet::Mac;
+use crate::model::Mac;
+pub use crate::model::Uuid;
 
 /// MAC address to owning domains, and the set of domains whose XML was read.
 ///
