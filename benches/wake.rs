@@ -55,8 +55,8 @@ use std::time::Instant;
 use command_fds::{CommandFdExt, FdMapping};
 use virt::connect::Connect;
 use virt::domain::Domain;
-use wol_libvirt_gateway::packet::{Mac, magic_packet};
-use wol_libvirt_gateway::uri::shown;
+use wol_libvirt_gateway::ingress::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::libvirt::uri::shown;
 
 // Host B, shared with the remote end-to-end tests.
 #[path = "../tests/host_b.rs"]

@@ -91,7 +91,7 @@ pub struct Args {
     /// Only these domains may be woken: a domain name, a UUID, or a MAC
     /// (repeat the flag). Default: any domain with the MAC.
     #[arg(long, value_name = "NAME|UUID|MAC", global = true)]
-    pub allow: Vec<crate::policy::AllowEntry>,
+    pub allow: Vec<crate::decide::policy::AllowEntry>,
 
     /// Only domains that opted in through their own libvirt metadata may be
     /// woken: virsh metadata DOMAIN --uri https://wol-libvirt-gateway/xmlns/1
@@ -151,7 +151,7 @@ pub enum SecureonCommand {
         domain: String,
         /// The password, as etherwake -p takes it.
         #[arg(value_name = "PASSWORD")]
-        password: crate::packet::Password,
+        password: crate::ingress::packet::Password,
     },
     /// Take DOMAIN's password away: any magic packet wakes it again.
     Clear {

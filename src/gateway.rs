@@ -21,18 +21,18 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::{debug, warn};
 
-use crate::ask::{Ask, Credential};
-use crate::book::{Book, NotParked, Offer, Rules};
-use crate::fleet::{Conclusion, Fleet};
-use crate::guesses::Guesses;
-use crate::host::{Health, HostError, HostEvent, Route};
+use crate::decide::ask::{Ask, Credential};
+use crate::decide::book::{Book, NotParked, Offer, Rules};
+use crate::decide::guesses::Guesses;
+use crate::decide::outcome::{Decision, Named, Outcome, Verb, WaitFor};
+use crate::decide::policy::Refusal;
+use crate::ingress::packet;
+use crate::ingress::sockets::{self, Listener, Source};
+use crate::libvirt::fleet::{Conclusion, Fleet};
+use crate::libvirt::host::{Health, HostError, HostEvent, Route};
 use crate::model::{DomainState, HvError, StopReason};
-use crate::notify::Notifier;
-use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
-use crate::packet;
-use crate::policy::Refusal;
+use crate::report::notify::Notifier;
 use crate::report::{Reporter, Stats, StatusView};
-use crate::sockets::{self, Listener, Source};
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
 const MAX_DATAGRAM: usize = 65_536;
@@ -54,7 +54,7 @@ pub struct Config {
     pub max_in_flight: usize,
 }
 
-pub use crate::outcome::Exit;
+pub use crate::decide::outcome::Exit;
 
 /// A readable end that `poll` watches, and the writable end that rings it.
 fn bell() -> io::Result<(UnixStream, UnixStream)> {

@@ -1,57 +1,40 @@
 //! wol-libvirt-gateway: Wake-on-LAN magic packets in, libvirt domains up.
 //!
-//! A newcomer's map:
-//! - packets enter in [`gateway`] (the loop: `Gateway::drain`), from the
-//!   [`sockets`] (UDP, passed by systemd or bound; raw Ethernet from [`raw`]),
-//!   are parsed by [`packet::parse`] and become requests in the [`book`]
-//!   (de-duplication, retries, backoff: pure, clock passed in);
-//! - each due request runs on a worker thread in [`fleet`] (`Fleet::wake`),
-//!   which asks every [`host`] in parallel; a host finds the MAC's domains
-//!   through its [`index`] (and index file), confirmed by their XML
-//!   ([`domain_xml`]), filtered by the [`policy`]; the VM is chosen by the
-//!   pure [`plan`];
-//! - it is started in `Host::act`, through [`hypervisor`] (the only module
-//!   that talks to libvirt);
-//! - what came of it ([`outcome`]) is put into words, journal fields and
-//!   `STATUS=` by [`report`], and nowhere else.
-//!
-//! Also: [`notify`] (sd_notify), [`logging`] (journald or stderr),
-//! [`backoff`], [`ratelimit`], [`list`] (the `list` command), [`cli`] (flags),
-//! [`uri`] (how a libvirt URI is shown).
+//! A newcomer's map, in the order a request goes:
+//! - [`ingress`]: where requests enter. The [`ingress::sockets`] (UDP, passed
+//!   by systemd or bound; raw Ethernet frames from [`ingress::raw`]) are
+//!   drained by the loop in [`gateway`] (`Gateway::drain`), each datagram
+//!   parsed by [`ingress::packet::parse`]; HTTP wake requests come in through
+//!   [`ingress::http`].
+//! - [`decide`]: the pure decisions, the clock passed in. A request
+//!   ([`decide::ask`]) waits in the [`decide::book`] (de-duplication,
+//!   retries, backoff, room per client); the [`decide::policy`] says who may
+//!   wake what; the VM is chosen by [`decide::plan`]; what came of it is an
+//!   [`decide::outcome`].
+//! - [`libvirt`]: everything that talks to libvirt. Each due request runs on
+//!   a worker thread in [`libvirt::fleet`] (`Fleet::wake`), which asks every
+//!   [`libvirt::host`] in parallel; a host finds the MAC's domains through
+//!   its [`libvirt::index`], confirmed by their XML
+//!   ([`libvirt::domain_xml`]), and a VM is started in `Host::act`, through
+//!   [`libvirt::hypervisor`] (the only module that links libvirt).
+//! - [`report`]: the only place that puts outcomes into words, journal
+//!   fields and `STATUS=`; also logging and sd_notify.
+//! - [`commands`]: `list`, `token`, `secureon`; [`cli`]: the flags.
+//! - [`model`]: the plain data all of them share; [`secret`]: tokens and
+//!   passwords, hashed.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod ask;
-pub mod backoff;
-pub mod book;
 pub mod cli;
-pub mod client;
-pub mod domain_xml;
-pub mod failures;
-pub mod fleet;
+pub mod commands;
+pub mod decide;
 pub mod gateway;
-pub mod guesses;
-pub mod host;
-pub mod http;
-pub mod hypervisor;
-pub mod index;
-pub mod list;
-pub mod logging;
+pub mod ingress;
+pub mod libvirt;
 pub mod model;
-pub mod notify;
-pub mod outcome;
-pub mod packet;
-pub mod plan;
-pub mod policy;
-pub mod ratelimit;
-pub mod raw;
 pub mod report;
 pub mod secret;
-pub mod secureon;
-pub mod sockets;
-pub mod token;
-pub mod uri;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -60,18 +43,22 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
-use crate::book::Rules;
 use crate::cli::{Args, Command, SecureonCommand, TokenCommand};
-use crate::fleet::{Fleet, Timing};
+use crate::commands::{list, secureon, token};
+use crate::decide::book::Rules;
+use crate::decide::policy::Policy;
 use crate::gateway::{Config, Gateway, Shutdown};
-use crate::host::Host;
-use crate::hypervisor::{Libvirt, LibvirtConnector};
-use crate::index::Rescan;
-use crate::index::file::{CacheDirSource, IndexFile};
-use crate::notify::Notifier;
-use crate::policy::Policy;
+use crate::ingress::sockets::Origin;
+use crate::ingress::{http, sockets};
+use crate::libvirt::fleet::{Fleet, Timing};
+use crate::libvirt::host::Host;
+use crate::libvirt::hypervisor::{Libvirt, LibvirtConnector};
+use crate::libvirt::index::Rescan;
+use crate::libvirt::index::file::{CacheDirSource, IndexFile};
+use crate::libvirt::{hypervisor, uri};
 use crate::report::Reporter;
-use crate::sockets::Origin;
+use crate::report::logging;
+use crate::report::notify::Notifier;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:
 /// every critical section in this crate is a few assignments, inserts or

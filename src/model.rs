@@ -1,7 +1,7 @@
 //! The plain data every part shares: addresses, domains' identities and
 //! states, what was done to a domain, libvirt's errors as values, and where a
 //! request came from. No I/O and no libvirt here: the pure decisions
-//! ([`crate::book`], [`crate::plan`], [`crate::policy`], …) import these, not
+//! ([`crate::decide::book`], [`crate::decide::plan`], [`crate::decide::policy`], …) import these, not
 //! the modules that talk to sockets or libvirt.
 
 use std::fmt;
@@ -261,7 +261,7 @@ pub enum HvErrorKind {
     /// The domain does not exist (any more).
     NoDomain,
     /// Anything else; whether the connection is still usable is asked
-    /// separately ([`crate::hypervisor::Hypervisor::is_alive`]).
+    /// separately ([`crate::libvirt::hypervisor::Hypervisor::is_alive`]).
     Other,
 }
 

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing};
+use wol_libvirt_gateway::decide::outcome::{Outcome, WaitFor};
+use wol_libvirt_gateway::decide::policy::Policy;
 use wol_libvirt_gateway::gateway::Exit;
-use wol_libvirt_gateway::host::{Health, Host};
-use wol_libvirt_gateway::hypervisor::{Action, DomainState};
-use wol_libvirt_gateway::outcome::{Outcome, WaitFor};
-use wol_libvirt_gateway::policy::Policy;
+use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
+use wol_libvirt_gateway::libvirt::host::{Health, Host};
+use wol_libvirt_gateway::libvirt::hypervisor::{Action, DomainState};
 
 use crate::util::{DEADLINE, Fake, InProcess, host, mac, name_of, nics_xml, rescan, wait_until};
 
@@ -285,7 +285,7 @@ fn a_refused_packet_never_makes_a_later_one_a_duplicate() {
         Ok(format!(
             "<domain><metadata><wol:wake xmlns:wol='{}'/></metadata><devices>\
              <interface type='bridge'><mac address='{}'/></interface></devices></domain>",
-            wol_libvirt_gateway::domain_xml::METADATA_NAMESPACE,
+            wol_libvirt_gateway::libvirt::domain_xml::METADATA_NAMESPACE,
             mac_of(0)
         )),
     );

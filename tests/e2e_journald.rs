@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
-use wol_libvirt_gateway::packet::magic_packet;
+use wol_libvirt_gateway::ingress::packet::magic_packet;
 
 use crate::util::{
     DEADLINE, Launch, NodeFile, RunState, bin, domain, mac, secureon_element, wait_until,

@@ -409,7 +409,7 @@ fn slow_and_flooding_http_clients_never_delay_a_udp_wake() {
     served.gateway.wait_for_log("started db01");
     let took = sent.elapsed();
     assert!(
-        took < wol_libvirt_gateway::http::HEADER_TIMEOUT,
+        took < wol_libvirt_gateway::ingress::http::HEADER_TIMEOUT,
         "the UDP wake took {took:?} while HTTP clients stalled"
     );
 
@@ -643,7 +643,7 @@ fn a_post_may_name_the_domain_in_the_path_without_a_body() {
 #[test]
 fn one_address_cannot_hold_every_connection() {
     let served = serve(NodeFile::new(&[web01(RunState::ShutOff)]), &[]);
-    let held: Vec<TcpStream> = (0..wol_libvirt_gateway::http::MAX_CONNECTIONS_PER_ADDRESS)
+    let held: Vec<TcpStream> = (0..wol_libvirt_gateway::ingress::http::MAX_CONNECTIONS_PER_ADDRESS)
         .map(|_| TcpStream::connect(served.http).expect("connect"))
         .collect();
     // Past the cap the server closes the connection without a word.
@@ -889,7 +889,7 @@ fn clients_without_a_token_cannot_keep_a_valid_token_out() {
     }
     assert_eq!(woke, Some((200, false)), "after {took:?}");
     assert!(
-        took < wol_libvirt_gateway::http::HEADER_TIMEOUT,
+        took < wol_libvirt_gateway::ingress::http::HEADER_TIMEOUT,
         "the valid token waited {took:?} behind connections without one"
     );
     served.gateway.wait_for_log("started web01");

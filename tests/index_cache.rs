@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use virt::connect::Connect;
-use wol_libvirt_gateway::fleet::Fleet;
-use wol_libvirt_gateway::hypervisor::DomainState;
-use wol_libvirt_gateway::index::Rescan;
-use wol_libvirt_gateway::index::file::{CacheDirSource, IndexFile};
-use wol_libvirt_gateway::outcome::{Outcome, Verb};
+use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
+use wol_libvirt_gateway::libvirt::fleet::Fleet;
+use wol_libvirt_gateway::libvirt::hypervisor::DomainState;
+use wol_libvirt_gateway::libvirt::index::Rescan;
+use wol_libvirt_gateway::libvirt::index::file::{CacheDirSource, IndexFile};
 
 use crate::util::{
     RunState, Shared, domain, fleet, host, lookup, name_of, open_node, redefine, rescan, state_of,

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
-use wol_libvirt_gateway::domain_xml;
-use wol_libvirt_gateway::packet::{self, Mac, Rejection, magic_packet};
+use wol_libvirt_gateway::ingress::packet::{self, Mac, Rejection, magic_packet};
+use wol_libvirt_gateway::libvirt::domain_xml;
 
 fn unicast_mac() -> impl Strategy<Value = Mac> {
     any::<[u8; 6]>()

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use wol_libvirt_gateway::domain_xml::WakeMeta;
-use wol_libvirt_gateway::hypervisor::Libvirt;
-use wol_libvirt_gateway::outcome::{Outcome, Verb};
-use wol_libvirt_gateway::packet::{Mac, Magic, Password, magic_packet};
-use wol_libvirt_gateway::policy::Refusal;
-use wol_libvirt_gateway::secureon;
+use wol_libvirt_gateway::commands::secureon;
+use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
+use wol_libvirt_gateway::decide::policy::Refusal;
+use wol_libvirt_gateway::ingress::packet::{Mac, Magic, Password, magic_packet};
+use wol_libvirt_gateway::libvirt::domain_xml::WakeMeta;
+use wol_libvirt_gateway::libvirt::hypervisor::Libvirt;
 
 use crate::util::{
     DEADLINE, Launch, NodeFile, RunState, Shared, domain, fleet, host, mac, open_node, rescan,
@@ -50,7 +50,7 @@ fn a_domain_with_a_password_wakes_only_for_it() {
         other => panic!("not refused: {other:?}"),
     };
     let decide = |magic| match fleet.wake(magic) {
-        wol_libvirt_gateway::fleet::Conclusion::Decided(decision) => decision.outcome,
+        wol_libvirt_gateway::libvirt::fleet::Conclusion::Decided(decision) => decision.outcome,
         other => panic!("{other:?}"),
     };
 

@@ -4,10 +4,10 @@
 //! `test:///default` (each process starts from the driver's defaults).
 
 use assert_cmd::Command;
-use wol_libvirt_gateway::domain_xml::{self, WakeMeta};
-use wol_libvirt_gateway::hypervisor::Libvirt;
+use wol_libvirt_gateway::commands::token::{self, TokenError};
+use wol_libvirt_gateway::libvirt::domain_xml::{self, WakeMeta};
+use wol_libvirt_gateway::libvirt::hypervisor::Libvirt;
 use wol_libvirt_gateway::secret::token_hash;
-use wol_libvirt_gateway::token::{self, TokenError};
 
 use crate::util::{NodeFile, RunState, bin, domain, lookup, open_node};
 

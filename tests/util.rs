@@ -20,20 +20,20 @@ use command_fds::{CommandFdExt, FdMapping};
 use tempfile::TempDir;
 use virt::connect::Connect;
 use virt::domain::Domain;
-use wol_libvirt_gateway::book::Rules;
-use wol_libvirt_gateway::fleet::{Conclusion, Fleet, Timing};
+use wol_libvirt_gateway::decide::book::Rules;
+use wol_libvirt_gateway::decide::outcome::{Named, Outcome};
 use wol_libvirt_gateway::gateway::{Config, Exit, Gateway as InProcessGateway, Shutdown, Trigger};
-use wol_libvirt_gateway::host::Host;
-use wol_libvirt_gateway::hypervisor::{
+use wol_libvirt_gateway::ingress::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::ingress::sockets::Listener;
+use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
+use wol_libvirt_gateway::libvirt::host::Host;
+use wol_libvirt_gateway::libvirt::hypervisor::{
     Action, Connector, DomainRecord, DomainState, HvError, HvErrorKind, Hypervisor, Libvirt,
     Listed, Uuid,
 };
-use wol_libvirt_gateway::index::Rescan;
-use wol_libvirt_gateway::notify::Notifier;
-use wol_libvirt_gateway::outcome::{Named, Outcome};
-use wol_libvirt_gateway::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::libvirt::index::Rescan;
+use wol_libvirt_gateway::report::notify::Notifier;
 use wol_libvirt_gateway::report::{Record, Reporter, Stats};
-use wol_libvirt_gateway::sockets::Listener;
 
 /// Generous deadline for anything the gateway should do "at once".
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -103,8 +103,8 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
 /// The metadata element `secureon set` stores for `password` (a salted
 /// hash), in the namespace a node file needs.
 pub fn secureon_element(password: &[u8]) -> String {
-    use wol_libvirt_gateway::domain_xml::WakeMeta;
-    use wol_libvirt_gateway::packet::Password;
+    use wol_libvirt_gateway::ingress::packet::Password;
+    use wol_libvirt_gateway::libvirt::domain_xml::WakeMeta;
     use wol_libvirt_gateway::secret::Sealed;
     let sealed = Sealed::seal(&Password::new(password).expect("4 or 6 bytes")).expect("random");
     WakeMeta {

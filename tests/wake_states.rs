@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use virt::connect::Connect;
-use wol_libvirt_gateway::fleet::Fleet;
-use wol_libvirt_gateway::hypervisor::{Action, DomainState};
-use wol_libvirt_gateway::index::Rescan;
-use wol_libvirt_gateway::outcome::{Outcome, Verb};
-use wol_libvirt_gateway::policy::{Policy, Refusal};
+use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
+use wol_libvirt_gateway::decide::policy::{Policy, Refusal};
+use wol_libvirt_gateway::libvirt::fleet::Fleet;
+use wol_libvirt_gateway::libvirt::hypervisor::{Action, DomainState};
+use wol_libvirt_gateway::libvirt::index::Rescan;
 
 use crate::util::{
     DomainSpec, Fake, NodeFile, RunState, Shared, domain, fleet, host, lookup, name_of, nics_xml,
@@ -239,7 +239,7 @@ fn opt_in(conn: &Connect, name: &str) {
             virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
             Some("<wake/>"),
             Some("wol"),
-            Some(wol_libvirt_gateway::domain_xml::METADATA_NAMESPACE),
+            Some(wol_libvirt_gateway::libvirt::domain_xml::METADATA_NAMESPACE),
             virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
         )
         .expect("set metadata");

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wol_libvirt_gateway::packet::{self, magic_packet};
+use wol_libvirt_gateway::ingress::packet::{self, magic_packet};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mac) = packet::parse(data) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::http::{HeaderMap, Method, StatusCode, header};
 
-use crate::ask::Target;
+use crate::decide::ask::Target;
 use crate::model::Mac;
 
 /// The longest `?wait=` honoured; longer is capped to it.

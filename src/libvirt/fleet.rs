@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::ask::{Ask, Target};
-use crate::host::{Acted, Health, Host, HostError, Lookup, Route};
+use crate::decide::ask::{Ask, Target};
+use crate::decide::outcome::{Decision, Named, Outcome, Verb, WaitFor};
+use crate::decide::plan::{Candidate, Plan, plan};
+use crate::libvirt::host::{Acted, Health, Host, HostError, Lookup, Route};
 use crate::model::{Action, HvError};
-use crate::outcome::{Decision, Named, Outcome, Verb, WaitFor};
-use crate::plan::{Candidate, Plan, plan};
 use crate::secret::Hash;
 
 /// How long to wait for hosts.
@@ -415,8 +415,8 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::plan::Candidate;
     use crate::model::{DomainState, Uuid};
-    use crate::plan::Candidate;
 
     const GRACE: Duration = Duration::from_secs(1);
 
@@ -484,7 +484,7 @@ mod tests {
     fn a_refusal_does_not_settle_what_a_silent_host_may_permit() {
         let refused = Some(Answer::Found(Lookup {
             candidates: Vec::new(),
-            refused: vec![("web01".into(), crate::policy::Refusal::NotAllowed)],
+            refused: vec![("web01".into(), crate::decide::policy::Refusal::NotAllowed)],
         }));
         assert_eq!(
             verdict(&[refused.clone(), Some(Answer::Silent)], at(5000), GRACE),

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::decide::policy::Refusal;
 use crate::model::{Action, DomainState, HvError};
-use crate::policy::Refusal;
 
 /// What was (or, in a dry run, would be) done to a domain: the `ACTION`
 /// journal field.

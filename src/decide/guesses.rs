@@ -13,11 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
-use crate::failures::Failures;
+use crate::decide::client::Client;
+use crate::decide::failures::Failures;
 use crate::model::{Mac, Source};
 
-pub use crate::failures::{MAX_FAILURES, WINDOW};
+pub use crate::decide::failures::{MAX_FAILURES, WINDOW};
 
 /// Who sent a packet, as far as it says: a UDP sender's address (an IPv6
 /// /64), or a raw frame's Ethernet source.

@@ -112,8 +112,8 @@ impl From<Mac> for Ask {
     }
 }
 
-impl From<crate::packet::Magic> for Ask {
-    fn from(magic: crate::packet::Magic) -> Ask {
+impl From<crate::ingress::packet::Magic> for Ask {
+    fn from(magic: crate::ingress::packet::Magic) -> Ask {
         Ask {
             target: Target::Mac(magic.mac),
             credential: magic

@@ -145,7 +145,7 @@ fn forget_old(failures: &mut VecDeque<Instant>, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
+    use crate::decide::client::Client;
     use std::net::IpAddr;
 
     fn at(t0: Instant, secs: u64) -> Instant {

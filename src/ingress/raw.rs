@@ -4,7 +4,7 @@
 //! systemd cannot socket-activate an `AF_PACKET` socket, so this is an opt-in,
 //! always-on mode (`--raw-interface IFACE`) that opens its own sockets and
 //! needs `CAP_NET_RAW`. A [`RawListener`] hands out the frame's payload, which
-//! is the magic packet itself, so [`crate::packet::parse`] reads it unchanged.
+//! is the magic packet itself, so [`crate::ingress::packet::parse`] reads it unchanged.
 //!
 //! How, without `unsafe` (the crate forbids it): rustix creates the socket
 //! (it takes any ethertype as the protocol), and nix supplies the two

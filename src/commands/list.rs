@@ -6,11 +6,11 @@
 use std::borrow::Borrow;
 use std::fmt::Write as _;
 
-use crate::host::{DomainInfo, Host};
+use crate::decide::outcome::Verb;
+use crate::decide::plan::{Candidate, Plan, plan};
+use crate::decide::policy::Policy;
+use crate::libvirt::host::{DomainInfo, Host};
 use crate::model::Mac;
-use crate::outcome::Verb;
-use crate::plan::{Candidate, Plan, plan};
-use crate::policy::Policy;
 use crate::report::{self, Effect};
 
 /// One domain as the listing sees it.
@@ -247,8 +247,8 @@ pub fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::policy::{AllowEntry, DomainRef, Refusal};
     use crate::model::{DomainState, Uuid};
-    use crate::policy::{AllowEntry, DomainRef, Refusal};
 
     const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
 

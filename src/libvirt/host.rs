@@ -16,19 +16,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
 
-use crate::ask::{Ask, Target};
-use crate::domain_xml::Agent;
-use crate::hypervisor::{
+use crate::decide::ask::{Ask, Target};
+use crate::decide::outcome::Verb;
+use crate::decide::plan::{Candidate, action_for};
+use crate::decide::policy::{self, DomainRef, Policy, Refusal};
+use crate::libvirt::domain_xml::Agent;
+use crate::libvirt::hypervisor::{
     Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
     Listed, StopReason, Unreadable,
 };
-use crate::index::file::IndexFile;
-use crate::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
+use crate::libvirt::index::file::IndexFile;
+use crate::libvirt::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
 use crate::lock;
 use crate::model::Mac;
-use crate::outcome::Verb;
-use crate::plan::{Candidate, action_for};
-use crate::policy::{self, DomainRef, Policy, Refusal};
 use crate::report;
 use crate::secret::Hash;
 
@@ -335,7 +335,7 @@ impl Drop for Opening {
 
 /// A libvirt host.
 pub struct Host {
-    /// The URI as shown (see [`crate::uri::shown`]); the connector has the
+    /// The URI as shown (see [`crate::libvirt::uri::shown`]); the connector has the
     /// full one.
     uri: Arc<str>,
     /// Its place among the `--libvirt-uri`s, set by [`Host::at`].
@@ -417,7 +417,7 @@ impl Host {
     /// A host connected through `connector` on first use.
     pub fn new(connector: Box<dyn Connector>, rescan: Rescan) -> Self {
         Host {
-            uri: Arc::from(crate::uri::shown(connector.uri())),
+            uri: Arc::from(crate::libvirt::uri::shown(connector.uri())),
             position: 0,
             alone: true,
             connector: Arc::from(connector),
@@ -1245,7 +1245,7 @@ fn would_act(owners: &[Inspection]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::DomainRecord;
+    use crate::libvirt::hypervisor::DomainRecord;
 
     /// A connection that is alive and answers nothing else: what the spares
     /// hold is all these tests look at.

@@ -3,7 +3,7 @@
 //!
 //! The index is a hint, never the truth: a host confirms every owner it
 //! names against the domain's current XML before acting (see
-//! [`crate::host`]). It lives independently of any libvirt connection: in
+//! [`crate::libvirt::host`]). It lives independently of any libvirt connection: in
 //! memory ([`MacIndex`]), in a file per URI that a freshly started process
 //! reads ([`file`]), and is refreshed by the rules of [`refresh_for`]:
 //!

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use hyper::http::StatusCode;
 use serde::Serialize;
 
-use crate::ask::Target;
+use crate::decide::ask::Target;
+use crate::decide::outcome::Outcome;
 use crate::gateway::Reply;
 use crate::model::DomainState;
-use crate::outcome::Outcome;
 use crate::report::{self, action_word};
 
 /// 404 for every "no domain this token may wake" with a token some domain
@@ -214,9 +214,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::decide::outcome::{Decision, Named, Verb, WaitFor};
+    use crate::decide::policy::Refusal;
     use crate::model::HvError;
-    use crate::outcome::{Decision, Named, Verb, WaitFor};
-    use crate::policy::Refusal;
 
     fn web01() -> Named {
         Named {

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use anyhow::{Context, Result, bail};
 use listenfd::ListenFd;
 
-use crate::raw::RawListener;
+use crate::ingress::raw::RawListener;
 
 pub use crate::model::Source;
 

@@ -30,9 +30,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::ask::{Ask, Credential, Target};
-use crate::backoff::Backoff;
-use crate::client::Client;
+use crate::decide::ask::{Ask, Credential, Target};
+use crate::decide::backoff::Backoff;
+use crate::decide::client::Client;
 use crate::model::Source;
 
 /// The book's settings.
@@ -69,7 +69,7 @@ impl Rules {
             retry_spacing: Duration::from_secs(1),
             max_pending: 4_096,
             max_http_pending: 1_024,
-            // As many as one client's connections (crate::http).
+            // As many as one client's connections (crate::ingress::http).
             max_http_per_client: 8,
             max_http_parked: 256,
             max_recent: 4_096,
@@ -551,7 +551,7 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ask::Credential;
+    use crate::decide::ask::Credential;
     use crate::model::{Mac, Password};
     use std::net::SocketAddr;
 

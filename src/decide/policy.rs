@@ -5,8 +5,8 @@
 
 use std::str::FromStr;
 
-use crate::ask::Credential;
-use crate::domain_xml::WakeMeta;
+use crate::decide::ask::Credential;
+use crate::libvirt::domain_xml::WakeMeta;
 use crate::model::{Mac, Password, Uuid};
 use crate::secret::Sealed;
 

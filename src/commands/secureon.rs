@@ -1,10 +1,10 @@
 //! `secureon set | clear`: a domain's SecureOn password, WOL's own (weak)
 //! password. Stored only salted and hashed in the domain's `<metadata>`
 //! (see [`WakeMeta`]); magic packets for a domain that set one are refused
-//! without it ([`crate::policy::check_secureon`]).
+//! without it ([`crate::decide::policy::check_secureon`]).
 
-use crate::domain_xml::WakeMeta;
-use crate::hypervisor::{HvError, Libvirt};
+use crate::libvirt::domain_xml::WakeMeta;
+use crate::libvirt::hypervisor::{HvError, Libvirt};
 use crate::model::Password;
 use crate::secret::Sealed;
 

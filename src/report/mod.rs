@@ -8,6 +8,10 @@
 //! [`LOG_WINDOW`] at their own level, the rest at debug), and what a limit
 //! held back is summed up when its window closes.
 
+pub mod logging;
+pub mod notify;
+pub mod ratelimit;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::mpsc::Sender;
@@ -15,16 +19,16 @@ use std::time::{Duration, Instant};
 
 use tracing::{Level, debug, error, info, warn};
 
-use crate::ask::Target;
-use crate::book::{Request, Resumed};
-use crate::hypervisor::Unreadable;
-use crate::index::file::FileError;
+use crate::decide::ask::Target;
+use crate::decide::book::{Request, Resumed};
+use crate::decide::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
+use crate::decide::policy::Refusal;
+use crate::ingress::packet::Rejection;
+use crate::libvirt::hypervisor::Unreadable;
+use crate::libvirt::index::file::FileError;
+use crate::libvirt::uri::Transport;
 use crate::model::{DomainState, HvError, Mac, Source, StopReason};
-use crate::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
-use crate::packet::Rejection;
-use crate::policy::Refusal;
-use crate::ratelimit::RateLimiter;
-use crate::uri::Transport;
+use crate::report::ratelimit::RateLimiter;
 
 /// Window of the log rate limits.
 pub const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -344,7 +348,7 @@ impl Reporter {
         let message = format!(
             "dropping wake request for {mac} from {source}: {max_pending} requests, or {} with \
              other passwords for this MAC, are already waiting (counted in the exit summary)",
-            crate::book::MAX_CREDENTIALS_PER_TARGET
+            crate::decide::book::MAX_CREDENTIALS_PER_TARGET
         );
         let mut record = Record::about(Level::WARN, &Target::Mac(mac), source, message);
         record.action = Some("none");
@@ -361,8 +365,8 @@ impl Reporter {
             "not looking up the SecureOn password for {mac} from {source}: {} wrong ones for \
              this MAC or from this sender within {} s; passwords are heard again in {} s \
              (counted in the exit summary)",
-            crate::guesses::MAX_FAILURES,
-            crate::guesses::WINDOW.as_secs(),
+            crate::decide::guesses::MAX_FAILURES,
+            crate::decide::guesses::WINDOW.as_secs(),
             left.as_secs()
         );
         let mut record = Record::about(Level::WARN, &Target::Mac(mac), source, message);
@@ -743,7 +747,7 @@ fn waiting_words(waiting: &WaitFor) -> String {
 /// A host could not be reached (said once per outage, from a worker).
 pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
     // What to check depends on how the URI gets there.
-    let check = match crate::uri::transport(uri) {
+    let check = match crate::libvirt::uri::transport(uri) {
         Transport::Local => {
             "Is libvirtd running, and may this user use it (member of the 'libvirt' group, or \
              allowed by polkit)?"

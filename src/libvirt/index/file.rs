@@ -304,7 +304,7 @@ impl IndexFile {
         }
         match uri.strip_prefix("uri ").map(str::trim_end) {
             Some(found) if found == one_line(&self.uri) => {}
-            Some(found) => return Err(FileError::OtherUri(crate::uri::shown(found))),
+            Some(found) => return Err(FileError::OtherUri(crate::libvirt::uri::shown(found))),
             None => return Err(FileError::NoHeader),
         }
         let scanned = match scan.strip_prefix("full-scan ").map(str::trim_end) {

@@ -43,18 +43,18 @@ use serde::Serialize;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::ask::{Ask, Credential, Target};
-use crate::client::Client;
-use crate::domain_xml::Agent;
-use crate::failures::Failures;
-use crate::fleet::Fleet;
+use crate::commands::list::{self, DomainView};
+use crate::decide::ask::{Ask, Credential, Target};
+use crate::decide::client::Client;
+use crate::decide::failures::Failures;
+use crate::decide::policy::Policy;
 use crate::gateway::POST_START_CHECK;
 use crate::gateway::{Submission, Submitter};
-use crate::host::{Host, HostError};
-use crate::list::{self, DomainView};
+use crate::libvirt::domain_xml::Agent;
+use crate::libvirt::fleet::Fleet;
+use crate::libvirt::host::{Host, HostError};
 use crate::lock;
 use crate::model::{DomainState, Source, StopReason};
-use crate::policy::Policy;
 use crate::report;
 use crate::secret::{Hash, token_hash};
 

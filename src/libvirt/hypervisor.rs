@@ -5,7 +5,7 @@
 //!
 //! Every call here blocks until libvirt answers, which may be never (a
 //! stopped daemon, a silent network): they run on worker threads, never on
-//! the gateway's loop (see [`crate::fleet`]).
+//! the gateway's loop (see [`crate::libvirt::fleet`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +19,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
-use crate::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
+use crate::libvirt::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
 use crate::lock;
 use crate::model::Mac;
 

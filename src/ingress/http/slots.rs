@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::client::Client;
+use crate::decide::client::Client;
 
 /// A served connection's number.
 pub(crate) type Id = u64;

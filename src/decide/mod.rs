@@ -1,0 +1,14 @@
+//! The pure decisions: what a request asks, the request book, who may wake
+//! what, the plan for a MAC, and what came of it; limits per client and
+//! throttles. No I/O and no libvirt: the clock is passed in, every rule is a
+//! unit test on made-up instants.
+
+pub mod ask;
+pub mod backoff;
+pub mod book;
+pub mod client;
+pub mod failures;
+pub mod guesses;
+pub mod outcome;
+pub mod plan;
+pub mod policy;
