@@ -55,8 +55,9 @@ use std::time::Instant;
 use command_fds::{CommandFdExt, FdMapping};
 use virt::connect::Connect;
 use virt::domain::Domain;
-use wol_libvirt_gateway::ingress::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::ingress::packet::magic_packet;
 use wol_libvirt_gateway::libvirt::uri::shown;
+use wol_libvirt_gateway::model::Mac;
 
 // Host B, shared with the remote end-to-end tests.
 #[path = "../tests/host_b.rs"]

@@ -151,7 +151,7 @@ pub enum SecureonCommand {
         domain: String,
         /// The password, as etherwake -p takes it.
         #[arg(value_name = "PASSWORD")]
-        password: crate::ingress::packet::Password,
+        password: crate::model::Password,
     },
     /// Take DOMAIN's password away: any magic packet wakes it again.
     Clear {

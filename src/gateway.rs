@@ -27,10 +27,10 @@ use crate::decide::guesses::Guesses;
 use crate::decide::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::decide::policy::Refusal;
 use crate::ingress::packet;
-use crate::ingress::sockets::{self, Listener, Source};
+use crate::ingress::sockets::{self, Listener};
 use crate::libvirt::fleet::{Conclusion, Fleet};
 use crate::libvirt::host::{Health, HostError, HostEvent, Route};
-use crate::model::{DomainState, HvError, StopReason};
+use crate::model::{DomainState, HvError, Source, StopReason};
 use crate::report::notify::Notifier;
 use crate::report::{Reporter, Stats, StatusView};
 

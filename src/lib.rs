@@ -55,7 +55,7 @@ use crate::libvirt::host::Host;
 use crate::libvirt::hypervisor::{Libvirt, LibvirtConnector};
 use crate::libvirt::index::Rescan;
 use crate::libvirt::index::file::{CacheDirSource, IndexFile};
-use crate::libvirt::{hypervisor, uri};
+use crate::libvirt::uri;
 use crate::report::Reporter;
 use crate::report::logging;
 use crate::report::notify::Notifier;
@@ -414,7 +414,7 @@ fn find_host<'a>(
     for (uri, hv) in hosts {
         match hv.wake_meta(domain) {
             Ok(_) => having.push((uri.as_str(), hv)),
-            Err(e) if e.kind == hypervisor::HvErrorKind::NoDomain => {}
+            Err(e) if e.kind == model::HvErrorKind::NoDomain => {}
             Err(e) => return Err(format!("{uri}: {e}")),
         }
     }

@@ -15,7 +15,7 @@ use wol_libvirt_gateway::decide::policy::Policy;
 use wol_libvirt_gateway::gateway::Exit;
 use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
 use wol_libvirt_gateway::libvirt::host::{Health, Host};
-use wol_libvirt_gateway::libvirt::hypervisor::{Action, DomainState};
+use wol_libvirt_gateway::model::{Action, DomainState};
 
 use crate::util::{DEADLINE, Fake, InProcess, host, mac, name_of, nics_xml, rescan, wait_until};
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::RngCore;
 use proptest::test_runner::{RngAlgorithm, TestRng};
-use wol_libvirt_gateway::ingress::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::ingress::packet::magic_packet;
+use wol_libvirt_gateway::model::Mac;
 
 use crate::e2e_libvirtd::{
     Guest, SLOW_DEADLINE, URI, terminate, terminate_with_one_in_flight, wakeonlan,

@@ -3,8 +3,9 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
-use wol_libvirt_gateway::ingress::packet::{self, Mac, Rejection, magic_packet};
+use wol_libvirt_gateway::ingress::packet::{self, Rejection, magic_packet};
 use wol_libvirt_gateway::libvirt::domain_xml;
+use wol_libvirt_gateway::model::Mac;
 
 fn unicast_mac() -> impl Strategy<Value = Mac> {
     any::<[u8; 6]>()

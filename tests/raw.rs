@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
-use wol_libvirt_gateway::ingress::packet::{self, Mac};
-use wol_libvirt_gateway::ingress::raw::{RawListener, RawSource};
+use wol_libvirt_gateway::ingress::packet;
+use wol_libvirt_gateway::ingress::raw::RawListener;
+use wol_libvirt_gateway::model::Mac;
+use wol_libvirt_gateway::model::RawSource;
 
 use crate::util::{DEADLINE, mac};
 

@@ -93,14 +93,7 @@ fn sigterm_in_the_middle_of_a_flood_exits_0_with_no_request_unaccounted() {
     for i in 0..20_000u32 {
         let payload = match i % 4 {
             0 => wol_libvirt_gateway::ingress::packet::magic_packet(
-                wol_libvirt_gateway::ingress::packet::Mac([
-                    0x52,
-                    0x54,
-                    0,
-                    0xf0,
-                    (i >> 8) as u8,
-                    i as u8,
-                ]),
+                wol_libvirt_gateway::model::Mac([0x52, 0x54, 0, 0xf0, (i >> 8) as u8, i as u8]),
             ),
             1 if i % 1000 == 1 => wol_libvirt_gateway::ingress::packet::magic_packet(
                 crate::util::mac("52:54:00:aa:bb:cc"),

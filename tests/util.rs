@@ -23,15 +23,16 @@ use virt::domain::Domain;
 use wol_libvirt_gateway::decide::book::Rules;
 use wol_libvirt_gateway::decide::outcome::{Named, Outcome};
 use wol_libvirt_gateway::gateway::{Config, Exit, Gateway as InProcessGateway, Shutdown, Trigger};
-use wol_libvirt_gateway::ingress::packet::{Mac, magic_packet};
+use wol_libvirt_gateway::ingress::packet::magic_packet;
 use wol_libvirt_gateway::ingress::sockets::Listener;
 use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
 use wol_libvirt_gateway::libvirt::host::Host;
 use wol_libvirt_gateway::libvirt::hypervisor::{
-    Action, Connector, DomainRecord, DomainState, HvError, HvErrorKind, Hypervisor, Libvirt,
-    Listed, Uuid,
+    Connector, DomainRecord, Hypervisor, Libvirt, Listed,
 };
 use wol_libvirt_gateway::libvirt::index::Rescan;
+use wol_libvirt_gateway::model::Mac;
+use wol_libvirt_gateway::model::{Action, DomainState, HvError, HvErrorKind, Uuid};
 use wol_libvirt_gateway::report::notify::Notifier;
 use wol_libvirt_gateway::report::{Record, Reporter, Stats};
 
@@ -103,8 +104,8 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
 /// The metadata element `secureon set` stores for `password` (a salted
 /// hash), in the namespace a node file needs.
 pub fn secureon_element(password: &[u8]) -> String {
-    use wol_libvirt_gateway::ingress::packet::Password;
     use wol_libvirt_gateway::libvirt::domain_xml::WakeMeta;
+    use wol_libvirt_gateway::model::Password;
     use wol_libvirt_gateway::secret::Sealed;
     let sealed = Sealed::seal(&Password::new(password).expect("4 or 6 bytes")).expect("random");
     WakeMeta {

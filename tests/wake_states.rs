@@ -8,8 +8,8 @@ use virt::connect::Connect;
 use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
 use wol_libvirt_gateway::decide::policy::{Policy, Refusal};
 use wol_libvirt_gateway::libvirt::fleet::Fleet;
-use wol_libvirt_gateway::libvirt::hypervisor::{Action, DomainState};
 use wol_libvirt_gateway::libvirt::index::Rescan;
+use wol_libvirt_gateway::model::{Action, DomainState};
 
 use crate::util::{
     DomainSpec, Fake, NodeFile, RunState, Shared, domain, fleet, host, lookup, name_of, nics_xml,

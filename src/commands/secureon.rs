@@ -4,8 +4,8 @@
 //! without it ([`crate::decide::policy::check_secureon`]).
 
 use crate::libvirt::domain_xml::WakeMeta;
-use crate::libvirt::hypervisor::{HvError, Libvirt};
-use crate::model::Password;
+use crate::libvirt::hypervisor::Libvirt;
+use crate::model::{HvError, Password};
 use crate::secret::Sealed;
 
 /// Why a SecureOn command did nothing.

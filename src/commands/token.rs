@@ -6,7 +6,8 @@
 use std::fmt::Write as _;
 
 use crate::libvirt::domain_xml::WakeMeta;
-use crate::libvirt::hypervisor::{HvError, Libvirt};
+use crate::libvirt::hypervisor::Libvirt;
+use crate::model::HvError;
 use crate::secret::{Hash, Token};
 
 /// More tokens than this on one domain is a leak, not a fleet of clients.
@@ -69,7 +70,7 @@ pub fn list(hv: &Libvirt) -> Result<Vec<(String, Vec<Hash>)>, TokenError> {
             Ok(meta) if !meta.tokens.is_empty() => found.push((name, meta.tokens)),
             Ok(_) => {}
             // Undefined since the listing: it has no tokens any more.
-            Err(e) if e.kind == crate::libvirt::hypervisor::HvErrorKind::NoDomain => {}
+            Err(e) if e.kind == crate::model::HvErrorKind::NoDomain => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-pub use crate::model::{Mac, MacParseError, Password};
+use crate::model::{Mac, Password};
 
 /// Length of the sync stream (`0xff` repeated).
 const SYNC_LEN: usize = 6;

@@ -34,7 +34,7 @@ use rustix::net::{AddressFamily, Protocol, RawProtocol, SocketFlags, SocketType}
 
 use crate::model::Mac;
 
-pub use crate::model::RawSource;
+use crate::model::RawSource;
 
 /// The Wake-on-LAN ethertype (AMD Magic Packet over bare Ethernet).
 pub const ETHERTYPE_WOL: u16 = 0x0842;

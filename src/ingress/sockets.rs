@@ -10,7 +10,7 @@ use listenfd::ListenFd;
 
 use crate::ingress::raw::RawListener;
 
-pub use crate::model::Source;
+use crate::model::Source;
 
 /// Something the gateway reads wake requests from.
 #[derive(Debug)]

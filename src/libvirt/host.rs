@@ -22,13 +22,12 @@ use crate::decide::plan::{Candidate, action_for};
 use crate::decide::policy::{self, DomainRef, Policy, Refusal};
 use crate::libvirt::domain_xml::Agent;
 use crate::libvirt::hypervisor::{
-    Action, Connector, DomainState, Heartbeat, HvError, HvErrorKind, Hypervisor, Inspection,
-    Listed, StopReason, Unreadable,
+    Connector, Heartbeat, Hypervisor, Inspection, Listed, Unreadable,
 };
 use crate::libvirt::index::file::IndexFile;
 use crate::libvirt::index::{Freshness, MacIndex, Refresh, Rescan, Uuid, refresh_for};
 use crate::lock;
-use crate::model::Mac;
+use crate::model::{Action, DomainState, HvError, HvErrorKind, Mac, StopReason};
 use crate::report;
 use crate::secret::Hash;
 

@@ -23,9 +23,7 @@ use crate::libvirt::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
 use crate::lock;
 use crate::model::Mac;
 
-pub use crate::model::{
-    Action, DomainState, HvError, HvErrorKind, StopReason, Uuid, UuidParseError,
-};
+use crate::model::{Action, DomainState, HvError, HvErrorKind, StopReason, Uuid};
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {
