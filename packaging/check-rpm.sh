@@ -286,7 +286,8 @@ system_dirs=(
 )
 # The package's own directories, which cargo-generate-rpm cannot package as
 # entries (postun.sh removes them on erase).
-unowned_dirs=("/usr/share/doc/$pkg" "/usr/share/doc/$pkg/examples" "/usr/share/licenses/$pkg")
+unowned_dirs=("/usr/share/doc/$pkg" "/usr/share/doc/$pkg/examples" "/usr/share/doc/$pkg/docs"
+    "/usr/share/licenses/$pkg")
 
 copy_with_libs() { # HOST-BINARY ROOT-PATH: a host program and its libraries
     local lib

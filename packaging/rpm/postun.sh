@@ -15,7 +15,8 @@ if [ "${1:-0}" -eq 0 ]; then
     # directory entry (its `dir = true` assets fail to build), so RPM does not
     # know it created them and would leave them behind, empty. rmdir removes
     # only empty directories (an admin's file keeps its directory).
-    rmdir /usr/share/doc/wol-libvirt-gateway/examples /usr/share/doc/wol-libvirt-gateway \
+    rmdir /usr/share/doc/wol-libvirt-gateway/examples /usr/share/doc/wol-libvirt-gateway/docs \
+        /usr/share/doc/wol-libvirt-gateway \
         /usr/share/licenses/wol-libvirt-gateway 2>/dev/null || :
 fi
 if [ -d /run/systemd/system ]; then
