@@ -32,9 +32,7 @@ use nix::sys::socket::LinkAddr;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, Protocol, RawProtocol, SocketFlags, SocketType};
 
-use crate::model::Mac;
-
-use crate::model::RawSource;
+use crate::model::{Mac, RawSource};
 
 /// The Wake-on-LAN ethertype (AMD Magic Packet over bare Ethernet).
 pub const ETHERTYPE_WOL: u16 = 0x0842;

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use listenfd::ListenFd;
 
 use crate::ingress::raw::RawListener;
-
 use crate::model::Source;
 
 /// Something the gateway reads wake requests from.

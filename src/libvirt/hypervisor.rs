@@ -21,9 +21,7 @@ use virt::error::ErrorNumber;
 
 use crate::libvirt::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
 use crate::lock;
-use crate::model::Mac;
-
-use crate::model::{Action, DomainState, HvError, HvErrorKind, StopReason, Uuid};
+use crate::model::{Action, DomainState, HvError, HvErrorKind, Mac, StopReason, Uuid};
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {

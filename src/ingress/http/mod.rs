@@ -182,6 +182,11 @@ async fn accept(
         };
         let (context, tls) = (Arc::clone(&context), tls.clone());
         tokio::spawn(async move {
+            // Given back however the task ends (a panic included).
+            let _held = Held {
+                context: Arc::clone(&context),
+                id,
+            };
             let served = async {
                 let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
                 match tls {
@@ -204,8 +209,19 @@ async fn accept(
                 // Displaced by a newcomer (see slots): dropped, so closed.
                 _ = closed => debug!("HTTP: closed {peer}'s connection to make room"),
             }
-            lock(&context.slots).release(id);
         });
+    }
+}
+
+/// A served connection's slot; given back on drop.
+struct Held {
+    context: Arc<Context>,
+    id: Id,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.context.slots).release(self.id);
     }
 }
 
