@@ -1,15 +1,15 @@
-//! The loop: where packets enter. I/O only; the rules live in [`Book`], the
-//! words in [`Reporter`], libvirt in the [`Fleet`].
+//! The loop: where packets enter. It polls, spawns and writes; what it does
+//! on each event is decided in [`Control`], the words come from the
+//! [`Reporter`], libvirt is the [`Fleet`]'s.
 //!
 //! One thread polls the sockets, the signal pipe and the workers' mailbox.
-//! Each round it collects what workers concluded, hands due requests to new
-//! workers (at most [`Config::max_in_flight`] at once), checks the idle exit,
+//! Each round it hands what workers concluded to the control, ticks it
+//! (due requests go to new workers, looks after a start, the idle exit),
 //! sleeps in `poll` until something happens or a deadline comes, and drains
-//! every queued datagram into the book. It never calls libvirt itself, so a
-//! slow start, a stopped daemon or a silent host delays nobody else, and
-//! SIGTERM is answered at once.
+//! every queued datagram. It never calls libvirt itself, so a slow start, a
+//! stopped daemon or a silent host delays nobody else, and SIGTERM is
+//! answered at once.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -19,42 +19,28 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::decide::ask::{Ask, Credential};
-use crate::decide::book::{Book, NotParked, Offer, Rules};
-use crate::decide::guesses::Guesses;
-use crate::decide::outcome::{Decision, Named, Outcome, Verb, WaitFor};
-use crate::decide::policy::Refusal;
+use crate::decide::ask::{Ask, Target};
+use crate::decide::control::{
+    Check, Config, Control, Effect, Event, Hosts, Looked, Note, Reply, Route, Stats,
+};
+use crate::decide::outcome::{Decision, Exit, Outcome};
 use crate::ingress::packet;
 use crate::ingress::sockets::{self, Listener};
 use crate::libvirt::fleet::{Conclusion, Fleet};
-use crate::libvirt::host::{Health, HostError, HostEvent, Route};
-use crate::model::{DomainState, HvError, Source, StopReason};
+use crate::libvirt::host::{Health, HostEvent};
+use crate::model::{HvError, Source};
 use crate::report::notify::Notifier;
-use crate::report::{Reporter, Stats, StatusView};
+use crate::report::{Reporter, StatusView};
+use crate::secret::Hash;
 
 /// Largest UDP payload; a magic packet may sit anywhere in it.
 const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams read per round before anything else, so a flood cannot starve
 /// wakes, signals or the watchdog.
 const MAX_DRAIN_BATCH: usize = 8_192;
-/// Due requests looked at per round: past the ones that wait (for a slot,
-/// or for a refresh under way), so one that can go is not held up by them.
-const LOOK_AHEAD: usize = 512;
-
-/// Loop settings.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Exit after this long without a datagram; `None` runs until stopped.
-    pub idle_timeout: Option<Duration>,
-    /// The request book's rules.
-    pub rules: Rules,
-    /// Requests handled at once; more wait in the book.
-    pub max_in_flight: usize,
-}
-
-pub use crate::decide::outcome::Exit;
 
 /// A readable end that `poll` watches, and the writable end that rings it.
 fn bell() -> io::Result<(UnixStream, UnixStream)> {
@@ -135,60 +121,40 @@ enum Message {
     /// An HTTP request was answered; `authenticated`: its token opened a
     /// domain, which makes it activity for the idle timeout.
     HttpDone { authenticated: bool },
-    /// The look after a start: the domain's state then (`None`: it is
-    /// gone), or why it could not be read.
-    Checked(
-        Check,
-        Result<Option<(DomainState, Option<StopReason>)>, HostError>,
-    ),
+    /// The look after a start came back.
+    Looked(Check, Looked),
 }
 
-/// How long after a start, restore, resume or PM wake-up the domain is
-/// looked at again: a guest that dies at once (a missing device, a bad
-/// firmware, a qemu hook that stops it) is seen before the gateway idles
-/// out.
-pub const POST_START_CHECK: Duration = Duration::from_secs(3);
-
-/// How long the idle exit waits for looks under way: a libvirt that hangs
-/// must not keep the gateway from exiting (its report is then skipped).
-const CHECK_PATIENCE: Duration = Duration::from_secs(10);
-
-/// A look at a domain after it was acted on.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// When it is due.
-    due: Instant,
-    /// When the action was decided.
-    acted: Instant,
-    /// The domain.
-    domain: Named,
-    /// What was done.
-    verb: Verb,
+impl From<Message> for Event<oneshot::Sender<Reply>> {
+    fn from(message: Message) -> Self {
+        match message {
+            Message::Concluded(ask, Conclusion::Decided(decision)) => Event::Decided(ask, decision),
+            Message::Concluded(ask, Conclusion::Wait(waiting)) => Event::Waits(ask, waiting),
+            Message::Host(HostEvent::Back) => Event::HostBack,
+            Message::Host(HostEvent::Refreshed) => Event::Refreshed,
+            Message::Http(Submission { ask, source, reply }) => Event::Http(ask, source, reply),
+            Message::HttpDone { authenticated } => Event::HttpDone { authenticated },
+            Message::Looked(check, looked) => Event::Looked(check, looked),
+        }
+    }
 }
 
-/// What the loop tells an HTTP wake request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// Decided, as a magic packet for it would have been.
-    Decided(Decision),
-    /// The same request brought its domain up `ago`: a duplicate, nothing
-    /// done.
-    Duplicate {
-        /// Since that request was decided.
-        ago: Duration,
-    },
-    /// Too many requests wait already: dropped, nothing done.
-    Dropped,
-    /// libvirt does not answer: the request waits in the book and is done
-    /// when it does. `vouched`: some host has shown the request's token on
-    /// a domain (see [`Fleet::vouches`]); if none has, the token opened
-    /// nothing that answers, which counts as a failed authentication.
-    Waiting {
-        /// The hosts waited for.
-        waiting: WaitFor,
-        /// Some host has shown the token.
-        vouched: bool,
-    },
+/// What the control may ask the hosts: only what they know without
+/// calling libvirt.
+impl Hosts for Fleet {
+    fn route(&self, target: &Target, now: Instant) -> Route {
+        Fleet::route(self, target, now, SystemTime::now())
+    }
+
+    fn vouches(&self, token: &Hash) -> bool {
+        Fleet::vouches(self, token)
+    }
+
+    fn any_answers(&self) -> bool {
+        self.hosts()
+            .iter()
+            .any(|host| host.health() == Health::Answering)
+    }
 }
 
 /// An HTTP wake request for the loop, and where its answer goes. Dropping
@@ -276,41 +242,22 @@ impl Mailbox {
 /// The gateway: sockets in, wake requests out.
 pub struct Gateway {
     listeners: Vec<Listener>,
+    control: Control<oneshot::Sender<Reply>>,
     fleet: Arc<Fleet>,
-    book: Book,
-    /// Wrong SecureOn passwords, per MAC and per sender.
-    guesses: Guesses,
     mailbox: Mailbox,
     inbox: Receiver<Message>,
     bell: UnixStream,
     reporter: Reporter,
     notifier: Notifier,
     shutdown: Shutdown,
-    config: Config,
-    stats: Stats,
+    idle_timeout: Option<Duration>,
     uris: String,
-    last_datagram: Instant,
-    /// The last instant all worker slots were busy while a request was due.
-    slots_full_at: Option<Instant>,
-    /// The request whose worker refreshes an index for an unknown MAC; other
-    /// unknown MACs wait for it in the book, not in worker slots (a listing
-    /// can take as long as another domain's start).
-    refresher: Option<Ask>,
     listener_lost: bool,
-    last_wait: Option<WaitFor>,
-    status_changed: bool,
     buf: Vec<u8>,
-    /// HTTP requests waiting for their request's decision.
-    replies: HashMap<Ask, Vec<tokio::sync::oneshot::Sender<Reply>>>,
     /// HTTP requests being answered.
     http_busy: Arc<AtomicUsize>,
     /// Where the HTTP wake listens (for the "listening on" line).
     http_addresses: Vec<String>,
-    /// Looks after a start, not yet made; and since when the oldest look
-    /// under way runs (`None`: none runs).
-    checks: Vec<Check>,
-    checks_running: Option<Instant>,
-    checks_in_flight: usize,
 }
 
 impl Gateway {
@@ -337,29 +284,18 @@ impl Gateway {
             listeners,
             uris: fleet.uris(),
             fleet: Arc::new(fleet),
-            book: Book::new(config.rules.clone()),
-            guesses: Guesses::default(),
+            idle_timeout: config.idle_timeout,
+            control: Control::new(config, Instant::now()),
             mailbox,
             inbox,
             bell: bell_read,
             reporter,
             notifier,
             shutdown,
-            config,
-            stats: Stats::default(),
-            last_datagram: Instant::now(),
-            slots_full_at: None,
-            refresher: None,
             listener_lost: false,
-            last_wait: None,
-            status_changed: false,
             buf: vec![0; MAX_DATAGRAM],
-            replies: HashMap::new(),
             http_busy: Arc::new(AtomicUsize::new(0)),
             http_addresses: Vec::new(),
-            checks: Vec::new(),
-            checks_running: None,
-            checks_in_flight: 0,
         })
     }
 
@@ -392,7 +328,7 @@ impl Gateway {
             .chain(self.http_addresses.iter().cloned())
             .collect();
         self.reporter
-            .listening(&addresses, &self.uris, self.config.idle_timeout);
+            .listening(&addresses, &self.uris, self.idle_timeout);
         // Ready once the sockets are held, before libvirt is contacted.
         let status = self.status(Instant::now());
         self.notifier.ready(&status);
@@ -408,198 +344,47 @@ impl Gateway {
                 break Exit::ListenerLost;
             }
             self.collect(now);
-            let waiting = self.dispatch(now);
-            self.run_checks(now);
-            if let Some(exit) = self.idle_exit(now) {
+            let http_busy = self.http_busy.load(Ordering::SeqCst);
+            if let Some(exit) = self.on(Event::Tick { http_busy }, now) {
                 break exit;
             }
-            if std::mem::take(&mut self.status_changed) {
+            if self.control.status_changed() {
                 let status = self.status(now);
                 self.notifier.status(&status, now);
             }
-            self.wait(now, waiting);
+            self.wait(now);
             self.drain();
         };
-        self.finish(exit);
-        let stats = self.stats;
-        // Never close libvirt connections on the way out: closing one waits
-        // for the daemon's answer, which a stopped daemon never gives. The
-        // kernel closes the sockets when the process exits, a moment later.
-        std::mem::forget(self.fleet);
-        (exit, stats)
+        self.finish(exit)
     }
 
-    /// Takes in what workers concluded.
+    /// Hands `event` to the control and carries out what it says; returns
+    /// the exit, if it is time.
+    fn on(&mut self, event: Event<oneshot::Sender<Reply>>, now: Instant) -> Option<Exit> {
+        let mut exit = None;
+        for effect in self.control.on(event, now, &*self.fleet) {
+            match effect {
+                Effect::Spawn(ask) => self.spawn_worker(ask, now),
+                Effect::Reply(waiter, reply) => {
+                    // A caller that hung up needs no answer.
+                    let _ = waiter.send(reply);
+                }
+                Effect::Look(check) => self.look(check),
+                Effect::Say(note) => say(&mut self.reporter, note, &self.uris, now),
+                Effect::Exit(why) => exit = Some(why),
+            }
+        }
+        exit
+    }
+
+    /// Takes in what workers and hosts told.
     fn collect(&mut self, now: Instant) {
         if !drain_bell(&self.bell) {
             return;
         }
         while let Ok(message) = self.inbox.try_recv() {
-            self.status_changed = true;
-            if let Message::Concluded(ask, _) = &message {
-                if self.refresher.as_ref() == Some(ask) {
-                    self.refresher = None;
-                }
-            }
-            match message {
-                Message::Concluded(ask, Conclusion::Decided(decision)) => {
-                    self.decided(&ask, &decision, now)
-                }
-                Message::Concluded(ask, Conclusion::Wait(waiting)) => {
-                    self.wait_for_hosts(&ask, waiting, now);
-                }
-                Message::Host(HostEvent::Back) => {
-                    if let Some(resumed) = self.book.hosts_back(now) {
-                        self.reporter.resumed(&resumed);
-                    }
-                }
-                // Requests that waited for the refresh are looked at again
-                // in this round's dispatch.
-                Message::Host(HostEvent::Refreshed) => {}
-                Message::Http(submission) => self.http(submission, now),
-                Message::HttpDone { authenticated } => {
-                    if authenticated {
-                        self.last_datagram = now;
-                    }
-                }
-                Message::Checked(check, found) => self.checked(&check, found, now),
-            }
+            self.on(message.into(), now);
         }
-    }
-
-    /// An HTTP request enters the book like a packet; its answer waits for
-    /// the decision. (It is activity for the idle timeout only once its
-    /// token proved to open a domain: see [`Submitter::busy`].)
-    fn http(&mut self, submission: Submission, now: Instant) {
-        let Submission { ask, source, reply } = submission;
-        self.stats.http_requests += 1;
-        match self.book.offer(ask.clone(), source, now) {
-            // Joining a request that waits for libvirt: say so now, as the
-            // first caller heard.
-            Offer::Repeat if self.book.is_parked(&ask) => {
-                let waiting = self.last_wait.clone().unwrap_or_default();
-                let _ = reply.send(self.waiting_reply(&ask, waiting));
-            }
-            Offer::Queued | Offer::Repeat => self.replies.entry(ask).or_default().push(reply),
-            Offer::Duplicate { ago, .. } => {
-                self.stats.duplicates += 1;
-                let _ = reply.send(Reply::Duplicate { ago });
-            }
-            Offer::Dropped => {
-                self.stats.dropped += 1;
-                let _ = reply.send(Reply::Dropped);
-            }
-        }
-    }
-
-    /// A request that a host not answering kept from a decision: it waits
-    /// and is done when libvirt answers, but an HTTP request only while few
-    /// wait (see [`Book::park`]). HTTP callers hear it now, and whether
-    /// some host has shown their token.
-    fn wait_for_hosts(&mut self, ask: &Ask, waiting: WaitFor, now: Instant) {
-        let reply = match self.book.park(ask, now) {
-            Err(NotParked::Crowded) => {
-                self.stats.dropped += 1;
-                Reply::Dropped
-            }
-            Ok(_) | Err(NotParked::NotInFlight) => {
-                self.last_wait = Some(waiting.clone());
-                self.waiting_reply(ask, waiting)
-            }
-        };
-        self.answer_waiters(ask, &reply);
-    }
-
-    /// What an HTTP caller of a request waiting for libvirt hears.
-    fn waiting_reply(&self, ask: &Ask, waiting: WaitFor) -> Reply {
-        let vouched = match ask.credential {
-            Credential::Token(token) => self.fleet.vouches(&token),
-            Credential::None | Credential::SecureOn(_) => false,
-        };
-        Reply::Waiting { waiting, vouched }
-    }
-
-    /// Tells the HTTP callers waiting for `ask`'s decision.
-    fn answer_waiters(&mut self, ask: &Ask, reply: &Reply) {
-        for waiter in self.replies.remove(ask).unwrap_or_default() {
-            let _ = waiter.send(reply.clone());
-        }
-    }
-
-    fn decided(&mut self, ask: &Ask, decision: &Decision, now: Instant) {
-        self.answer_waiters(ask, &Reply::Decided(decision.clone()));
-        let Some(request) = self.book.settle(ask, decision.outcome.brings_up(), now) else {
-            return;
-        };
-        self.stats.handled += 1;
-        if let (
-            Outcome::Refused {
-                reason: Refusal::SecureOnWrong,
-                ..
-            },
-            Some(mac),
-        ) = (&decision.outcome, ask.mac())
-        {
-            self.guesses.wrong(mac, &request.source, now);
-        }
-        self.reporter.decision(&request, decision, &self.uris, now);
-        if let Outcome::Done { domain, verb, .. } = &decision.outcome {
-            self.checks.push(Check {
-                due: now + POST_START_CHECK,
-                acted: now,
-                domain: domain.clone(),
-                verb: *verb,
-            });
-        }
-    }
-
-    /// Hands due requests to workers while slots are free. Answers at once
-    /// those no host can have (a flood of unknown MACs costs no threads and
-    /// needs no slot), and leaves waiting, without a slot, those a refresh
-    /// under way will answer. Returns true when the requests due now all
-    /// wait for something (a slot, a refresh): `poll` need not wake for them.
-    fn dispatch(&mut self, now: Instant) -> bool {
-        let wall = SystemTime::now();
-        let due: Vec<Ask> = self.book.due(now).take(LOOK_AHEAD).collect();
-        let (mut left, mut went, looked) = (false, false, due.len());
-        for ask in due {
-            self.status_changed = true;
-            match self.fleet.route(&ask.target, now, wall) {
-                Route::Lacks => {
-                    went = true;
-                    self.book.take(&ask);
-                    let decision = Decision {
-                        outcome: Outcome::NoMatch,
-                        left_out: Vec::new(),
-                    };
-                    self.decided(&ask, &decision, now);
-                }
-                Route::AfterRefresh => left = true,
-                Route::Refresh if self.refresher.is_some() => left = true,
-                Route::Worker | Route::Refresh
-                    if self.book.in_flight() >= self.config.max_in_flight =>
-                {
-                    self.slots_full_at = Some(now);
-                    left = true;
-                }
-                route @ (Route::Worker | Route::Refresh) => {
-                    let Some(request) = self.book.take(&ask) else {
-                        continue;
-                    };
-                    went = true;
-                    if route == Route::Refresh {
-                        self.refresher = Some(ask.clone());
-                    }
-                    if self.slots_full_at.is_some_and(|full| full >= request.due) {
-                        self.stats.waited_for_slot += 1;
-                    }
-                    self.spawn_worker(ask, now);
-                }
-            }
-        }
-        // Perhaps more were due than looked at, and some went: look again
-        // at once rather than sleep on the ones that wait.
-        left && !(went && looked == LOOK_AHEAD)
     }
 
     fn spawn_worker(&mut self, ask: Ask, now: Instant) {
@@ -624,138 +409,46 @@ impl Gateway {
             });
         if let Err(e) = spawned {
             self.reporter.no_worker(&ask.target, &e, now);
-            if self.book.park(&ask, now) == Err(NotParked::Crowded) {
-                self.stats.dropped += 1;
-                self.answer_waiters(&ask, &Reply::Dropped);
-            }
+            self.on(Event::NoWorker(ask), now);
         }
     }
 
-    /// Looks at the domains acted on [`POST_START_CHECK`] ago, each on a
-    /// thread of its own (a hung libvirt holds that thread, not the loop).
-    fn run_checks(&mut self, now: Instant) {
-        let (due, later): (Vec<Check>, Vec<Check>) = std::mem::take(&mut self.checks)
-            .into_iter()
-            .partition(|c| c.due <= now);
-        self.checks = later;
-        for check in due {
-            let Some(host) = self.fleet.host(&check.domain.uri).cloned() else {
-                continue;
-            };
-            let mailbox = self.mailbox.clone();
-            let spawned = std::thread::Builder::new()
-                .name("wol-check".into())
-                .spawn(move || {
-                    let found = host.state_of(&check.domain.name);
-                    mailbox.send(Message::Checked(check, found));
-                });
-            // Without a thread the look is skipped: it only reports.
-            if spawned.is_ok() {
-                self.checks_in_flight += 1;
-                self.checks_running.get_or_insert(now);
-            }
+    /// Looks at a domain acted on, on a thread of its own (a hung libvirt
+    /// holds that thread, not the loop).
+    fn look(&mut self, check: Check) {
+        let Some(host) = self.fleet.host(&check.domain.uri).cloned() else {
+            return;
+        };
+        let mailbox = self.mailbox.clone();
+        let (sent, failed) = (check.clone(), mailbox.clone());
+        let spawned = std::thread::Builder::new()
+            .name("wol-check".into())
+            .spawn(move || {
+                let found = host.state_of(&sent.domain.name).map_err(|e| e.to_string());
+                mailbox.send(Message::Looked(sent, found));
+            });
+        // Without a thread the look is skipped (it only reports), and so
+        // is not waited for.
+        if let Err(e) = spawned {
+            failed.send(Message::Looked(check, Err(e.to_string())));
         }
-    }
-
-    /// What a look after a start found: a domain that stopped again is
-    /// reported once.
-    fn checked(
-        &mut self,
-        check: &Check,
-        found: Result<Option<(DomainState, Option<StopReason>)>, HostError>,
-        now: Instant,
-    ) {
-        self.checks_in_flight = self.checks_in_flight.saturating_sub(1);
-        if self.checks_in_flight == 0 {
-            self.checks_running = None;
-        }
-        match found {
-            Ok(Some((state @ (DomainState::ShutOff | DomainState::Crashed), reason))) => {
-                let after = now.saturating_duration_since(check.acted);
-                self.reporter
-                    .stopped_again(&check.domain, check.verb, state, reason, after, now);
-            }
-            Ok(_) => {}
-            Err(e) => debug!("cannot look at {} after its start: {e}", check.domain.name),
-        }
-    }
-
-    /// The idle exit, when it has come: nothing left, or only requests
-    /// waiting for a libvirt that never answered. Requests being handled
-    /// (a slow start) are waited for.
-    fn idle_exit(&self, now: Instant) -> Option<Exit> {
-        let idle = self.config.idle_timeout?;
-        if now.saturating_duration_since(self.last_datagram) < idle
-            || self.http_busy.load(Ordering::SeqCst) > 0
-            || !self.checks.is_empty()
-            || self
-                .checks_running
-                .is_some_and(|since| now.saturating_duration_since(since) < CHECK_PATIENCE)
-        {
-            return None;
-        }
-        if self.book.is_empty() {
-            return Some(Exit::Idle);
-        }
-        if self.book.in_flight() > 0 || self.book.parked() < self.book.len() {
-            return None;
-        }
-        // Status 1 only when no host answers at all: that needs an admin.
-        // One host of several being away is routine (its requests are
-        // reported), and failing the unit for it would make systemd stop
-        // the socket after a few activations (start-limit-hit).
-        let none_answers = self
-            .fleet
-            .hosts()
-            .iter()
-            .all(|host| host.health() != Health::Answering);
-        Some(if none_answers {
-            Exit::GaveUp
-        } else {
-            Exit::Idle
-        })
     }
 
     fn status(&self, now: Instant) -> String {
-        let waiting = self.last_wait.as_ref().map(|w| {
-            let uris: Vec<&str> = w.hosts.iter().map(|(uri, _)| &**uri).collect();
-            uris.join(", ")
-        });
-        let waiting_for = waiting.as_deref().filter(|_| self.book.parked() > 0);
-        let idle_left = self
-            .config
-            .idle_timeout
-            .map(|idle| (self.last_datagram + idle).saturating_duration_since(now));
+        let gauge = self.control.gauge(now);
         self.reporter.status(&StatusView {
-            pending: self.book.len(),
-            waiting_for,
-            idle_left,
+            pending: gauge.pending,
+            waiting_for: gauge.waiting_for.as_deref(),
+            idle_left: gauge.idle_left,
         })
     }
 
     /// Sleeps in `poll` until a socket, the signal pipe or the mailbox is
-    /// readable, or the next deadline (idle exit, a request due, watchdog,
-    /// status, log summary). Requests due now that wait (for a slot or a
-    /// refresh) are no deadline: a worker's message ends their wait.
-    fn wait(&mut self, now: Instant, waiting: bool) {
-        let idle_deadline = self
-            .config
-            .idle_timeout
-            .map(|t| self.last_datagram + t)
-            .filter(|&at| at > now);
-        let next_request = if waiting {
-            self.book.next_due_after(now)
-        } else {
-            self.book.next_due_at()
-        };
-        let next_check = (self.checks.iter().map(|c| c.due))
-            .chain(self.checks_running.map(|since| since + CHECK_PATIENCE))
-            .filter(|&at| at > now)
-            .min();
+    /// readable, or the next deadline (the control's, the watchdog, status,
+    /// log summary).
+    fn wait(&mut self, now: Instant) {
         let deadline = [
-            idle_deadline,
-            next_request,
-            next_check,
+            self.control.deadline(now),
             self.notifier.watchdog_due(),
             self.notifier.status_due(),
             self.reporter.summary_due(),
@@ -787,7 +480,7 @@ impl Gateway {
         }
     }
 
-    /// Reads every queued datagram (up to a batch cap) into the book.
+    /// Reads every queued datagram (up to a batch cap) into the control.
     fn drain(&mut self) {
         // One clock read per round, not per datagram: a round takes at most
         // a few milliseconds, far below every window it feeds.
@@ -795,29 +488,27 @@ impl Gateway {
         let Gateway {
             listeners,
             buf,
-            book,
-            guesses,
+            control,
+            fleet,
             reporter,
-            stats,
-            config,
+            uris,
             ..
         } = self;
+        let mut rejected = 0;
         let drained = sockets::drain(listeners, buf, MAX_DRAIN_BATCH, |payload, source| {
             match packet::parse_with_password(payload) {
                 Ok(magic) => {
-                    // Someone guessing SecureOn passwords is not looked up.
-                    let throttled = magic
-                        .password
-                        .and_then(|_| guesses.throttled(magic.mac, &source, now));
-                    if let Some(left) = throttled {
-                        stats.throttled += 1;
-                        reporter.throttled(magic.mac, &source, left, now);
-                    } else {
-                        offer(book, reporter, stats, config, magic, source, now);
+                    let event = Event::Packet(Ask::from(magic), source);
+                    // A packet only ever makes the control say something:
+                    // workers start on the tick.
+                    for effect in control.on(event, now, &**fleet) {
+                        if let Effect::Say(note) = effect {
+                            say(reporter, note, uris, now);
+                        }
                     }
                 }
                 Err(reason) => {
-                    stats.rejected += 1;
+                    rejected += 1;
                     reporter.rejected(&source, payload.len(), &reason, now);
                 }
             }
@@ -825,50 +516,68 @@ impl Gateway {
         if drained.lost.is_some() {
             self.listener_lost = true;
         }
-        if drained.read > 0 {
-            self.stats.datagrams += drained.read as u64;
-            self.last_datagram = Instant::now();
-            self.status_changed = true;
-        }
-        self.stats.drain_time += now.elapsed();
+        let read = Event::Read {
+            count: drained.read,
+            rejected,
+        };
+        self.control.on(read, Instant::now(), &*self.fleet);
+        self.control.drained_for(now.elapsed());
     }
 
-    fn finish(&mut self, exit: Exit) {
-        self.reporter
-            .close_windows(Instant::now(), &self.uris, true);
-        let undecided = self.book.undecided();
-        self.stats.unacted = undecided.len() as u64;
-        let status = self.reporter.exit(
+    /// The exit's accounting and summary.
+    fn finish(self, exit: Exit) -> (Exit, Stats) {
+        let Gateway {
+            control,
+            fleet,
+            mut reporter,
+            mut notifier,
+            uris,
+            ..
+        } = self;
+        reporter.close_windows(Instant::now(), &uris, true);
+        let summary = control.finish();
+        let status = reporter.exit(
             exit,
-            &self.stats,
-            &undecided,
-            self.last_wait.as_ref().filter(|_| self.book.parked() > 0),
-            self.fleet.refreshes(),
+            &summary.stats,
+            &summary.undecided,
+            summary.waiting_for.as_ref(),
+            fleet.refreshes(),
         );
-        self.notifier.stopping(&status);
+        notifier.stopping(&status);
+        // Never close libvirt connections on the way out: closing one waits
+        // for the daemon's answer, which a stopped daemon never gives. The
+        // kernel closes the sockets when the process exits, a moment later.
+        std::mem::forget(fleet);
+        (exit, summary.stats)
     }
 }
 
-/// A magic packet enters the book.
-fn offer(
-    book: &mut Book,
-    reporter: &mut Reporter,
-    stats: &mut Stats,
-    config: &Config,
-    magic: packet::Magic,
-    source: Source,
-    now: Instant,
-) {
-    match book.offer(Ask::from(magic), source.clone(), now) {
-        Offer::Queued => {}
-        Offer::Repeat => stats.duplicates += 1,
-        Offer::Duplicate { ago, first } => {
-            stats.duplicates += 1;
-            reporter.duplicate(magic.mac, &source, ago, first, now);
-        }
-        Offer::Dropped => {
-            stats.dropped += 1;
-            reporter.dropped(magic.mac, &source, config.rules.max_pending, now);
+/// Puts what the control says into words.
+fn say(reporter: &mut Reporter, note: Note, uris: &str, now: Instant) {
+    match note {
+        Note::Decision(request, decision) => reporter.decision(&request, &decision, uris, now),
+        Note::Resumed(resumed) => reporter.resumed(&resumed),
+        Note::Duplicate {
+            mac,
+            source,
+            ago,
+            first,
+        } => reporter.duplicate(mac, &source, ago, first, now),
+        Note::Dropped {
+            mac,
+            source,
+            max_pending,
+        } => reporter.dropped(mac, &source, max_pending, now),
+        Note::Throttled { mac, source, left } => reporter.throttled(mac, &source, left, now),
+        Note::StoppedAgain {
+            domain,
+            verb,
+            state,
+            reason,
+            after,
+        } => reporter.stopped_again(&domain, verb, state, reason, after, now),
+        Note::LookFailed { domain, error } => {
+            debug!("cannot look at {} after its start: {error}", domain.name);
         }
     }
 }

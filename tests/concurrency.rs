@@ -10,9 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wol_libvirt_gateway::decide::outcome::{Outcome, WaitFor};
+use wol_libvirt_gateway::decide::outcome::{Exit, Outcome, WaitFor};
 use wol_libvirt_gateway::decide::policy::Policy;
-use wol_libvirt_gateway::gateway::Exit;
 use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
 use wol_libvirt_gateway::libvirt::host::{Health, Host};
 use wol_libvirt_gateway::model::{Action, DomainState};

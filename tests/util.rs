@@ -21,8 +21,10 @@ use tempfile::TempDir;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use wol_libvirt_gateway::decide::book::Rules;
+use wol_libvirt_gateway::decide::control::{Config, Stats};
+use wol_libvirt_gateway::decide::outcome::Exit;
 use wol_libvirt_gateway::decide::outcome::{Named, Outcome};
-use wol_libvirt_gateway::gateway::{Config, Exit, Gateway as InProcessGateway, Shutdown, Trigger};
+use wol_libvirt_gateway::gateway::{Gateway as InProcessGateway, Shutdown, Trigger};
 use wol_libvirt_gateway::ingress::packet::magic_packet;
 use wol_libvirt_gateway::ingress::sockets::Listener;
 use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
@@ -34,7 +36,7 @@ use wol_libvirt_gateway::libvirt::index::Rescan;
 use wol_libvirt_gateway::model::Mac;
 use wol_libvirt_gateway::model::{Action, DomainState, HvError, HvErrorKind, Uuid};
 use wol_libvirt_gateway::report::notify::Notifier;
-use wol_libvirt_gateway::report::{Record, Reporter, Stats};
+use wol_libvirt_gateway::report::{Record, Reporter};
 
 /// Generous deadline for anything the gateway should do "at once".
 pub const DEADLINE: Duration = Duration::from_secs(15);

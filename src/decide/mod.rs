@@ -7,6 +7,7 @@ pub mod ask;
 pub mod backoff;
 pub mod book;
 pub mod client;
+pub mod control;
 pub mod failures;
 pub mod guesses;
 pub mod outcome;

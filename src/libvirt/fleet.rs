@@ -16,9 +16,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::decide::ask::{Ask, Target};
+use crate::decide::control::Route;
 use crate::decide::outcome::{Decision, Named, Outcome, Verb, WaitFor};
 use crate::decide::plan::{Candidate, Plan, plan};
-use crate::libvirt::host::{Acted, Health, Host, HostError, Lookup, Route};
+use crate::libvirt::host::{Acted, Health, Host, HostError, Lookup};
 use crate::model::{Action, HvError};
 use crate::secret::Hash;
 

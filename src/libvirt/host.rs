@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 use crate::decide::ask::{Ask, Target};
+use crate::decide::control::Route;
 use crate::decide::outcome::Verb;
 use crate::decide::plan::{Candidate, action_for};
 use crate::decide::policy::{self, DomainRef, Policy, Refusal};
@@ -115,23 +116,6 @@ pub enum HostEvent {
     /// A refresh of its index ended: requests that waited for it can be
     /// answered.
     Refreshed,
-}
-
-/// Where a request for a MAC should go, as far as one host can tell
-/// without asking libvirt (see [`Host::route`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// A worker must ask libvirt (the MAC is known, the index is not
-    /// loaded, or the host is out).
-    Worker,
-    /// The index lacks the MAC and may be refreshed: a worker must refresh
-    /// it (one is enough: others can wait for its refresh).
-    Refresh,
-    /// This host surely has no domain with the MAC now.
-    Lacks,
-    /// This host's index lacks the MAC and a refresh is under way: its
-    /// answer is worth waiting for, without holding a worker.
-    AfterRefresh,
 }
 
 /// Counters for the exit summary and tests.

@@ -21,6 +21,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::decide::ask::Target;
 use crate::decide::book::{Request, Resumed};
+use crate::decide::control::Stats;
 use crate::decide::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
 use crate::decide::policy::Refusal;
 use crate::ingress::packet::Rejection;
@@ -199,33 +200,6 @@ pub struct StatusView<'a> {
     pub waiting_for: Option<&'a str>,
     /// Time to the idle exit, if one is set and nothing is pending.
     pub idle_left: Option<Duration>,
-}
-
-/// Counters for the exit summary (and tests).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Datagrams read.
-    pub datagrams: u64,
-    /// HTTP wake requests taken in.
-    pub http_requests: u64,
-    /// Datagrams that were not magic packets.
-    pub rejected: u64,
-    /// Magic packets for a MAC already waiting, being handled, or brought
-    /// up within the window.
-    pub duplicates: u64,
-    /// Wake requests decided (one log line each).
-    pub handled: u64,
-    /// Wake requests refused because too many were waiting.
-    pub dropped: u64,
-    /// Magic packets with a SecureOn password not looked up: too many wrong
-    /// ones for their MAC, or from their sender, lately.
-    pub throttled: u64,
-    /// Wake requests read but not decided when the gateway exited.
-    pub unacted: u64,
-    /// Wake requests that waited because the most allowed were being handled.
-    pub waited_for_slot: u64,
-    /// Time spent reading and parsing datagrams (for the drain-rate figure).
-    pub drain_time: Duration,
 }
 
 /// Why the gateway exits, in words.

@@ -7,8 +7,8 @@ use hyper::http::StatusCode;
 use serde::Serialize;
 
 use crate::decide::ask::Target;
+use crate::decide::control::Reply;
 use crate::decide::outcome::Outcome;
-use crate::gateway::Reply;
 use crate::model::DomainState;
 use crate::report::{self, action_word};
 
