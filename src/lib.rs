@@ -151,50 +151,11 @@ fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> 
         (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key)?),
         _ => None,
     };
-    // Tokens must not cross a network in clear unless the operator says
-    // that network is private.
-    if tls.is_none() && !args.allow_plain_http {
-        for listener in &listeners.http {
-            let addr = listener
-                .local_addr()
-                .context("cannot read an HTTP socket's address")?;
-            if !addr.ip().is_loopback() {
-                anyhow::bail!(
-                    "refusing plain HTTP on {addr}: tokens would cross the network in clear; \
-                     listen on loopback, give --tls-cert and --tls-key, or give \
-                     --allow-plain-http for a VPN interface that already encrypts"
-                );
-            }
-        }
-    }
+    refuse_plain_http(args, &listeners.http, tls.is_some())?;
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
-    // Only a socket systemd holds for us survives our exit; raw listeners
-    // and our own sockets would close, so those run until stopped.
-    let always_on = listeners.origin == Origin::Bound || !args.raw_interface.is_empty();
-    let idle_timeout = match args.idle_timeout {
-        Some(Duration::ZERO) => None,
-        Some(timeout) => Some(timeout),
-        None if always_on => None,
-        None => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
-    };
+    let idle_timeout = idle_timeout(args, &listeners);
     let policy = policy(args);
-    if !policy.is_open() {
-        info!(
-            "restricted: {}{}",
-            match policy.allow.len() {
-                0 => "any domain".to_owned(),
-                n => format!("only the {n} domain(s) named by --allow"),
-            },
-            if policy.require_opt_in {
-                " with a wake opt-in in its <metadata>"
-            } else {
-                ""
-            }
-        );
-    }
-    if args.dry_run {
-        info!("dry run: wake requests are decided and logged, nothing is started");
-    }
+    say_restrictions(args, &policy);
     let hosts = hosts(args, &policy);
     let reporter = Reporter::new(hosts.len() > 1);
     let fleet = Fleet::new(
@@ -230,6 +191,64 @@ fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> 
     }
     let (exit, _stats) = gateway.run();
     Ok(exit.code())
+}
+
+/// Tokens must not cross a network in clear unless the operator says that
+/// network is private.
+fn refuse_plain_http(args: &Args, http: &[std::net::TcpListener], tls: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    if tls || args.allow_plain_http {
+        return Ok(());
+    }
+    for listener in http {
+        let addr = listener
+            .local_addr()
+            .context("cannot read an HTTP socket's address")?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing plain HTTP on {addr}: tokens would cross the network in clear; \
+                 listen on loopback, give --tls-cert and --tls-key, or give \
+                 --allow-plain-http for a VPN interface that already encrypts"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The idle timeout: `--idle-timeout` (0: none), else none for a gateway
+/// that must run until stopped, else the default. Only a socket systemd
+/// holds for us survives our exit; raw listeners and our own sockets would
+/// close, so those run until stopped.
+fn idle_timeout(args: &Args, listeners: &sockets::Listeners) -> Option<Duration> {
+    let always_on = listeners.origin == Origin::Bound || !args.raw_interface.is_empty();
+    match args.idle_timeout {
+        Some(Duration::ZERO) => None,
+        Some(timeout) => Some(timeout),
+        None if always_on => None,
+        None => Some(DEFAULT_ACTIVATED_IDLE_TIMEOUT),
+    }
+}
+
+/// Says at start which domains may be woken, and a dry run.
+fn say_restrictions(args: &Args, policy: &Policy) {
+    if !policy.is_open() {
+        info!(
+            "restricted: {}{}",
+            match policy.allow.len() {
+                0 => "any domain".to_owned(),
+                n => format!("only the {n} domain(s) named by --allow"),
+            },
+            if policy.require_opt_in {
+                " with a wake opt-in in its <metadata>"
+            } else {
+                ""
+            }
+        );
+    }
+    if args.dry_run {
+        info!("dry run: wake requests are decided and logged, nothing is started");
+    }
 }
 
 fn policy(args: &Args) -> Policy {

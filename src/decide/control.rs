@@ -1047,7 +1047,10 @@ mod tests {
             c.on(Event::Http(ask.clone(), from(1), 1), t0, &hosts)
                 .is_empty()
         );
-        assert_eq!(spawned(&tick(&mut c, t0, &hosts)), std::slice::from_ref(&ask));
+        assert_eq!(
+            spawned(&tick(&mut c, t0, &hosts)),
+            std::slice::from_ref(&ask)
+        );
         assert!(
             c.on(Event::Http(ask.clone(), from(2), 2), t0, &hosts)
                 .is_empty()

@@ -565,45 +565,59 @@ async fn wake(
     };
     let mut status = status;
     if let Some((uri, name)) = follow {
-        let started = Instant::now();
-        let seen = if wait.is_zero() {
-            state_now(context, &uri, &name).await
-        } else {
-            answer.waited_for = Some("running");
-            // After an action, up means still up at the gateway's own look.
-            let steady = (answer.action != "none").then_some(started + POST_START_CHECK);
-            watch(context, &uri, &name, steady, started + wait).await
-        };
-        if let Some((state, reason)) = seen {
-            answer.state = Some(state.as_str());
-            if !wait.is_zero() && matches!(state, DomainState::ShutOff | DomainState::Crashed) {
-                status = StatusCode::BAD_GATEWAY;
-                answer.result = "stopped-again";
-                answer.error = Some(format!(
-                    "it stopped again: {}",
-                    report::stop_reason_words(reason)
-                ));
-            }
-        }
-        if answer.state == Some(DomainState::Running.as_str()) {
-            // Running; with an agent channel, up means the agent answers.
-            let agent = if wait.is_zero() {
-                agent_now(context, &uri, &name).await
-            } else {
-                let agent = agent_watch(context, &uri, &name, started + wait).await;
-                if agent.is_some() {
-                    answer.waited_for = Some("guest-agent");
-                }
-                agent
-            };
-            answer.guest_agent = agent.map(|agent| match agent {
-                Agent::Connected => "connected",
-                Agent::Disconnected => "not connected",
-            });
-        }
-        answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        follow_up(context, &uri, &name, wait, &mut status, &mut answer).await;
     }
     (json(status, &answer), true)
+}
+
+/// After a decision that names a domain: its state (and, once running, its
+/// guest agent) now, or, with `wait`, once it is up or stopped again; a
+/// domain that stopped again turns the answer into a 502.
+async fn follow_up(
+    context: &Context,
+    uri: &Arc<str>,
+    name: &str,
+    wait: Duration,
+    status: &mut StatusCode,
+    answer: &mut WakeAnswer,
+) {
+    let started = Instant::now();
+    let seen = if wait.is_zero() {
+        state_now(context, uri, name).await
+    } else {
+        answer.waited_for = Some("running");
+        // After an action, up means still up at the gateway's own look.
+        let steady = (answer.action != "none").then_some(started + POST_START_CHECK);
+        watch(context, uri, name, steady, started + wait).await
+    };
+    if let Some((state, reason)) = seen {
+        answer.state = Some(state.as_str());
+        if !wait.is_zero() && matches!(state, DomainState::ShutOff | DomainState::Crashed) {
+            *status = StatusCode::BAD_GATEWAY;
+            answer.result = "stopped-again";
+            answer.error = Some(format!(
+                "it stopped again: {}",
+                report::stop_reason_words(reason)
+            ));
+        }
+    }
+    if answer.state == Some(DomainState::Running.as_str()) {
+        // Running; with an agent channel, up means the agent answers.
+        let agent = if wait.is_zero() {
+            agent_now(context, uri, name).await
+        } else {
+            let agent = agent_watch(context, uri, name, started + wait).await;
+            if agent.is_some() {
+                answer.waited_for = Some("guest-agent");
+            }
+            agent
+        };
+        answer.guest_agent = agent.map(|agent| match agent {
+            Agent::Connected => "connected",
+            Agent::Disconnected => "not connected",
+        });
+    }
+    answer.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 }
 
 /// The domain's state now and why it stopped, if it did; read off the loop.
