@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     /// Without a command, the gateway serves magic packets.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 
     /// UDP address to listen on when systemd passes no socket. Repeat the flag
     /// for several addresses, e.g. 0.0.0.0:9 and [::]:9. Default: 127.0.0.1:9,
@@ -31,28 +31,28 @@ pub struct Args {
         value_name = "IP:PORT",
         value_parser = parse_socket_addr
     )]
-    pub listen_address: Vec<SocketAddr>,
+    pub(crate) listen_address: Vec<SocketAddr>,
 
     /// Also take HTTP wake requests (with a token; see `token add`) on this
     /// TCP address when systemd passes no socket, e.g. 127.0.0.1:9109.
     /// Repeatable. Given alone, no UDP socket is bound.
     #[arg(long = "http-listen", value_name = "IP:PORT", value_parser = parse_socket_addr)]
-    pub http_listen: Vec<SocketAddr>,
+    pub(crate) http_listen: Vec<SocketAddr>,
 
     /// Serve the HTTP wake over TLS with this PEM certificate chain (under
     /// systemd: LoadCredential=, then $CREDENTIALS_DIRECTORY/NAME).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
 
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
+    pub(crate) tls_key: Option<std::path::PathBuf>,
 
     /// Serve the HTTP wake without TLS on an address that is not loopback
     /// (for a VPN interface that already encrypts); tokens then cross that
     /// network in clear.
     #[arg(long)]
-    pub allow_plain_http: bool,
+    pub(crate) allow_plain_http: bool,
 
     /// libvirt connection URI whose domains may be woken. Repeat the flag
     /// for several hosts (e.g. qemu+ssh://host2/system): a MAC is looked up
@@ -64,66 +64,66 @@ pub struct Args {
         default_value = "qemu:///system",
         global = true
     )]
-    pub libvirt_uri: Vec<String>,
+    pub(crate) libvirt_uri: Vec<String>,
 
     /// Log what a magic packet would do, and do nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     /// Also listen for raw Ethernet Wake-on-LAN frames (ethertype 0x0842, as
     /// sent by etherwake and many routers) on this interface; needs
     /// CAP_NET_RAW and runs until stopped (see
     /// wol-libvirt-gateway-raw@.service). Repeatable.
     #[arg(long, value_name = "IFACE")]
-    pub raw_interface: Vec<String>,
+    pub(crate) raw_interface: Vec<String>,
 
     /// Exit after this long without a datagram (e.g. 30s, 2m; 0 = never).
     /// Default: 30s when started by systemd with a socket, never when the
     /// gateway bound its own socket.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 
     /// A MAC woken within this window is not acted on again; repeats (tools
     /// send 3-10 copies) are logged as duplicates.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub dedupe_window: Duration,
+    pub(crate) dedupe_window: Duration,
 
     /// Only these domains may be woken: a domain name, a UUID, or a MAC
     /// (repeat the flag). Default: any domain with the MAC.
     #[arg(long, value_name = "NAME|UUID|MAC", global = true)]
-    pub allow: Vec<crate::decide::policy::AllowEntry>,
+    pub(crate) allow: Vec<crate::decide::policy::AllowEntry>,
 
     /// Only domains that opted in through their own libvirt metadata may be
     /// woken: virsh metadata DOMAIN --uri https://wol-libvirt-gateway/xmlns/1
     /// --key wol --set '<wake/>' --config
     #[arg(long, global = true)]
-    pub require_opt_in: bool,
+    pub(crate) require_opt_in: bool,
 
     /// Directory for the persistent MAC index. systemd's CacheDirectory=
     /// ($CACHE_DIRECTORY) takes precedence; without either, the XDG cache
     /// directory (~/.cache/wol-libvirt-gateway) is used.
     #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<std::path::PathBuf>,
+    pub(crate) cache_dir: Option<std::path::PathBuf>,
 
     /// For a MAC the index does not know, list the domains (and read the XML
     /// of new ones) at most this often.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub rescan_interval: Duration,
+    pub(crate) rescan_interval: Duration,
 
     /// Re-read every domain's XML (to find an interface added to a known
     /// domain) for an unknown MAC at most this often.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub full_rescan_interval: Duration,
+    pub(crate) full_rescan_interval: Duration,
 
     /// A libvirt host that answers no call for this long counts as not
     /// answering: requests that need it wait, the others go on without it.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
-    pub libvirt_timeout: Duration,
+    pub(crate) libvirt_timeout: Duration,
 }
 
 /// Commands besides serving.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// List every domain of the configured URI(s): its state, its MACs, and
     /// what a magic packet would do to it now.
     List {
@@ -143,7 +143,7 @@ pub enum Command {
 
 /// `secureon` commands.
 #[derive(Debug, Clone, Subcommand)]
-pub enum SecureonCommand {
+pub(crate) enum SecureonCommand {
     /// Require PASSWORD (4 or 6 bytes: 01:02:03:04:05:06, or 1.2.3.4) in
     /// every magic packet for DOMAIN.
     Set {
@@ -162,7 +162,7 @@ pub enum SecureonCommand {
 
 /// `token` commands.
 #[derive(Debug, Clone, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Give DOMAIN a new token and print it (only this once); one per client.
     Add {
         /// The domain's name.
@@ -193,7 +193,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);

@@ -80,7 +80,7 @@ impl Trigger {
 
 impl Shutdown {
     /// Installs handlers for SIGTERM and SIGINT.
-    pub fn install() -> io::Result<Self> {
+    pub(crate) fn install() -> io::Result<Self> {
         let (shutdown, Trigger(write)) = Shutdown::manual()?;
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
@@ -102,7 +102,7 @@ impl Shutdown {
     }
 
     /// True once a stop was requested (checked without blocking).
-    pub fn requested(&mut self) -> bool {
+    pub(crate) fn requested(&mut self) -> bool {
         if !self.requested {
             self.requested = drain_bell(&self.pipe);
         }
@@ -160,27 +160,27 @@ impl Hosts for Fleet {
 /// An HTTP wake request for the loop, and where its answer goes. Dropping
 /// `reply` unanswered (the gateway stops) tells the HTTP side as much.
 #[derive(Debug)]
-pub struct Submission {
+pub(crate) struct Submission {
     /// What is asked, with the token's hash.
-    pub ask: Ask,
+    pub(crate) ask: Ask,
     /// The HTTP peer.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Where the answer goes.
-    pub reply: tokio::sync::oneshot::Sender<Reply>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
 /// The HTTP side's way into the loop: requests enter the same book as
 /// magic packets (de-duplication, retries, the slots), and are decided by
 /// the same workers.
 #[derive(Clone)]
-pub struct Submitter {
+pub(crate) struct Submitter {
     mailbox: Mailbox,
     busy: Arc<AtomicUsize>,
 }
 
 impl Submitter {
     /// Hands a request to the loop.
-    pub fn submit(&self, submission: Submission) {
+    pub(crate) fn submit(&self, submission: Submission) {
         self.mailbox.send(Message::Http(submission));
     }
 
@@ -189,7 +189,7 @@ impl Submitter {
     /// a request whose token opened a domain ([`Busy::authenticated`]) is
     /// activity: the idle time then counts from its answer. Others (health
     /// checks, made-up tokens) never keep the gateway running.
-    pub fn busy(&self) -> Busy {
+    pub(crate) fn busy(&self) -> Busy {
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy {
             submitter: self.clone(),
@@ -199,14 +199,14 @@ impl Submitter {
 }
 
 /// An HTTP request being answered; see [`Submitter::busy`].
-pub struct Busy {
+pub(crate) struct Busy {
     submitter: Submitter,
     authenticated: bool,
 }
 
 impl Busy {
     /// The request's token opened a domain.
-    pub fn authenticated(&mut self) {
+    pub(crate) fn authenticated(&mut self) {
         self.authenticated = true;
     }
 }
@@ -301,7 +301,7 @@ impl Gateway {
 
     /// Names the HTTP wake's addresses in the "listening on" line, with
     /// their scheme (`HTTP` or `HTTPS`).
-    pub fn announce_http(&mut self, addresses: &[String], scheme: &str) {
+    pub(crate) fn announce_http(&mut self, addresses: &[String], scheme: &str) {
         self.http_addresses = addresses
             .iter()
             .map(|a| format!("{a} ({scheme})"))
@@ -309,7 +309,7 @@ impl Gateway {
     }
 
     /// The way in for HTTP wake requests.
-    pub fn submitter(&self) -> Submitter {
+    pub(crate) fn submitter(&self) -> Submitter {
         Submitter {
             mailbox: self.mailbox.clone(),
             busy: Arc::clone(&self.http_busy),
@@ -318,7 +318,7 @@ impl Gateway {
 
     /// The hosts, for what the HTTP side asks of them directly (domain
     /// lists, the state while a caller waits).
-    pub fn fleet(&self) -> Arc<Fleet> {
+    pub(crate) fn fleet(&self) -> Arc<Fleet> {
         Arc::clone(&self.fleet)
     }
 

@@ -6,7 +6,8 @@
 //!   drained by the loop in [`gateway`] (`Gateway::drain`), each datagram
 //!   parsed by [`ingress::packet::parse`]; HTTP wake requests come in through
 //!   [`ingress::http`].
-//! - [`decide`]: the pure decisions, the clock passed in. A request
+//! - [`decide`]: the pure decisions, the clock passed in. What the loop does
+//!   on each event comes from [`decide::control`]; a request
 //!   ([`decide::ask`]) waits in the [`decide::book`] (de-duplication,
 //!   retries, backoff, room per client); the [`decide::policy`] says who may
 //!   wake what; the VM is chosen by [`decide::plan`]; what came of it is an
@@ -71,7 +72,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 }
 
 /// Idle timeout when systemd passed the socket and none was given.
-pub const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wake requests handled at once; more wait their turn. Each holds a worker
 /// thread, plus a thread per host while it looks the MAC up and one while
 /// it acts; libvirtd serves 5 calls of one client at a time.
@@ -84,7 +85,7 @@ pub fn run() -> i32 {
 }
 
 /// Runs the gateway with explicit arguments (`args[0]` is the program name).
-pub fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
+pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

@@ -19,7 +19,7 @@ pub struct Mac(pub [u8; 6]);
 
 impl Mac {
     /// The broadcast address `ff:ff:ff:ff:ff:ff`.
-    pub const BROADCAST: Mac = Mac([0xff; 6]);
+    pub(crate) const BROADCAST: Mac = Mac([0xff; 6]);
 
     /// True for group (multicast or broadcast) addresses: the I/G bit of the
     /// first octet is set. No NIC, and so no libvirt domain, owns one.
@@ -109,7 +109,7 @@ impl Password {
     }
 
     /// Its bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 }
@@ -169,12 +169,12 @@ pub enum DomainState {
 impl DomainState {
     /// True for states in which the domain has a running process. A domain in
     /// any of these counts as "up" for the ambiguity rule.
-    pub fn is_active(self) -> bool {
+    pub(crate) fn is_active(self) -> bool {
         !matches!(self, DomainState::ShutOff | DomainState::Crashed)
     }
 
     /// The word `virsh domstate` would print (also the `STATE` journal field).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DomainState::Running => "running",
             DomainState::Blocked => "blocked",
@@ -322,7 +322,7 @@ pub enum Source {
 
 impl Source {
     /// How it arrived, for the `VIA` journal field: `udp`, `raw` or `http`.
-    pub fn via(&self) -> &'static str {
+    pub(crate) fn via(&self) -> &'static str {
         match self {
             Source::Udp(_) => "udp",
             Source::Raw(_) => "raw",

@@ -14,7 +14,7 @@ use crate::model::Password;
 /// Random bytes in a token: 256 bits, far beyond guessing.
 const TOKEN_BYTES: usize = 32;
 /// Hex digits of a hash shown by `token list` and taken by `token revoke`.
-pub const PREFIX_LEN: usize = 8;
+pub(crate) const PREFIX_LEN: usize = 8;
 
 /// A SHA-256 hash of a secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,13 +22,13 @@ pub struct Hash(pub [u8; 32]);
 
 impl Hash {
     /// The hash of `bytes`.
-    pub fn of(bytes: &[u8]) -> Hash {
+    pub(crate) fn of(bytes: &[u8]) -> Hash {
         Hash(Sha256::digest(bytes).into())
     }
 
     /// Equality in constant time: how long it takes tells nothing about
     /// how many leading bytes matched.
-    pub fn matches(&self, other: &Hash) -> bool {
+    pub(crate) fn matches(&self, other: &Hash) -> bool {
         self.0.ct_eq(&other.0).into()
     }
 
@@ -41,7 +41,7 @@ impl Hash {
     }
 
     /// Parses 64 hex digits.
-    pub fn from_hex(text: &str) -> Option<Hash> {
+    pub(crate) fn from_hex(text: &str) -> Option<Hash> {
         let text = text.trim();
         if text.len() != 64 || !text.is_ascii() {
             return None;
@@ -74,7 +74,7 @@ pub struct Token(String);
 impl Token {
     /// A new random token: 32 bytes from the OS, URL-safe base64 (43
     /// characters, usable in `?token=` without escaping).
-    pub fn generate() -> Result<Token, getrandom::Error> {
+    pub(crate) fn generate() -> Result<Token, getrandom::Error> {
         let mut bytes = [0u8; TOKEN_BYTES];
         getrandom::fill(&mut bytes)?;
         Ok(Token(
@@ -110,15 +110,15 @@ pub fn token_hash(presented: &str) -> Hash {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Sealed {
     /// Random per password.
-    pub salt: [u8; 16],
+    pub(crate) salt: [u8; 16],
     /// SHA-256 of the salt followed by the password.
-    pub hash: Hash,
+    pub(crate) hash: Hash,
 }
 
 impl Sealed {
     /// Stands for a stored password that cannot be read: no password opens
     /// it (finding a SHA-256 preimage of zero is not a risk we can see).
-    pub const UNOPENABLE: Sealed = Sealed {
+    pub(crate) const UNOPENABLE: Sealed = Sealed {
         salt: [0; 16],
         hash: Hash([0; 32]),
     };
@@ -139,12 +139,12 @@ impl Sealed {
     }
 
     /// The salt as 32 hex digits.
-    pub fn salt_hex(&self) -> String {
+    pub(crate) fn salt_hex(&self) -> String {
         self.salt.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Parses what [`Sealed::salt_hex`] and the hash's hex wrote.
-    pub fn from_hex(salt: &str, hash: &str) -> Option<Sealed> {
+    pub(crate) fn from_hex(salt: &str, hash: &str) -> Option<Sealed> {
         let salt = salt.trim();
         if salt.len() != 32 || !salt.is_ascii() {
             return None;

@@ -1,5 +1,5 @@
 //! The subcommands besides serving: `list`, `token`, `secureon`.
 
-pub mod list;
+pub(crate) mod list;
 pub mod secureon;
 pub mod token;

@@ -11,7 +11,7 @@ use crate::model::HvError;
 use crate::secret::{Hash, Token};
 
 /// More tokens than this on one domain is a leak, not a fleet of clients.
-pub const MAX_TOKENS: usize = 32;
+pub(crate) const MAX_TOKENS: usize = 32;
 
 /// Why a token command did nothing.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ pub enum Target {
 
 impl Target {
     /// The MAC, if the target is one.
-    pub fn mac(&self) -> Option<Mac> {
+    pub(crate) fn mac(&self) -> Option<Mac> {
         match self {
             Target::Mac(mac) => Some(*mac),
             Target::Domain(_) => None,
@@ -61,7 +61,7 @@ fn write_escaped(f: &mut impl fmt::Write, text: &str) -> fmt::Result {
 
 /// What a request proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// Nothing: a magic packet without a password.
     None,
     /// A magic packet's SecureOn password.
@@ -74,9 +74,9 @@ pub enum Credential {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ask {
     /// The domain asked for.
-    pub target: Target,
+    pub(crate) target: Target,
     /// What the request proves.
-    pub credential: Credential,
+    pub(crate) credential: Credential,
 }
 
 impl Ask {
@@ -86,7 +86,7 @@ impl Ask {
     /// bytes must stay one request), for the HTTP wake the target and the
     /// token (another token's request must not be told "duplicate": that
     /// would say the domain exists and was woken).
-    pub fn dedup_key(&self) -> Ask {
+    pub(crate) fn dedup_key(&self) -> Ask {
         match self.credential {
             Credential::Token(_) => self.clone(),
             Credential::None | Credential::SecureOn(_) => Ask {
@@ -97,7 +97,7 @@ impl Ask {
     }
 
     /// The MAC asked for, if the target is one.
-    pub fn mac(&self) -> Option<Mac> {
+    pub(crate) fn mac(&self) -> Option<Mac> {
         self.target.mac()
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Delays that double from `first` up to `max`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     max: Duration,
     attempts: u32,
@@ -13,7 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff starting at `first`, never above `max`.
-    pub fn new(first: Duration, max: Duration) -> Self {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
         Backoff {
             first,
             max,
@@ -22,7 +22,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt; each call doubles the next one.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         // 2^16 times any sensible first delay is past any sensible maximum.
         let delay = self
             .first

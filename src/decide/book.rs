@@ -39,26 +39,26 @@ use crate::model::Source;
 #[derive(Debug, Clone)]
 pub struct Rules {
     /// A MAC whose domain was brought up is not acted on again for this long.
-    pub dedupe_window: Duration,
+    pub(crate) dedupe_window: Duration,
     /// After an outcome that did not bring the domain up, the next try waits
     /// at least this long.
-    pub retry_spacing: Duration,
+    pub(crate) retry_spacing: Duration,
     /// Magic packets' requests kept at most; more are dropped.
-    pub max_pending: usize,
+    pub(crate) max_pending: usize,
     /// HTTP requests kept at most (room apart from the packets').
-    pub max_http_pending: usize,
+    pub(crate) max_http_pending: usize,
     /// HTTP requests of one client (an IPv4 address, an IPv6 /64) kept at
     /// most.
-    pub max_http_per_client: usize,
+    pub(crate) max_http_per_client: usize,
     /// HTTP requests kept waiting for libvirt at most; more are withdrawn.
-    pub max_http_parked: usize,
+    pub(crate) max_http_parked: usize,
     /// Recently handled MACs remembered at most (a flood of distinct MACs
     /// must not grow memory; forgetting one only risks a harmless second try).
-    pub max_recent: usize,
+    pub(crate) max_recent: usize,
     /// First retry delay while libvirt is away.
-    pub first_retry: Duration,
+    pub(crate) first_retry: Duration,
     /// Longest retry delay while libvirt is away.
-    pub max_retry: Duration,
+    pub(crate) max_retry: Duration,
 }
 
 impl Rules {
@@ -81,7 +81,7 @@ impl Rules {
 
 /// What became of an offered packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// A new request, due at once or after the retry spacing.
     Queued,
     /// Joined the request already waiting or being handled for the MAC.
@@ -102,15 +102,15 @@ pub enum Offer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// What was asked for, and with what credential.
-    pub ask: Ask,
+    pub(crate) ask: Ask,
     /// The first packet's sender.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Packets that joined it.
-    pub repeats: u32,
+    pub(crate) repeats: u32,
     /// It waited for libvirt at least once.
-    pub parked: bool,
+    pub(crate) parked: bool,
     /// When it became due (for "waited for a free slot" accounting).
-    pub due: Instant,
+    pub(crate) due: Instant,
 }
 
 #[derive(Debug)]
@@ -148,16 +148,16 @@ struct Outage {
 
 /// What parking a request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parked {
+pub(crate) struct Parked {
     /// This request started an outage (none was going on).
-    pub began: bool,
+    pub(crate) began: bool,
     /// When the parked requests are tried again.
-    pub retry_at: Instant,
+    pub(crate) retry_at: Instant,
 }
 
 /// Why a request that waits for libvirt is not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotParked {
+pub(crate) enum NotParked {
     /// It is not being handled (nothing to park).
     NotInFlight,
     /// Too many HTTP requests wait for libvirt already: it was withdrawn.
@@ -168,18 +168,18 @@ pub enum NotParked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resumed {
     /// How long requests waited.
-    pub waited: Duration,
+    pub(crate) waited: Duration,
     /// How many are due again.
-    pub requests: usize,
+    pub(crate) requests: usize,
 }
 
 /// Requests for one target with different credentials waiting or being
 /// handled at once; more are dropped (and counted).
-pub const MAX_CREDENTIALS_PER_TARGET: usize = 4;
+pub(crate) const MAX_CREDENTIALS_PER_TARGET: usize = 4;
 
 /// The request book.
 #[derive(Debug)]
-pub struct Book {
+pub(crate) struct Book {
     rules: Rules,
     entries: HashMap<Ask, Entry>,
     /// Waiting requests by (due, arrival): the next one due is the first.
@@ -203,7 +203,7 @@ pub struct Book {
 
 impl Book {
     /// An empty book.
-    pub fn new(rules: Rules) -> Self {
+    pub(crate) fn new(rules: Rules) -> Self {
         Book {
             rules,
             entries: HashMap::new(),
@@ -222,7 +222,7 @@ impl Book {
     }
 
     /// A packet asking for `mac` from `source` arrived at `now`.
-    pub fn offer(&mut self, mac: Ask, source: Source, now: Instant) -> Offer {
+    pub(crate) fn offer(&mut self, mac: Ask, source: Source, now: Instant) -> Offer {
         if let Some(entry) = self.entries.get_mut(&mac) {
             entry.request.repeats = entry.request.repeats.saturating_add(1);
             return Offer::Repeat;
@@ -302,14 +302,17 @@ impl Book {
         Offer::Queued
     }
 
-    /// The next request due at `now`, now counted as being handled.
-    pub fn next_due(&mut self, now: Instant) -> Option<Request> {
+    /// The next request due at `now`, now counted as being handled. (The
+    /// loop looks past requests that must wait with [`Book::due`] and
+    /// [`Book::take`]; the tests step through the book one at a time.)
+    #[cfg(test)]
+    pub(crate) fn next_due(&mut self, now: Instant) -> Option<Request> {
         let mac = self.due(now).next()?;
         self.take(&mac)
     }
 
     /// What the requests due at `now` ask for, in order, left waiting.
-    pub fn due(&self, now: Instant) -> impl Iterator<Item = Ask> + '_ {
+    pub(crate) fn due(&self, now: Instant) -> impl Iterator<Item = Ask> + '_ {
         self.queue
             .iter()
             .take_while(move |&(&(due, _), _)| due <= now)
@@ -317,7 +320,7 @@ impl Book {
     }
 
     /// Takes the waiting request for `mac`, now counted as being handled.
-    pub fn take(&mut self, mac: &Ask) -> Option<Request> {
+    pub(crate) fn take(&mut self, mac: &Ask) -> Option<Request> {
         let entry = self.entries.get_mut(mac)?;
         let Stage::Waiting {
             key: (due, seq),
@@ -339,12 +342,12 @@ impl Book {
     }
 
     /// When the next waiting request is due, if any waits.
-    pub fn next_due_at(&self) -> Option<Instant> {
+    pub(crate) fn next_due_at(&self) -> Option<Instant> {
         self.queue.first_key_value().map(|(&(due, _), _)| due)
     }
 
     /// When the first request due after `now` is, if any.
-    pub fn next_due_after(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn next_due_after(&self, now: Instant) -> Option<Instant> {
         use std::ops::Bound::{Excluded, Unbounded};
         self.queue
             .range((Excluded((now, u64::MAX)), Unbounded))
@@ -384,7 +387,7 @@ impl Book {
 
     /// The request for `mac` was decided at `now`; `brought_up` says whether
     /// its domain is up now (see the module rules). Returns the request.
-    pub fn settle(&mut self, mac: &Ask, brought_up: bool, now: Instant) -> Option<Request> {
+    pub(crate) fn settle(&mut self, mac: &Ask, brought_up: bool, now: Instant) -> Option<Request> {
         let entry = self.take_in_flight(mac)?;
         if entry.request.parked {
             // A request that waited for libvirt was decided: the host it
@@ -400,7 +403,7 @@ impl Book {
     /// or silent. It waits for the next retry (with backoff, shared by all
     /// parked requests), or until [`Book::hosts_back`]; an HTTP request
     /// beyond `max_http_parked` is withdrawn instead.
-    pub fn park(&mut self, mac: &Ask, now: Instant) -> Result<Parked, NotParked> {
+    pub(crate) fn park(&mut self, mac: &Ask, now: Instant) -> Result<Parked, NotParked> {
         let entry = self.entries.get(mac).ok_or(NotParked::NotInFlight)?;
         let Stage::InFlight = entry.stage else {
             return Err(NotParked::NotInFlight);
@@ -442,7 +445,7 @@ impl Book {
     }
 
     /// A host answers again: parked requests are due at once.
-    pub fn hosts_back(&mut self, now: Instant) -> Option<Resumed> {
+    pub(crate) fn hosts_back(&mut self, now: Instant) -> Option<Resumed> {
         self.end_outage(now)
     }
 
@@ -506,27 +509,27 @@ impl Book {
     }
 
     /// Requests waiting or being handled.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when no request waits or is being handled.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Requests being handled.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// Requests waiting for libvirt.
-    pub fn parked(&self) -> usize {
+    pub(crate) fn parked(&self) -> usize {
         self.parked
     }
 
     /// True if the request for `ask` waits for libvirt to answer again.
-    pub fn is_parked(&self, ask: &Ask) -> bool {
+    pub(crate) fn is_parked(&self, ask: &Ask) -> bool {
         self.entries
             .get(ask)
             .is_some_and(|e| matches!(e.stage, Stage::Waiting { parked: true, .. }))
@@ -534,7 +537,7 @@ impl Book {
 
     /// Every request not decided, in arrival order, and whether it is
     /// being handled (for the exit report).
-    pub fn undecided(&self) -> Vec<(Target, bool)> {
+    pub(crate) fn undecided(&self) -> Vec<(Target, bool)> {
         let mut all: Vec<(u64, Target, bool)> = self
             .entries
             .values()

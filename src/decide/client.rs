@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A client: an IPv4 address or an IPv6 /64 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Client {
+pub(crate) enum Client {
     /// An IPv4 address (also an IPv4-mapped IPv6 one).
     V4(Ipv4Addr),
     /// The upper 64 bits of an IPv6 address.
@@ -19,7 +19,7 @@ pub enum Client {
 
 impl Client {
     /// The client `address` belongs to.
-    pub fn of(address: IpAddr) -> Client {
+    pub(crate) fn of(address: IpAddr) -> Client {
         match address.to_canonical() {
             IpAddr::V4(v4) => Client::V4(v4),
             IpAddr::V6(v6) => Client::V6((u128::from(v6) >> 64) as u64),

@@ -32,7 +32,7 @@ const LOOK_AHEAD: usize = 512;
 /// looked at again: a guest that dies at once (a missing device, a bad
 /// firmware, a qemu hook that stops it) is seen before the gateway idles
 /// out.
-pub const POST_START_CHECK: Duration = Duration::from_secs(3);
+pub(crate) const POST_START_CHECK: Duration = Duration::from_secs(3);
 
 /// How long the idle exit waits for looks under way: a libvirt that hangs
 /// must not keep the gateway from exiting (its report is then skipped).
@@ -82,30 +82,30 @@ pub struct Stats {
     /// Datagrams read.
     pub datagrams: u64,
     /// HTTP wake requests taken in.
-    pub http_requests: u64,
+    pub(crate) http_requests: u64,
     /// Datagrams that were not magic packets.
-    pub rejected: u64,
+    pub(crate) rejected: u64,
     /// Magic packets for a MAC already waiting, being handled, or brought
     /// up within the window.
     pub duplicates: u64,
     /// Wake requests decided (one log line each).
     pub handled: u64,
     /// Wake requests refused because too many were waiting.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// Magic packets with a SecureOn password not looked up: too many wrong
     /// ones for their MAC, or from their sender, lately.
-    pub throttled: u64,
+    pub(crate) throttled: u64,
     /// Wake requests read but not decided when the gateway exited.
     pub unacted: u64,
     /// Wake requests that waited because the most allowed were being handled.
     pub waited_for_slot: u64,
     /// Time spent reading and parsing datagrams (for the drain-rate figure).
-    pub drain_time: Duration,
+    pub(crate) drain_time: Duration,
 }
 
 /// What the loop tells an HTTP wake request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Decided, as a magic packet for it would have been.
     Decided(Decision),
     /// The same request brought its domain up `ago`: a duplicate, nothing
@@ -130,24 +130,24 @@ pub enum Reply {
 
 /// A look at a domain after it was acted on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     /// When it is due.
-    pub due: Instant,
+    pub(crate) due: Instant,
     /// When the action was decided.
-    pub acted: Instant,
+    pub(crate) acted: Instant,
     /// The domain.
-    pub domain: Named,
+    pub(crate) domain: Named,
     /// What was done.
-    pub verb: Verb,
+    pub(crate) verb: Verb,
 }
 
 /// What a look after a start found: the domain's state (`None`: it is
 /// gone), or why it could not be read.
-pub type Looked = Result<Option<(DomainState, Option<StopReason>)>, String>;
+pub(crate) type Looked = Result<Option<(DomainState, Option<StopReason>)>, String>;
 
 /// Something that happened, for the loop's rules.
 #[derive(Debug)]
-pub enum Event<W> {
+pub(crate) enum Event<W> {
     /// A magic packet (a SecureOn password's guesses are throttled).
     Packet(Ask, Source),
     /// `count` datagrams were read, of which `rejected` were no magic
@@ -190,7 +190,7 @@ pub enum Event<W> {
 
 /// Something the loop must say; [`crate::report`] puts it into words.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Note {
+pub(crate) enum Note {
     /// A request was decided.
     Decision(Request, Decision),
     /// Requests waiting for libvirt are due again.
@@ -249,7 +249,7 @@ pub enum Note {
 
 /// What the loop must do.
 #[derive(Debug)]
-pub enum Effect<W> {
+pub(crate) enum Effect<W> {
     /// Start a worker for this request.
     Spawn(Ask),
     /// Answer an HTTP caller.
@@ -264,30 +264,30 @@ pub enum Effect<W> {
 
 /// The numbers STATUS= shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gauge {
+pub(crate) struct Gauge {
     /// Requests waiting or being handled.
-    pub pending: usize,
+    pub(crate) pending: usize,
     /// The hosts requests wait for (when some wait for libvirt).
-    pub waiting_for: Option<String>,
+    pub(crate) waiting_for: Option<String>,
     /// Time to the idle exit, if one is set.
-    pub idle_left: Option<Duration>,
+    pub(crate) idle_left: Option<Duration>,
 }
 
 /// What is left when the loop ends, for the exit summary.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// The counters.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
     /// Requests not decided, in arrival order: the target, and whether it
     /// was being handled.
-    pub undecided: Vec<(Target, bool)>,
+    pub(crate) undecided: Vec<(Target, bool)>,
     /// The hosts requests were waiting for, if some were.
-    pub waiting_for: Option<WaitFor>,
+    pub(crate) waiting_for: Option<WaitFor>,
 }
 
 /// The loop's state: the request book and everything around it.
 #[derive(Debug)]
-pub struct Control<W> {
+pub(crate) struct Control<W> {
     book: Book,
     /// Wrong SecureOn passwords, per MAC and per sender.
     guesses: Guesses,
@@ -319,7 +319,7 @@ pub struct Control<W> {
 
 impl<W> Control<W> {
     /// A loop state started at `now` (the idle time counts from it).
-    pub fn new(config: Config, now: Instant) -> Self {
+    pub(crate) fn new(config: Config, now: Instant) -> Self {
         Control {
             book: Book::new(config.rules.clone()),
             guesses: Guesses::default(),
@@ -400,7 +400,7 @@ impl<W> Control<W> {
     /// The next instant something is due (the idle exit, a request, a look
     /// or the patience with looks under way); the loop may sleep until
     /// then, or until an event.
-    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
         let idle = (self.config.idle_timeout)
             .map(|t| self.last_activity + t)
             .filter(|&at| at > now);
@@ -416,12 +416,12 @@ impl<W> Control<W> {
     }
 
     /// True once after something STATUS= shows changed.
-    pub fn status_changed(&mut self) -> bool {
+    pub(crate) fn status_changed(&mut self) -> bool {
         std::mem::take(&mut self.status_changed)
     }
 
     /// What STATUS= shows at `now`.
-    pub fn gauge(&self, now: Instant) -> Gauge {
+    pub(crate) fn gauge(&self, now: Instant) -> Gauge {
         let waiting_for = (self.last_wait.as_ref())
             .filter(|_| self.book.parked() > 0)
             .map(|w| {
@@ -437,12 +437,12 @@ impl<W> Control<W> {
     }
 
     /// Adds time spent reading datagrams (for the drain-rate figure).
-    pub fn drained_for(&mut self, time: Duration) {
+    pub(crate) fn drained_for(&mut self, time: Duration) {
         self.stats.drain_time += time;
     }
 
     /// The exit's accounting: what was never decided, and the counters.
-    pub fn finish(mut self) -> Summary {
+    pub(crate) fn finish(mut self) -> Summary {
         let undecided = self.book.undecided();
         self.stats.unacted = undecided.len() as u64;
         let waiting_for = self.last_wait.filter(|_| self.book.parked() > 0);

@@ -15,15 +15,15 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// Failures allowed per key within [`WINDOW`].
-pub const MAX_FAILURES: usize = 5;
+pub(crate) const MAX_FAILURES: usize = 5;
 /// How long a failure counts.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Keys remembered at most.
-pub const MAX_KEYS: usize = 4096;
+pub(crate) const MAX_KEYS: usize = 4096;
 
 /// Recent failures by key.
 #[derive(Debug)]
-pub struct Failures<K> {
+pub(crate) struct Failures<K> {
     by_key: HashMap<K, VecDeque<Instant>>,
     capacity: usize,
 }
@@ -36,7 +36,7 @@ impl<K: Hash + Eq + Copy> Default for Failures<K> {
 
 impl<K: Hash + Eq + Copy> Failures<K> {
     /// A table of at most `capacity` keys.
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         Failures {
             by_key: HashMap::new(),
             capacity: capacity.max(1),
@@ -45,7 +45,7 @@ impl<K: Hash + Eq + Copy> Failures<K> {
 
     /// How long `key` must wait before it is heard again: it failed too
     /// often, or it is new and the table is full of blocked keys.
-    pub fn blocked(&mut self, key: K, now: Instant) -> Option<Duration> {
+    pub(crate) fn blocked(&mut self, key: K, now: Instant) -> Option<Duration> {
         if let Some(failures) = self.by_key.get_mut(&key) {
             forget_old(failures, now);
             return block_left(failures, now);
@@ -67,7 +67,7 @@ impl<K: Hash + Eq + Copy> Failures<K> {
     }
 
     /// `key` failed at `now`.
-    pub fn record(&mut self, key: K, now: Instant) {
+    pub(crate) fn record(&mut self, key: K, now: Instant) {
         if !self.by_key.contains_key(&key) && self.by_key.len() >= self.capacity {
             self.forget_aged(now);
             if self.by_key.len() >= self.capacity && !self.forget_unblocked(now) {

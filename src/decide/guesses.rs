@@ -17,7 +17,7 @@ use crate::decide::client::Client;
 use crate::decide::failures::Failures;
 use crate::model::{Mac, Source};
 
-pub use crate::decide::failures::{MAX_FAILURES, WINDOW};
+pub(crate) use crate::decide::failures::{MAX_FAILURES, WINDOW};
 
 /// Who sent a packet, as far as it says: a UDP sender's address (an IPv6
 /// /64), or a raw frame's Ethernet source.
@@ -38,7 +38,7 @@ impl Sender {
 
 /// Wrong passwords by MAC and by sender.
 #[derive(Debug, Default)]
-pub struct Guesses {
+pub(crate) struct Guesses {
     by_mac: Failures<Mac>,
     by_sender: Failures<Sender>,
 }
@@ -46,14 +46,19 @@ pub struct Guesses {
 impl Guesses {
     /// How long packets with a password for `mac` from `source` are
     /// throttled, if they are.
-    pub fn throttled(&mut self, mac: Mac, source: &Source, now: Instant) -> Option<Duration> {
+    pub(crate) fn throttled(
+        &mut self,
+        mac: Mac,
+        source: &Source,
+        now: Instant,
+    ) -> Option<Duration> {
         let by_mac = self.by_mac.blocked(mac, now);
         let by_sender = self.by_sender.blocked(Sender::of(source), now);
         by_mac.max(by_sender)
     }
 
     /// A packet for `mac` from `source` carried a wrong password.
-    pub fn wrong(&mut self, mac: Mac, source: &Source, now: Instant) {
+    pub(crate) fn wrong(&mut self, mac: Mac, source: &Source, now: Instant) {
         self.by_mac.record(mac, now);
         self.by_sender.record(Sender::of(source), now);
     }

@@ -3,13 +3,13 @@
 //! throttles. No I/O and no libvirt: the clock is passed in, every rule is a
 //! unit test on made-up instants.
 
-pub mod ask;
-pub mod backoff;
+pub(crate) mod ask;
+pub(crate) mod backoff;
 pub mod book;
-pub mod client;
+pub(crate) mod client;
 pub mod control;
-pub mod failures;
-pub mod guesses;
+pub(crate) mod failures;
+pub(crate) mod guesses;
 pub mod outcome;
-pub mod plan;
+pub(crate) mod plan;
 pub mod policy;

@@ -7,23 +7,23 @@ use crate::model::{Action, DomainState, Uuid};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// The domain's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The domain's UUID.
-    pub uuid: Uuid,
+    pub(crate) uuid: Uuid,
     /// Its state right now.
-    pub state: DomainState,
+    pub(crate) state: DomainState,
     /// It has a managed-save image (a start restores it).
-    pub managed_save: bool,
+    pub(crate) managed_save: bool,
     /// Which host (position in the list of URIs) it is on.
-    pub host: usize,
+    pub(crate) host: usize,
     /// The host's count of finished actions when the state was read: if
     /// another action finished since, the state is read again before acting.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 /// The decision for one MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan<'a> {
+pub(crate) enum Plan<'a> {
     /// Bring `domain` up with `action`.
     Act {
         /// The one domain with the MAC.
@@ -45,7 +45,7 @@ pub enum Plan<'a> {
 /// What brings a domain in `state` up, if it is not up: shut off or crashed
 /// is started (restoring a managed-save image if there is one), paused is
 /// resumed, PM-suspended is woken; anything else is up already.
-pub fn action_for(state: DomainState) -> Option<Action> {
+pub(crate) fn action_for(state: DomainState) -> Option<Action> {
     match state {
         DomainState::ShutOff | DomainState::Crashed => Some(Action::Start),
         DomainState::Paused => Some(Action::Resume),
@@ -62,7 +62,7 @@ pub fn action_for(state: DomainState) -> Option<Action> {
 /// One domain: [`action_for`] its state. Several domains: if any is active
 /// the MAC's machine is up and nothing happens; if none is, starting one
 /// would be a guess, so none is started.
-pub fn plan(candidates: &[Candidate]) -> Plan<'_> {
+pub(crate) fn plan(candidates: &[Candidate]) -> Plan<'_> {
     match candidates {
         [] => Plan::NoMatch,
         [domain] => match action_for(domain.state) {

@@ -14,11 +14,11 @@ use crate::secret::Sealed;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainRef {
     /// The domain's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The domain's UUID.
-    pub uuid: Uuid,
+    pub(crate) uuid: Uuid,
     /// Its `<metadata>` opts in to being woken.
-    pub wake_opt_in: bool,
+    pub(crate) wake_opt_in: bool,
 }
 
 /// One `--allow` entry.
@@ -75,7 +75,7 @@ pub enum Refusal {
 /// one of the domain's (and then needs no SecureOn password: it is the
 /// stronger secret); a magic packet needs the domain's SecureOn password if
 /// it set one.
-pub fn check_credential(meta: &WakeMeta, credential: &Credential) -> Result<(), Refusal> {
+pub(crate) fn check_credential(meta: &WakeMeta, credential: &Credential) -> Result<(), Refusal> {
     match credential {
         Credential::Token(hash) => {
             // Every stored hash is compared, in constant time each: how
@@ -97,7 +97,10 @@ pub fn check_credential(meta: &WakeMeta, credential: &Credential) -> Result<(), 
 
 /// Whether a magic packet's SecureOn password (if any) opens a domain that
 /// set one (`sealed`). Domains without one take any packet, as before.
-pub fn check_secureon(sealed: Option<&Sealed>, given: Option<&Password>) -> Result<(), Refusal> {
+pub(crate) fn check_secureon(
+    sealed: Option<&Sealed>,
+    given: Option<&Password>,
+) -> Result<(), Refusal> {
     match (sealed, given) {
         (None, _) => Ok(()),
         (Some(_), None) => Err(Refusal::SecureOnMissing),
@@ -118,7 +121,7 @@ pub struct Policy {
 impl Policy {
     /// Whether a request for `macs` (a packet's MAC; for a domain asked
     /// for by name, its MACs) may wake `domain`.
-    pub fn check(&self, domain: &DomainRef, macs: &[Mac]) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, domain: &DomainRef, macs: &[Mac]) -> Result<(), Refusal> {
         let listed = self.allow.is_empty()
             || self.allow.iter().any(|entry| match entry {
                 AllowEntry::Mac(allowed) => macs.contains(allowed),
@@ -135,7 +138,7 @@ impl Policy {
     }
 
     /// True when no restriction is configured (the default).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.allow.is_empty() && !self.require_opt_in
     }
 }

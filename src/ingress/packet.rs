@@ -107,7 +107,7 @@ impl From<Mac> for Magic {
 /// [`parse`], and the SecureOn password: exactly 4 or 6 bytes between the
 /// pattern and the end of the datagram (etherwake's `-p`). Any other
 /// trailer (none, Plan 9's, extra repetitions) carries no password.
-pub fn parse_with_password(datagram: &[u8]) -> Result<Magic, Rejection> {
+pub(crate) fn parse_with_password(datagram: &[u8]) -> Result<Magic, Rejection> {
     let (mac, end) = find(datagram)?;
     Ok(Magic {
         mac,

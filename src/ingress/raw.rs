@@ -35,7 +35,7 @@ use rustix::net::{AddressFamily, Protocol, RawProtocol, SocketFlags, SocketType}
 use crate::model::{Mac, RawSource};
 
 /// The Wake-on-LAN ethertype (AMD Magic Packet over bare Ethernet).
-pub const ETHERTYPE_WOL: u16 = 0x0842;
+pub(crate) const ETHERTYPE_WOL: u16 = 0x0842;
 
 /// `PACKET_OUTGOING` (linux/if_packet.h): a frame this host sent.
 const PACKET_OUTGOING: u8 = 4;

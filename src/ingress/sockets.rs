@@ -22,7 +22,7 @@ pub enum Listener {
 
 impl Listener {
     /// Reads one datagram or frame payload into `buf` (non-blocking).
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Source)> {
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Source)> {
         match self {
             // A dual-stack [::] socket reports IPv4 senders as
             // ::ffff:a.b.c.d; they are shown as the IPv4 address they are.
@@ -35,7 +35,7 @@ impl Listener {
     }
 
     /// What it listens on, for the log (`127.0.0.1:9`, `raw eth0`).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Listener::Udp(socket) => socket
                 .local_addr()
@@ -59,17 +59,17 @@ const QUANTUM: usize = 64;
 
 /// What one drain round read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
+pub(crate) struct Drained {
     /// Datagrams read.
-    pub read: usize,
+    pub(crate) read: usize,
     /// A listener whose interface disappeared (it can never receive again).
-    pub lost: Option<usize>,
+    pub(crate) lost: Option<usize>,
 }
 
 /// Reads the queued datagrams of every listener, up to `max` in all, and
 /// hands each to `each`. The listeners take turns of [`QUANTUM`]
 /// datagrams, so a flood on one cannot starve the others within a round.
-pub fn drain(
+pub(crate) fn drain(
     listeners: &[Listener],
     buf: &mut [u8],
     max: usize,
@@ -108,11 +108,11 @@ pub fn drain(
 
 /// The address bound when neither systemd passes a socket nor
 /// `--listen-address` or `--raw-interface` is given.
-pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9";
+pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9";
 
 /// Where the sockets came from; decides the default idle timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Passed by systemd (`LISTEN_FDS`): the socket outlives us, so exiting
     /// when idle loses nothing.
     Activated,
@@ -122,14 +122,14 @@ pub enum Origin {
 
 /// The non-blocking listeners the gateway serves.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     /// UDP sockets in `LISTEN_FDS` or `--listen-address` order, then the raw
     /// listeners in `--raw-interface` order.
-    pub listeners: Vec<Listener>,
+    pub(crate) listeners: Vec<Listener>,
     /// TCP sockets for the HTTP wake (passed, or bound for `--http-listen`).
-    pub http: Vec<std::net::TcpListener>,
+    pub(crate) http: Vec<std::net::TcpListener>,
     /// Where the sockets came from.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
 }
 
 /// Takes every socket systemd passed (UDP for magic packets, TCP stream
@@ -138,7 +138,7 @@ pub struct Listeners {
 /// `listen_addresses` (the default address if there are none, no raw
 /// interface and no HTTP address either) and `http_addresses`; then opens
 /// each raw interface.
-pub fn acquire(
+pub(crate) fn acquire(
     listen_addresses: &[SocketAddr],
     raw_interfaces: &[String],
     http_addresses: &[SocketAddr],

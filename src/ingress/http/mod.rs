@@ -21,11 +21,11 @@
 //! token, token hash or `?token=` value is ever logged.
 
 mod answer;
-pub mod route;
+pub(crate) mod route;
 mod slots;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use self::answer::WakeAnswer;
+pub(crate) use self::answer::WakeAnswer;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -65,18 +65,18 @@ use self::slots::{Id, Slots};
 /// Connections served at once; past it a new connection takes the place of
 /// an unproven one of a client that holds more, or is closed at once (see
 /// `slots.rs`).
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// A request's headers must arrive within this (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request's body must arrive within this.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request headers larger than this are refused (431).
-pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Request bodies larger than this are refused (413).
-pub const MAX_BODY_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024;
 /// A connection is served this long; then its request under way is
 /// answered and it is closed.
-pub const MAX_CONNECTION: Duration = Duration::from_secs(150);
+pub(crate) const MAX_CONNECTION: Duration = Duration::from_secs(150);
 /// Connections from one client (an IPv4 address, an IPv6 /64) served at
 /// once: one client cannot hold every slot.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
@@ -87,13 +87,13 @@ const DECISION_DEADLINE: Duration = Duration::from_secs(15);
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
 /// What the HTTP side needs of the gateway.
-pub struct Context {
+pub(crate) struct Context {
     /// The way into the loop.
-    pub submitter: Submitter,
+    pub(crate) submitter: Submitter,
     /// The hosts (domain lists, states while waiting).
-    pub fleet: Arc<Fleet>,
+    pub(crate) fleet: Arc<Fleet>,
     /// The operator's policy (for what a wake would do).
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// Failed authentications per client (an IPv4 address, an IPv6 /64).
     failures: Mutex<Failures<Client>>,
     tokens: KnownTokens,
@@ -103,7 +103,7 @@ pub struct Context {
 
 impl Context {
     /// The HTTP side of a gateway.
-    pub fn new(submitter: Submitter, fleet: Arc<Fleet>, policy: Policy) -> Context {
+    pub(crate) fn new(submitter: Submitter, fleet: Arc<Fleet>, policy: Policy) -> Context {
         Context {
             submitter,
             fleet,
@@ -117,7 +117,7 @@ impl Context {
 
 /// Serves `listeners` (over TLS with `tls`) on a thread of its own until
 /// the process exits.
-pub fn spawn(
+pub(crate) fn spawn(
     listeners: Vec<TcpListener>,
     tls: Option<TlsAcceptor>,
     context: Context,

@@ -11,11 +11,11 @@ use crate::decide::ask::Target;
 use crate::model::Mac;
 
 /// The longest `?wait=` honoured; longer is capped to it.
-pub const MAX_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// An endpoint, with what the request asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// `GET /v1/health`, no token.
     Health,
     /// `GET /v1/domains`: the domains the token may wake.
@@ -33,18 +33,18 @@ pub enum Endpoint {
 /// A request refused before it reaches the gateway: the status and a
 /// one-line reason (sent as `{"error": …}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The HTTP status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// What was wrong, and what to do.
-    pub message: String,
+    pub(crate) message: String,
     /// For 405: the methods the path takes.
-    pub allow: Option<&'static str>,
+    pub(crate) allow: Option<&'static str>,
 }
 
 impl Refusal {
     /// A refusal with `status` and `message`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
             message: message.into(),
@@ -55,7 +55,7 @@ impl Refusal {
 
 /// Where the request's token was. Debug shows no token.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Presented {
+pub(crate) enum Presented {
     /// None given.
     Missing,
     /// Given, but not a plausible token (never logged either way).
@@ -75,7 +75,11 @@ impl std::fmt::Debug for Presented {
 }
 
 /// Finds the endpoint for `method` and `path` (with its `query`).
-pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoint, Refusal> {
+pub(crate) fn endpoint(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Endpoint, Refusal> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (allowed, endpoint): (&'static str, Result<Endpoint, Refusal>) = match segments[..] {
         ["v1", "health"] => ("GET", Ok(Endpoint::Health)),
@@ -160,7 +164,7 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
 
 /// The token of a request: `Authorization: Bearer TOKEN`, or `?token=`
 /// for clients that can only send a URL.
-pub fn token(headers: &HeaderMap, query: Option<&str>) -> Presented {
+pub(crate) fn token(headers: &HeaderMap, query: Option<&str>) -> Presented {
     let given = match headers.get(header::AUTHORIZATION) {
         // The scheme's name is case-insensitive (RFC 9110).
         Some(value) => match value.to_str().ok().and_then(|v| v.split_once(' ')) {
@@ -189,7 +193,7 @@ pub fn token(headers: &HeaderMap, query: Option<&str>) -> Presented {
 
 /// The target of a `POST /v1/wake` body: JSON `{"domain": …}` or
 /// `{"mac": …}`, or the same form-encoded.
-pub fn body_target(content_type: Option<&str>, body: &[u8]) -> Result<Target, Refusal> {
+pub(crate) fn body_target(content_type: Option<&str>, body: &[u8]) -> Result<Target, Refusal> {
     let bad = |why: String| Refusal::new(StatusCode::BAD_REQUEST, why);
     let kind = content_type
         .and_then(|c| c.split(';').next())

@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Why TLS cannot be set up: one line naming the file and what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A file could not be read.
     #[error("cannot read {flag} {path}: {error}")]
     Unreadable {
@@ -34,7 +34,7 @@ pub enum TlsError {
 }
 
 /// A TLS acceptor for the certificate chain in `cert` and the key in `key`.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let read = |flag, path: &Path| {
         std::fs::read(path).map_err(|error| TlsError::Unreadable {
             flag,
