@@ -8,6 +8,9 @@
 //! socket a receive buffer big enough to queue the whole flood). Sizes and
 //! repetitions: `WOL_BENCH_SIZES=1,100,1000,10000 WOL_BENCH_RUNS=7`;
 //! `WOL_BENCH_BIN=PATH` measures another build of the gateway;
+//! `WOL_BENCH_BEFORE=PATH` also measures an earlier build, taking turns with
+//! this one, and prints its cold wakes and peak RSS beside this one's (a
+//! before/after in one run, as a ratio);
 //! `WOL_BENCH_TRICKLE_ONLY=1` runs only the unknown-MAC trickle;
 //! `WOL_BENCH_REMOTE=1` runs only the remote-host comparison (below).
 //!
@@ -92,6 +95,9 @@ fn main() {
     // WOL_BENCH_BIN (above) measures another build (e.g. an earlier
     // commit's) with the same harness, for a before/after in one run.
     let cache = tempfile::tempdir().expect("tempdir");
+    let before = std::env::var("WOL_BENCH_BEFORE").ok();
+    // Each build keeps its own index file.
+    let before_cache = tempfile::tempdir().expect("tempdir");
     print_machine();
     println!("runs per figure: {runs}; junk datagrams per drain run: {JUNK_DATAGRAMS}");
     // What every cold process pays before main(): exec and the dynamic
@@ -108,6 +114,7 @@ fn main() {
     // WOL_BENCH_TRICKLE_ONLY=1: only the unknown-MAC trickle (for profiling).
     let trickle_only = std::env::var_os("WOL_BENCH_TRICKLE_ONLY").is_some();
     let mut rows = Vec::new();
+    let mut comparison = Vec::new();
     let mut defined = 0;
     for &size in &sizes {
         while defined < size {
@@ -156,28 +163,49 @@ fn main() {
         let (socket, addr) = held_socket();
         // Prime the index file once, then every run finds it.
         activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom);
-        // The gateway's cold wake and a `virsh start` process take turns,
-        // so that a noisy neighbour slows both alike.
-        let (mut virsh, mut warm) = (Vec::new(), Vec::new());
+        let wake = |bin: &str, cache: &Path| {
+            activation(bin, cache, &[URI], &socket, addr, &mac, &name, &dom)
+        };
+        if let Some(before) = &before {
+            wake(before, before_cache.path());
+        }
+        // The gateway's cold wake and a `virsh start` process (and the
+        // earlier build, if given) take turns, so that a noisy neighbour
+        // slows all alike.
+        let (mut virsh, mut warm, mut earlier) = (Vec::new(), Vec::new(), Samples::default());
         for _ in 0..runs {
             virsh.push(spawn_to_exit("virsh", &["-c", URI, "start", &name]));
             assert!(dom.is_active().expect("is_active"), "virsh started {name}");
             dom.destroy().expect("destroy");
-            warm.push(activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom).0);
+            warm.push(wake(bin, cache.path()).0);
+            if let Some(before) = &before {
+                earlier.warm.push(wake(before, before_cache.path()).0);
+            }
         }
         let (virsh, warm) = (summarize(virsh), summarize(warm));
-        let (mut rss, mut anon) = (Vec::new(), Vec::new());
-        let cold = measure(runs.min(5), || {
-            for entry in std::fs::read_dir(cache.path()).expect("ls cache").flatten() {
-                let _ = std::fs::remove_file(entry.path());
+        let (mut rss, mut anon, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs.min(5) {
+            let builds = std::iter::once((bin, cache.path(), false))
+                .chain(before.as_deref().map(|b| (b, before_cache.path(), true)));
+            for (bin, cache, is_before) in builds {
+                for entry in std::fs::read_dir(cache).expect("ls cache").flatten() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                let (took, (hwm, private)) = wake(bin, cache);
+                if is_before {
+                    earlier.cold.push(took);
+                    earlier.rss.push(hwm);
+                } else {
+                    cold.push(took);
+                    rss.push(hwm);
+                    anon.push(private);
+                }
             }
-            let (took, (hwm, private)) =
-                activation(bin, cache.path(), &[URI], &socket, addr, &mac, &name, &dom);
-            rss.push(hwm);
-            anon.push(private);
-            took
-        });
-        let (rss, anon) = (summarize(rss), summarize(anon));
+        }
+        let (rss, anon, cold) = (summarize(rss), summarize(anon), summarize(cold));
+        if before.is_some() {
+            comparison.push((size, earlier, warm_cold_rss(&warm, &cold, &rss)));
+        }
         http_versus_udp(bin, cache.path(), &socket, addr, &mac, &name, &dom, runs);
 
         let (drain, bare) = junk_rates(bin, cache.path(), runs.min(3));
@@ -196,6 +224,7 @@ fn main() {
         });
     }
     print_table(&rows);
+    print_comparison(&comparison);
     if let Some(&largest) = sizes.iter().max() {
         trickle(bin, cache.path(), &keeper, largest);
     }
@@ -224,6 +253,46 @@ struct Row {
     bare: Stat,
     rss: Stat,
     anon: Stat,
+}
+
+/// An earlier build's figures (`WOL_BENCH_BEFORE`).
+#[derive(Default)]
+struct Samples {
+    warm: Vec<f64>,
+    cold: Vec<f64>,
+    rss: Vec<f64>,
+}
+
+/// This build's medians of the figures compared.
+fn warm_cold_rss(warm: &Stat, cold: &Stat, rss: &Stat) -> [f64; 3] {
+    [warm.median, cold.median, rss.median]
+}
+
+/// The earlier build against this one, taking turns in the same run.
+fn print_comparison(rows: &[(usize, Samples, [f64; 3])]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nbefore (WOL_BENCH_BEFORE) / after (this build), taking turns:");
+    println!("| domains | cold wake, warm index | cold wake, no index | peak RSS |");
+    println!("|---:|---:|---:|---:|");
+    for (size, before, after) in rows {
+        let cell = |samples: &[f64], after: f64, unit: f64, name: &str| {
+            let before = summarize(samples.to_vec()).median;
+            format!(
+                "{:.2} / {:.2} {name} = {:.3}x",
+                before * unit,
+                after * unit,
+                after / before
+            )
+        };
+        println!(
+            "| {size} | {} | {} | {} |",
+            cell(&before.warm, after[0], 1e3, "ms"),
+            cell(&before.cold, after[1], 1e3, "ms"),
+            cell(&before.rss, after[2], 1.0 / 1024.0, "MiB"),
+        );
+    }
 }
 
 fn measure(runs: usize, mut once: impl FnMut() -> f64) -> Stat {
