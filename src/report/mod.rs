@@ -14,6 +14,7 @@ pub mod ratelimit;
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::decide::ask::Target;
 use crate::decide::book::{Request, Resumed};
-use crate::decide::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
+use crate::decide::outcome::{Decision, Exit, Limit, Named, Outcome, Severity, Verb, WaitFor};
 use crate::decide::policy::Refusal;
 use crate::ingress::packet::Rejection;
 use crate::libvirt::hypervisor::Unreadable;
@@ -47,17 +48,53 @@ pub fn action_word(verb: Verb) -> &'static str {
     }
 }
 
+/// The `ACTION` word for what was done, tried or would be done, `none`
+/// when nothing: the journal's, the HTTP wake's and `list`'s.
+pub(crate) fn action_words(verb: Option<Verb>) -> &'static str {
+    verb.map_or("none", action_word)
+}
+
 /// The `RESULT` journal field for an outcome (also the HTTP wake's
-/// `result`).
+/// `result`): its class's word, kept for callers that have no class.
 pub fn result_word(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Done { .. } => "ok",
-        Outcome::Failed { .. } | Outcome::LookupFailed { .. } => "failed",
-        Outcome::AlreadyUp { .. } => "already-up",
-        Outcome::Refused { .. } => "refused",
-        Outcome::Ambiguous { .. } => "ambiguous",
-        Outcome::NoMatch => "no-match",
-        Outcome::DryRun { .. } => "dry-run",
+    outcome.class().result
+}
+
+/// The journal level of an outcome's severity.
+fn level(severity: Severity) -> Level {
+    match severity {
+        Severity::Info => Level::INFO,
+        Severity::Warn => Level::WARN,
+        Severity::Error => Level::ERROR,
+    }
+}
+
+/// What no domain has, for a request no domain matches.
+fn missing_words(target: &Target, uris: &str) -> String {
+    match target {
+        Target::Mac(_) => format!("no domain on {uris} has MAC {target}"),
+        Target::Domain(_) => format!("no domain named {target} on {uris}"),
+    }
+}
+
+/// The end of a decision's line when some hosts had not answered.
+fn left_out_words(left_out: &[Arc<str>]) -> String {
+    if left_out.is_empty() {
+        return String::new();
+    }
+    let uris: Vec<&str> = left_out.iter().map(|u| &**u).collect();
+    format!(
+        "; decided without {} (not answering): its answer could only have added an ambiguity",
+        uris.join(", ")
+    )
+}
+
+/// The end of a decision's line when packets repeated it.
+fn burst_words(repeats: u32) -> String {
+    match repeats {
+        0 => String::new(),
+        1 => " (1 duplicate packet in this burst ignored)".into(),
+        n => format!(" ({n} duplicate packets in this burst ignored)"),
     }
 }
 
@@ -128,6 +165,21 @@ pub struct Record {
 }
 
 impl Record {
+    /// Fills `DOMAIN`, `HOST`, `STATE` and `ACTION` for a decision.
+    fn decided(&mut self, outcome: &Outcome) {
+        if let Some((domain, state)) = outcome.domain() {
+            self.on(domain, state, outcome.verb());
+        }
+        match outcome {
+            Outcome::Refused { domains, .. } | Outcome::Ambiguous { domains } => {
+                self.domain = Some(plain_names(domains));
+            }
+            Outcome::LookupFailed { uri, .. } => self.host = Some(uri.to_string()),
+            _ => {}
+        }
+        self.action = Some(action_words(outcome.verb()));
+    }
+
     /// Fills `DOMAIN`, `HOST`, `STATE` and (if something was or would be
     /// done) `ACTION` for a decision about one domain.
     fn on(&mut self, domain: &Named, state: DomainState, verb: Option<Verb>) {
@@ -299,6 +351,17 @@ impl Reporter {
         names.join(", ")
     }
 
+    /// The end of an already-up line when other domains share the MAC.
+    fn sharing(&self, others: &[Named]) -> String {
+        if others.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; left alone the other domain(s) sharing the MAC: {}",
+            self.names(others)
+        )
+    }
+
     /// The first line: what it listens on, where libvirt is, when it exits.
     pub fn listening(&mut self, listeners: &[String], uris: &str, idle: Option<Duration>) {
         self.last_event = format!("listening on {}", listeners.join(", "));
@@ -376,37 +439,42 @@ impl Reporter {
         self.send(record, shown);
     }
 
-    /// One line per decided request.
+    /// One line per decided request. Its level, `RESULT` and rate limit
+    /// are the outcome's [`Class`]; only the words are made here.
     pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
+        let (target, source) = (&request.ask.target, &request.source);
+        let outcome = &decision.outcome;
+        let class = outcome.class();
+        let (headline, message) = self.decision_words(request, outcome, uris);
+        let mut record = Record::about(level(class.severity), target, source, String::new());
+        record.decided(outcome);
+        record.result = Some(class.result);
+        record.message = format!(
+            "{message}{}{}",
+            left_out_words(&decision.left_out),
+            burst_words(request.repeats)
+        );
+        let shown = match class.limit {
+            Limit::Shown => true,
+            Limit::Problems => self.problems.allow(now),
+            Limit::Unknown => self.unknown.allow(now),
+        };
+        self.last_event = headline;
+        self.send(record, shown);
+    }
+
+    /// The `STATUS=` headline and the log sentence for a decision.
+    fn decision_words(&self, request: &Request, outcome: &Outcome, uris: &str) -> (String, String) {
         let (mac, source) = (&request.ask.target, &request.source);
-        let burst = match request.repeats {
-            0 => String::new(),
-            1 => " (1 duplicate packet in this burst ignored)".into(),
-            n => format!(" ({n} duplicate packets in this burst ignored)"),
-        };
-        let left_out = if decision.left_out.is_empty() {
-            String::new()
-        } else {
-            let uris: Vec<&str> = decision.left_out.iter().map(|u| &**u).collect();
-            format!(
-                "; decided without {} (not answering): its answer could only have added an \
-                 ambiguity",
-                uris.join(", ")
-            )
-        };
         let from = format!("{mac} from {source}");
-        let mut record = Record::about(Level::INFO, mac, source, String::new());
-        let mut shown = true;
-        let (level, headline, message) = match &decision.outcome {
+        match outcome {
             Outcome::Done {
                 domain,
                 state,
                 verb,
             } => {
-                record.on(domain, *state, Some(*verb));
                 let what = done(*verb, &self.name(domain));
                 (
-                    Level::INFO,
                     format!("{what} ({mac})"),
                     format!("{what} (was {state}) for {from}"),
                 )
@@ -417,12 +485,8 @@ impl Reporter {
                 verb,
                 error,
             } => {
-                record.on(domain, *state, Some(*verb));
-                shown = self.problems.allow(now);
-                let name = self.name(domain);
-                let verb = action_word(*verb);
+                let (name, verb) = (self.name(domain), action_word(*verb));
                 (
-                    Level::ERROR,
                     format!("failed to {verb} {name} ({mac})"),
                     format!("cannot {verb} {name} (was {state}) for {from}: {error}"),
                 )
@@ -432,87 +496,50 @@ impl Reporter {
                 state,
                 others,
             } => {
-                record.on(domain, *state, None);
-                let name = self.name(domain);
-                let also = if others.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; left alone the other domain(s) sharing the MAC: {}",
-                        self.names(others)
-                    )
-                };
+                let (name, also) = (self.name(domain), self.sharing(others));
                 (
-                    Level::INFO,
                     format!("{name} ({mac}) already up"),
                     format!("{name} is already up ({state}); nothing to do for {from}{also}"),
                 )
             }
             Outcome::Refused { domains, reason } => {
-                record.domain = Some(plain_names(domains));
-                shown = self.problems.allow(now);
                 let names = self.names(domains);
                 (
-                    Level::WARN,
                     format!("refused to wake {names} ({mac})"),
                     format!("refused to wake {names} for {from}: {reason}"),
                 )
             }
-            Outcome::Ambiguous { domains } => {
-                record.domain = Some(plain_names(domains));
-                shown = self.problems.allow(now);
-                let names = self.names(domains);
-                (
-                    Level::ERROR,
-                    format!("{mac} is ambiguous, nothing started"),
-                    format!(
-                        "{from}: MAC is on several shut-off domains ({names}); starting none. \
-                         Give each domain a unique MAC"
-                    ),
-                )
-            }
-            Outcome::NoMatch => {
-                shown = self.unknown.allow(now);
-                let missing = match mac {
-                    Target::Mac(_) => format!("no domain on {uris} has MAC {mac}"),
-                    Target::Domain(_) => format!("no domain named {mac} on {uris}"),
-                };
-                (
-                    Level::WARN,
-                    format!("no domain has {mac}"),
-                    format!("{missing} (from {source}); nothing to do"),
-                )
-            }
+            Outcome::Ambiguous { domains } => (
+                format!("{mac} is ambiguous, nothing started"),
+                format!(
+                    "{from}: MAC is on several shut-off domains ({}); starting none. Give each \
+                     domain a unique MAC",
+                    self.names(domains)
+                ),
+            ),
+            Outcome::NoMatch => (
+                format!("no domain has {mac}"),
+                format!(
+                    "{} (from {source}); nothing to do",
+                    missing_words(mac, uris)
+                ),
+            ),
             Outcome::DryRun {
                 domain,
                 state,
                 verb,
             } => {
-                record.on(domain, *state, Some(*verb));
-                let name = self.name(domain);
-                let verb = action_word(*verb);
+                let (name, verb) = (self.name(domain), action_word(*verb));
                 (
-                    Level::INFO,
                     format!("dry run: would {verb} {name} ({mac})"),
                     format!("dry run: would {verb} {name} (is {state}) for {from}"),
                 )
             }
-            Outcome::LookupFailed { uri, error } => {
-                record.host = Some(uri.to_string());
-                shown = self.problems.allow(now);
-                (
-                    Level::ERROR,
-                    format!("lookup of {mac} failed"),
-                    format!("cannot look up {from} on {uri}: {error}"),
-                )
-            }
-        };
-        record.level = level;
-        record.action = record.action.or(Some("none"));
-        record.result = Some(result_word(&decision.outcome));
-        record.message = format!("{message}{left_out}{burst}");
-        self.last_event = headline;
-        self.send(record, shown);
+            Outcome::LookupFailed { uri, error } => (
+                format!("lookup of {mac} failed"),
+                format!("cannot look up {from} on {uri}: {error}"),
+            ),
+        }
     }
 
     /// No thread could be started for a request (it waits and is tried
@@ -648,82 +675,97 @@ impl Reporter {
         refreshes: (u64, u64),
     ) -> String {
         if !undecided.is_empty() {
-            // A flood can leave thousands: the first few name the rest.
-            let mut macs: Vec<String> = undecided
-                .iter()
-                .take(MAX_LISTED)
-                .map(|(mac, in_flight)| {
-                    if *in_flight {
-                        format!("{mac} (being handled)")
-                    } else {
-                        mac.to_string()
-                    }
-                })
-                .collect();
-            if undecided.len() > MAX_LISTED {
-                macs.push(format!("and {} more", undecided.len() - MAX_LISTED));
-            }
-            let in_flight = undecided.iter().filter(|(_, f)| *f).count();
-            let mut text = format!(
-                "{}: not acting on {} wake request(s) read: {}",
-                exit_words(why),
-                undecided.len(),
-                macs.join(", ")
-            );
-            if let Some(waiting) = waiting_for {
-                let _ = write!(text, "; {}", waiting_words(waiting));
-            }
-            if in_flight > 0 {
-                text.push_str(
-                    "; a call already sent to libvirtd completes there (a start under way still \
-                     finishes), one to an in-process driver such as test:/// ends with this process",
-                );
-            }
+            let text = undecided_words(why, undecided, waiting_for);
             match why {
                 Exit::Signal => warn!("{text}"),
                 _ => error!("{text}"),
             }
         }
-        let Stats {
-            datagrams,
-            http_requests,
-            rejected,
-            duplicates,
-            handled,
-            dropped,
-            throttled,
-            unacted,
-            waited_for_slot,
-            drain_time,
-        } = *stats;
-        let mut extra = String::new();
-        if dropped > 0 {
-            let _ = write!(extra, ", {dropped} dropped (too many pending)");
-        }
-        if throttled > 0 {
-            let _ = write!(extra, ", {throttled} throttled (wrong SecureOn passwords)");
-        }
-        if unacted > 0 {
-            let _ = write!(extra, ", {unacted} not acted on");
-        }
-        if waited_for_slot > 0 {
-            let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
-        }
-        let (listings, full_scans) = refreshes;
-        // Said only where HTTP is in use: the line is matched by scripts.
-        let http = match http_requests {
-            0 => String::new(),
-            n => format!("{n} HTTP requests, "),
-        };
-        info!(
-            "exiting ({}): {datagrams} datagrams, {http}{handled} wake requests handled, \
-             {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
-             {full_scans} full scans; {:.1} ms spent reading datagrams",
-            exit_words(why),
-            drain_time.as_secs_f64() * 1e3
-        );
+        info!("{}", summary_words(why, stats, refreshes));
         format!("exiting ({}); {}", exit_words(why), self.last_event)
     }
+}
+
+/// The exit line about requests read but not acted on.
+fn undecided_words(
+    why: Exit,
+    undecided: &[(Target, bool)],
+    waiting_for: Option<&WaitFor>,
+) -> String {
+    // A flood can leave thousands: the first few name the rest.
+    let mut macs: Vec<String> = undecided
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(mac, in_flight)| {
+            if *in_flight {
+                format!("{mac} (being handled)")
+            } else {
+                mac.to_string()
+            }
+        })
+        .collect();
+    if undecided.len() > MAX_LISTED {
+        macs.push(format!("and {} more", undecided.len() - MAX_LISTED));
+    }
+    let in_flight = undecided.iter().filter(|(_, f)| *f).count();
+    let mut text = format!(
+        "{}: not acting on {} wake request(s) read: {}",
+        exit_words(why),
+        undecided.len(),
+        macs.join(", ")
+    );
+    if let Some(waiting) = waiting_for {
+        let _ = write!(text, "; {}", waiting_words(waiting));
+    }
+    if in_flight > 0 {
+        text.push_str(
+            "; a call already sent to libvirtd completes there (a start under way still \
+             finishes), one to an in-process driver such as test:/// ends with this process",
+        );
+    }
+    text
+}
+
+/// The exit summary: what came in and what became of it.
+fn summary_words(why: Exit, stats: &Stats, refreshes: (u64, u64)) -> String {
+    let Stats {
+        datagrams,
+        http_requests,
+        rejected,
+        duplicates,
+        handled,
+        dropped,
+        throttled,
+        unacted,
+        waited_for_slot,
+        drain_time,
+    } = *stats;
+    let mut extra = String::new();
+    if dropped > 0 {
+        let _ = write!(extra, ", {dropped} dropped (too many pending)");
+    }
+    if throttled > 0 {
+        let _ = write!(extra, ", {throttled} throttled (wrong SecureOn passwords)");
+    }
+    if unacted > 0 {
+        let _ = write!(extra, ", {unacted} not acted on");
+    }
+    if waited_for_slot > 0 {
+        let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
+    }
+    let (listings, full_scans) = refreshes;
+    // Said only where HTTP is in use: the line is matched by scripts.
+    let http = match http_requests {
+        0 => String::new(),
+        n => format!("{n} HTTP requests, "),
+    };
+    format!(
+        "exiting ({}): {datagrams} datagrams, {http}{handled} wake requests handled, \
+         {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
+         {full_scans} full scans; {:.1} ms spent reading datagrams",
+        exit_words(why),
+        drain_time.as_secs_f64() * 1e3
+    )
 }
 
 fn plain_names(domains: &[Named]) -> String {
@@ -848,6 +890,18 @@ pub enum Effect {
     Refused(Refusal),
     /// Nothing: libvirt did not tell its state.
     Unknown,
+}
+
+impl Effect {
+    /// What a wake would do, as [`Outcome::verb`] says what one did: read
+    /// by [`action_words`] for `list`'s `action`, as for the journal's
+    /// `ACTION` and the HTTP wake's `action`.
+    pub(crate) fn verb(&self) -> Option<Verb> {
+        match self {
+            Effect::Act(verb) => Some(*verb),
+            _ => None,
+        }
+    }
 }
 
 /// `list`'s words for an effect: the `ACTION` words, or why nothing.
