@@ -6,16 +6,19 @@
 //! A flood never floods the journal: junk, duplicates, unknown MACs,
 //! refusals and failures each have a rate limit ([`LOG_BURST`] lines per
 //! [`LOG_WINDOW`] at their own level, the rest at debug), and what a limit
-//! held back is summed up when its window closes.
+//! held back is summed up when its window closes. Worker threads' lines (a
+//! host out or back, a domain skipped, the index file) go through windows
+//! of the same size in `workers`, shared by every thread.
 
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
+mod workers;
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{Level, debug, error, info, warn};
@@ -30,6 +33,7 @@ use crate::libvirt::index::file::FileError;
 use crate::libvirt::uri::Transport;
 use crate::model::{DomainState, HvError, Mac, Source, StopReason};
 use crate::report::ratelimit::RateLimiter;
+use crate::report::workers::{About, Held, Topic, WORKER_LINES, WorkerLines};
 
 /// Window of the log rate limits.
 pub const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -440,7 +444,8 @@ impl Reporter {
     }
 
     /// One line per decided request. Its level, `RESULT` and rate limit
-    /// are the outcome's [`Class`]; only the words are made here.
+    /// are its outcome's class (`Outcome::class`); only the words are
+    /// made here.
     pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
         let (target, source) = (&request.ask.target, &request.source);
         let outcome = &decision.outcome;
@@ -629,6 +634,7 @@ impl Reporter {
                  too many wrong ones"
             );
         }
+        close_worker_windows(now, force);
     }
 
     /// When the next rate-limit summary is due, if any.
@@ -643,6 +649,7 @@ impl Reporter {
         ]
         .into_iter()
         .filter_map(RateLimiter::summary_due)
+        .chain(crate::lock(&WORKER_LINES).summary_due())
         .min()
     }
 
@@ -786,6 +793,79 @@ fn waiting_words(waiting: &WaitFor) -> String {
     parts.join("; ")
 }
 
+/// Logs a worker thread's line through the worker lines' rate limits
+/// ([`workers`]).
+fn worker_line(topic: Topic<'_>, record: Record) {
+    pass_worker_line(&WORKER_LINES, Instant::now(), topic, record, &mut emit);
+}
+
+/// Hands `out` a worker line, held back to debug past the burst, after the
+/// summaries of windows that closed (tests pass their own limits and
+/// `out`).
+fn pass_worker_line(
+    lines: &Mutex<WorkerLines>,
+    now: Instant,
+    topic: Topic<'_>,
+    mut record: Record,
+    out: &mut dyn FnMut(&Record),
+) {
+    // The lock is let go before logging: a slow journal must not hold up
+    // the other workers' counting.
+    let admitted = crate::lock(lines).admit(topic, now);
+    for held in &admitted.held {
+        out(&held_record(held));
+    }
+    if !admitted.shown {
+        record.level = Level::DEBUG;
+    }
+    out(&record);
+}
+
+/// The summary of worker lines a window held back.
+fn held_record(held: &Held) -> Record {
+    let (n, window) = (held.count, LOG_WINDOW.as_secs());
+    let (level, message) = match &held.about {
+        About::Host(uri) => (
+            Level::WARN,
+            format!(
+                "held back {n} more lines about libvirt at {uri} in the last {window} s: it went \
+                 away and came back again and again (RUST_LOG=debug shows each)"
+            ),
+        ),
+        About::Domains => (
+            Level::WARN,
+            format!(
+                "skipped {n} more domains whose MACs cannot be read in the last {window} s \
+                 (RUST_LOG=debug names each)"
+            ),
+        ),
+        About::IndexFile => (
+            Level::INFO,
+            format!(
+                "held back {n} more lines about MAC index files in the last {window} s \
+                 (RUST_LOG=debug shows each)"
+            ),
+        ),
+    };
+    let host = match &held.about {
+        About::Host(uri) => Some(uri.clone()),
+        _ => None,
+    };
+    Record {
+        host,
+        ..Record::plain(level, message)
+    }
+}
+
+/// Logs the summaries of the worker lines' windows that closed at `now`
+/// (every one with `force`).
+fn close_worker_windows(now: Instant, force: bool) {
+    let held = crate::lock(&WORKER_LINES).close(now, force);
+    for held in &held {
+        emit(&held_record(held));
+    }
+}
+
 /// A host could not be reached (said once per outage, from a worker).
 pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
     // What to check depends on how the URI gets there.
@@ -809,7 +889,7 @@ pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
     outage(
         uri,
         alone,
-        &format!(
+        format!(
             "cannot reach libvirt at {uri}: {error}. {check} Wake requests that need it wait \
              until it answers"
         ),
@@ -821,7 +901,7 @@ pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
     outage(
         uri,
         alone,
-        &format!(
+        format!(
             "libvirt at {uri} did not answer within {} s (daemon stopped or hung, or its network \
              down?); wake requests that need it wait until it answers",
             deadline.as_secs_f64()
@@ -831,43 +911,58 @@ pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
 
 /// A host's outage: an error when it is the only host (no wake can
 /// happen), a warning when others answer (only its domains wait).
-fn outage(uri: &str, alone: bool, message: &str) {
-    if alone {
-        error!(host = uri, "{message}");
-    } else {
-        warn!(host = uri, "{message}");
-    }
+fn outage(uri: &str, alone: bool, message: String) {
+    let level = if alone { Level::ERROR } else { Level::WARN };
+    host_line(uri, level, message);
+}
+
+/// A line about a host, with its `HOST` field.
+fn host_line(uri: &str, level: Level, message: String) {
+    let record = Record {
+        host: Some(uri.to_owned()),
+        ..Record::plain(level, message)
+    };
+    worker_line(Topic::Host(uri), record);
 }
 
 /// A host answers again (from a worker).
 pub fn host_back(uri: &str, after: Duration) {
-    info!(
-        host = uri,
+    let message = format!(
         "libvirt at {uri} is reachable again after {:.1} s",
         after.as_secs_f64()
     );
+    host_line(uri, Level::INFO, message);
 }
 
 /// A domain whose MACs cannot be known (said once per domain).
 pub fn domain_skipped(name: &str, reason: &Unreadable) {
-    warn!(domain = name, "skipping domain {name}: {reason}");
+    worker_line(Topic::Domains, skipped_record(name, reason));
+}
+
+fn skipped_record(name: &str, reason: &Unreadable) -> Record {
+    Record {
+        domain: Some(name.to_owned()),
+        ..Record::plain(Level::WARN, format!("skipping domain {name}: {reason}"))
+    }
 }
 
 /// The index file is unusable and will be rewritten.
 pub fn index_file_ignored(path: &Path, reason: &FileError) {
-    info!(
+    let message = format!(
         "ignoring index file {} ({reason}); it will be rebuilt",
         path.display()
     );
+    worker_line(Topic::IndexFile, Record::plain(Level::INFO, message));
 }
 
 /// The index file cannot be written; the cache is off from now on.
 pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
-    warn!(
+    let message = format!(
         "cannot write the MAC index {}: {error}; it is no longer updated (the next activation \
          may find it stale and read every domain again)",
         path.display()
     );
+    worker_line(Topic::IndexFile, Record::plain(Level::WARN, message));
 }
 
 /// A host that cannot be listed (`list`).
@@ -925,3 +1020,45 @@ pub fn skipped_words(reason: &Unreadable) -> String {
 
 /// `list`'s words for a domain without NICs.
 pub const NO_NIC_WORDS: &str = "nothing: no network interface";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten thousand unreadable domains (a host whose XML all fails) log
+    /// one burst at warning, the rest at debug, and one summary.
+    #[test]
+    fn a_burst_of_skipped_domains_logs_a_burst_and_a_summary() {
+        let lines = Mutex::new(WorkerLines::new());
+        let t0 = Instant::now();
+        let reason = Unreadable::Fetch(HvError::other("Domain not found"));
+        let mut logged = Vec::new();
+        for i in 0..10_000 {
+            let record = skipped_record(&format!("vm{i}"), &reason);
+            pass_worker_line(&lines, t0, Topic::Domains, record, &mut |r| {
+                logged.push(r.clone());
+            });
+        }
+        let at = |level| logged.iter().filter(|r| r.level == level).count();
+        assert_eq!(at(Level::WARN), LOG_BURST as usize);
+        assert_eq!(at(Level::DEBUG), 10_000 - LOG_BURST as usize);
+        assert_eq!(logged[0].domain.as_deref(), Some("vm0"));
+        // The next line after the window sums the held-back ones up first.
+        let record = skipped_record("late", &reason);
+        pass_worker_line(&lines, t0 + LOG_WINDOW, Topic::Domains, record, &mut |r| {
+            logged.push(r.clone());
+        });
+        let [.., summary, late] = &logged[..] else {
+            panic!("{}", logged.len())
+        };
+        assert_eq!(
+            (summary.level, summary.domain.as_ref()),
+            (Level::WARN, None)
+        );
+        assert!(summary.message.contains("9990"), "{}", summary.message);
+        assert_eq!(
+            (late.level, late.domain.as_deref()),
+            (Level::WARN, Some("late"))
+        );
+    }
+}
