@@ -155,10 +155,7 @@ pub fn view_showing<H: Borrow<Host>>(
                     };
                     MacView {
                         mac: mac.to_string(),
-                        action: match effect {
-                            Effect::Act(verb) => report::action_word(verb),
-                            _ => "none",
-                        },
+                        action: report::action_words(effect.verb()),
                         on_wake: report::effect_words(&effect),
                     }
                 })

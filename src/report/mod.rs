@@ -6,15 +6,19 @@
 //! A flood never floods the journal: junk, duplicates, unknown MACs,
 //! refusals and failures each have a rate limit ([`LOG_BURST`] lines per
 //! [`LOG_WINDOW`] at their own level, the rest at debug), and what a limit
-//! held back is summed up when its window closes.
+//! held back is summed up when its window closes. Worker threads' lines (a
+//! host out or back, a domain skipped, the index file) go through windows
+//! of the same size in `workers`, shared by every thread.
 
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
+mod workers;
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{Level, debug, error, info, warn};
@@ -22,7 +26,7 @@ use tracing::{Level, debug, error, info, warn};
 use crate::decide::ask::Target;
 use crate::decide::book::{Request, Resumed};
 use crate::decide::control::Stats;
-use crate::decide::outcome::{Decision, Exit, Named, Outcome, Verb, WaitFor};
+use crate::decide::outcome::{Decision, Exit, Limit, Named, Outcome, Severity, Verb, WaitFor};
 use crate::decide::policy::Refusal;
 use crate::ingress::packet::Rejection;
 use crate::libvirt::hypervisor::Unreadable;
@@ -30,6 +34,7 @@ use crate::libvirt::index::file::FileError;
 use crate::libvirt::uri::Transport;
 use crate::model::{DomainState, HvError, Mac, Source, StopReason};
 use crate::report::ratelimit::RateLimiter;
+use crate::report::workers::{About, Held, Topic, WORKER_LINES, WorkerLines};
 
 /// Window of the log rate limits.
 pub const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -48,17 +53,53 @@ pub fn action_word(verb: Verb) -> &'static str {
     }
 }
 
+/// The `ACTION` word for what was done, tried or would be done, `none`
+/// when nothing: the journal's, the HTTP wake's and `list`'s.
+pub(crate) fn action_words(verb: Option<Verb>) -> &'static str {
+    verb.map_or("none", action_word)
+}
+
 /// The `RESULT` journal field for an outcome (also the HTTP wake's
-/// `result`).
+/// `result`): its class's word, kept for callers that have no class.
 pub fn result_word(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Done { .. } => "ok",
-        Outcome::Failed { .. } | Outcome::LookupFailed { .. } => "failed",
-        Outcome::AlreadyUp { .. } => "already-up",
-        Outcome::Refused { .. } => "refused",
-        Outcome::Ambiguous { .. } => "ambiguous",
-        Outcome::NoMatch => "no-match",
-        Outcome::DryRun { .. } => "dry-run",
+    outcome.class().result
+}
+
+/// The journal level of an outcome's severity.
+fn level(severity: Severity) -> Level {
+    match severity {
+        Severity::Info => Level::INFO,
+        Severity::Warn => Level::WARN,
+        Severity::Error => Level::ERROR,
+    }
+}
+
+/// What no domain has, for a request no domain matches.
+fn missing_words(target: &Target, uris: &str) -> String {
+    match target {
+        Target::Mac(_) => format!("no domain on {uris} has MAC {target}"),
+        Target::Domain(_) => format!("no domain named {target} on {uris}"),
+    }
+}
+
+/// The end of a decision's line when some hosts had not answered.
+fn left_out_words(left_out: &[Arc<str>]) -> String {
+    if left_out.is_empty() {
+        return String::new();
+    }
+    let uris: Vec<&str> = left_out.iter().map(|u| &**u).collect();
+    format!(
+        "; decided without {} (not answering): its answer could only have added an ambiguity",
+        uris.join(", ")
+    )
+}
+
+/// The end of a decision's line when packets repeated it.
+fn burst_words(repeats: u32) -> String {
+    match repeats {
+        0 => String::new(),
+        1 => " (1 duplicate packet in this burst ignored)".into(),
+        n => format!(" ({n} duplicate packets in this burst ignored)"),
     }
 }
 
@@ -129,6 +170,21 @@ pub struct Record {
 }
 
 impl Record {
+    /// Fills `DOMAIN`, `HOST`, `STATE` and `ACTION` for a decision.
+    fn decided(&mut self, outcome: &Outcome) {
+        if let Some((domain, state)) = outcome.domain() {
+            self.on(domain, state, outcome.verb());
+        }
+        match outcome {
+            Outcome::Refused { domains, .. } | Outcome::Ambiguous { domains } => {
+                self.domain = Some(plain_names(domains));
+            }
+            Outcome::LookupFailed { uri, .. } => self.host = Some(uri.to_string()),
+            _ => {}
+        }
+        self.action = Some(action_words(outcome.verb()));
+    }
+
     /// Fills `DOMAIN`, `HOST`, `STATE` and (if something was or would be
     /// done) `ACTION` for a decision about one domain.
     fn on(&mut self, domain: &Named, state: DomainState, verb: Option<Verb>) {
@@ -273,6 +329,17 @@ impl Reporter {
         names.join(", ")
     }
 
+    /// The end of an already-up line when other domains share the MAC.
+    fn sharing(&self, others: &[Named]) -> String {
+        if others.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; left alone the other domain(s) sharing the MAC: {}",
+            self.names(others)
+        )
+    }
+
     /// The first line: what it listens on, where libvirt is, when it exits.
     pub fn listening(&mut self, listeners: &[String], uris: &str, idle: Option<Duration>) {
         self.last_event = format!("listening on {}", listeners.join(", "));
@@ -350,37 +417,43 @@ impl Reporter {
         self.send(record, shown);
     }
 
-    /// One line per decided request.
+    /// One line per decided request. Its level, `RESULT` and rate limit
+    /// are its outcome's class (`Outcome::class`); only the words are
+    /// made here.
     pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
+        let (target, source) = (&request.ask.target, &request.source);
+        let outcome = &decision.outcome;
+        let class = outcome.class();
+        let (headline, message) = self.decision_words(request, outcome, uris);
+        let mut record = Record::about(level(class.severity), target, source, String::new());
+        record.decided(outcome);
+        record.result = Some(class.result);
+        record.message = format!(
+            "{message}{}{}",
+            left_out_words(&decision.left_out),
+            burst_words(request.repeats)
+        );
+        let shown = match class.limit {
+            Limit::Shown => true,
+            Limit::Problems => self.problems.allow(now),
+            Limit::Unknown => self.unknown.allow(now),
+        };
+        self.last_event = headline;
+        self.send(record, shown);
+    }
+
+    /// The `STATUS=` headline and the log sentence for a decision.
+    fn decision_words(&self, request: &Request, outcome: &Outcome, uris: &str) -> (String, String) {
         let (mac, source) = (&request.ask.target, &request.source);
-        let burst = match request.repeats {
-            0 => String::new(),
-            1 => " (1 duplicate packet in this burst ignored)".into(),
-            n => format!(" ({n} duplicate packets in this burst ignored)"),
-        };
-        let left_out = if decision.left_out.is_empty() {
-            String::new()
-        } else {
-            let uris: Vec<&str> = decision.left_out.iter().map(|u| &**u).collect();
-            format!(
-                "; decided without {} (not answering): its answer could only have added an \
-                 ambiguity",
-                uris.join(", ")
-            )
-        };
         let from = format!("{mac} from {source}");
-        let mut record = Record::about(Level::INFO, mac, source, String::new());
-        let mut shown = true;
-        let (level, headline, message) = match &decision.outcome {
+        match outcome {
             Outcome::Done {
                 domain,
                 state,
                 verb,
             } => {
-                record.on(domain, *state, Some(*verb));
                 let what = done(*verb, &self.name(domain));
                 (
-                    Level::INFO,
                     format!("{what} ({mac})"),
                     format!("{what} (was {state}) for {from}"),
                 )
@@ -391,12 +464,8 @@ impl Reporter {
                 verb,
                 error,
             } => {
-                record.on(domain, *state, Some(*verb));
-                shown = self.problems.allow(now);
-                let name = self.name(domain);
-                let verb = action_word(*verb);
+                let (name, verb) = (self.name(domain), action_word(*verb));
                 (
-                    Level::ERROR,
                     format!("failed to {verb} {name} ({mac})"),
                     format!("cannot {verb} {name} (was {state}) for {from}: {error}"),
                 )
@@ -406,87 +475,50 @@ impl Reporter {
                 state,
                 others,
             } => {
-                record.on(domain, *state, None);
-                let name = self.name(domain);
-                let also = if others.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; left alone the other domain(s) sharing the MAC: {}",
-                        self.names(others)
-                    )
-                };
+                let (name, also) = (self.name(domain), self.sharing(others));
                 (
-                    Level::INFO,
                     format!("{name} ({mac}) already up"),
                     format!("{name} is already up ({state}); nothing to do for {from}{also}"),
                 )
             }
             Outcome::Refused { domains, reason } => {
-                record.domain = Some(plain_names(domains));
-                shown = self.problems.allow(now);
                 let names = self.names(domains);
                 (
-                    Level::WARN,
                     format!("refused to wake {names} ({mac})"),
                     format!("refused to wake {names} for {from}: {reason}"),
                 )
             }
-            Outcome::Ambiguous { domains } => {
-                record.domain = Some(plain_names(domains));
-                shown = self.problems.allow(now);
-                let names = self.names(domains);
-                (
-                    Level::ERROR,
-                    format!("{mac} is ambiguous, nothing started"),
-                    format!(
-                        "{from}: MAC is on several shut-off domains ({names}); starting none. \
-                         Give each domain a unique MAC"
-                    ),
-                )
-            }
-            Outcome::NoMatch => {
-                shown = self.unknown.allow(now);
-                let missing = match mac {
-                    Target::Mac(_) => format!("no domain on {uris} has MAC {mac}"),
-                    Target::Domain(_) => format!("no domain named {mac} on {uris}"),
-                };
-                (
-                    Level::WARN,
-                    format!("no domain has {mac}"),
-                    format!("{missing} (from {source}); nothing to do"),
-                )
-            }
+            Outcome::Ambiguous { domains } => (
+                format!("{mac} is ambiguous, nothing started"),
+                format!(
+                    "{from}: MAC is on several shut-off domains ({}); starting none. Give each \
+                     domain a unique MAC",
+                    self.names(domains)
+                ),
+            ),
+            Outcome::NoMatch => (
+                format!("no domain has {mac}"),
+                format!(
+                    "{} (from {source}); nothing to do",
+                    missing_words(mac, uris)
+                ),
+            ),
             Outcome::DryRun {
                 domain,
                 state,
                 verb,
             } => {
-                record.on(domain, *state, Some(*verb));
-                let name = self.name(domain);
-                let verb = action_word(*verb);
+                let (name, verb) = (self.name(domain), action_word(*verb));
                 (
-                    Level::INFO,
                     format!("dry run: would {verb} {name} ({mac})"),
                     format!("dry run: would {verb} {name} (is {state}) for {from}"),
                 )
             }
-            Outcome::LookupFailed { uri, error } => {
-                record.host = Some(uri.to_string());
-                shown = self.problems.allow(now);
-                (
-                    Level::ERROR,
-                    format!("lookup of {mac} failed"),
-                    format!("cannot look up {from} on {uri}: {error}"),
-                )
-            }
-        };
-        record.level = level;
-        record.action = record.action.or(Some("none"));
-        record.result = Some(result_word(&decision.outcome));
-        record.message = format!("{message}{left_out}{burst}");
-        self.last_event = headline;
-        self.send(record, shown);
+            Outcome::LookupFailed { uri, error } => (
+                format!("lookup of {mac} failed"),
+                format!("cannot look up {from} on {uri}: {error}"),
+            ),
+        }
     }
 
     /// No thread could be started for a request (it waits and is tried
@@ -576,6 +608,7 @@ impl Reporter {
                  too many wrong ones"
             );
         }
+        close_worker_windows(now, force);
     }
 
     /// When the next rate-limit summary is due, if any.
@@ -590,6 +623,7 @@ impl Reporter {
         ]
         .into_iter()
         .filter_map(RateLimiter::summary_due)
+        .chain(crate::lock(&WORKER_LINES).summary_due())
         .min()
     }
 
@@ -622,82 +656,97 @@ impl Reporter {
         refreshes: (u64, u64),
     ) -> String {
         if !undecided.is_empty() {
-            // A flood can leave thousands: the first few name the rest.
-            let mut macs: Vec<String> = undecided
-                .iter()
-                .take(MAX_LISTED)
-                .map(|(mac, in_flight)| {
-                    if *in_flight {
-                        format!("{mac} (being handled)")
-                    } else {
-                        mac.to_string()
-                    }
-                })
-                .collect();
-            if undecided.len() > MAX_LISTED {
-                macs.push(format!("and {} more", undecided.len() - MAX_LISTED));
-            }
-            let in_flight = undecided.iter().filter(|(_, f)| *f).count();
-            let mut text = format!(
-                "{}: not acting on {} wake request(s) read: {}",
-                exit_words(why),
-                undecided.len(),
-                macs.join(", ")
-            );
-            if let Some(waiting) = waiting_for {
-                let _ = write!(text, "; {}", waiting_words(waiting));
-            }
-            if in_flight > 0 {
-                text.push_str(
-                    "; a call already sent to libvirtd completes there (a start under way still \
-                     finishes), one to an in-process driver such as test:/// ends with this process",
-                );
-            }
+            let text = undecided_words(why, undecided, waiting_for);
             match why {
                 Exit::Signal => warn!("{text}"),
                 _ => error!("{text}"),
             }
         }
-        let Stats {
-            datagrams,
-            http_requests,
-            rejected,
-            duplicates,
-            handled,
-            dropped,
-            throttled,
-            unacted,
-            waited_for_slot,
-            drain_time,
-        } = *stats;
-        let mut extra = String::new();
-        if dropped > 0 {
-            let _ = write!(extra, ", {dropped} dropped (too many pending)");
-        }
-        if throttled > 0 {
-            let _ = write!(extra, ", {throttled} throttled (wrong SecureOn passwords)");
-        }
-        if unacted > 0 {
-            let _ = write!(extra, ", {unacted} not acted on");
-        }
-        if waited_for_slot > 0 {
-            let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
-        }
-        let (listings, full_scans) = refreshes;
-        // Said only where HTTP is in use: the line is matched by scripts.
-        let http = match http_requests {
-            0 => String::new(),
-            n => format!("{n} HTTP requests, "),
-        };
-        info!(
-            "exiting ({}): {datagrams} datagrams, {http}{handled} wake requests handled, \
-             {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
-             {full_scans} full scans; {:.1} ms spent reading datagrams",
-            exit_words(why),
-            drain_time.as_secs_f64() * 1e3
-        );
+        info!("{}", summary_words(why, stats, refreshes));
         format!("exiting ({}); {}", exit_words(why), self.last_event)
     }
+}
+
+/// The exit line about requests read but not acted on.
+fn undecided_words(
+    why: Exit,
+    undecided: &[(Target, bool)],
+    waiting_for: Option<&WaitFor>,
+) -> String {
+    // A flood can leave thousands: the first few name the rest.
+    let mut macs: Vec<String> = undecided
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(mac, in_flight)| {
+            if *in_flight {
+                format!("{mac} (being handled)")
+            } else {
+                mac.to_string()
+            }
+        })
+        .collect();
+    if undecided.len() > MAX_LISTED {
+        macs.push(format!("and {} more", undecided.len() - MAX_LISTED));
+    }
+    let in_flight = undecided.iter().filter(|(_, f)| *f).count();
+    let mut text = format!(
+        "{}: not acting on {} wake request(s) read: {}",
+        exit_words(why),
+        undecided.len(),
+        macs.join(", ")
+    );
+    if let Some(waiting) = waiting_for {
+        let _ = write!(text, "; {}", waiting_words(waiting));
+    }
+    if in_flight > 0 {
+        text.push_str(
+            "; a call already sent to libvirtd completes there (a start under way still \
+             finishes), one to an in-process driver such as test:/// ends with this process",
+        );
+    }
+    text
+}
+
+/// The exit summary: what came in and what became of it.
+fn summary_words(why: Exit, stats: &Stats, refreshes: (u64, u64)) -> String {
+    let Stats {
+        datagrams,
+        http_requests,
+        rejected,
+        duplicates,
+        handled,
+        dropped,
+        throttled,
+        unacted,
+        waited_for_slot,
+        drain_time,
+    } = *stats;
+    let mut extra = String::new();
+    if dropped > 0 {
+        let _ = write!(extra, ", {dropped} dropped (too many pending)");
+    }
+    if throttled > 0 {
+        let _ = write!(extra, ", {throttled} throttled (wrong SecureOn passwords)");
+    }
+    if unacted > 0 {
+        let _ = write!(extra, ", {unacted} not acted on");
+    }
+    if waited_for_slot > 0 {
+        let _ = write!(extra, ", {waited_for_slot} waited for a free slot");
+    }
+    let (listings, full_scans) = refreshes;
+    // Said only where HTTP is in use: the line is matched by scripts.
+    let http = match http_requests {
+        0 => String::new(),
+        n => format!("{n} HTTP requests, "),
+    };
+    format!(
+        "exiting ({}): {datagrams} datagrams, {http}{handled} wake requests handled, \
+         {duplicates} duplicates, {rejected} invalid{extra}; {listings} domain listings, \
+         {full_scans} full scans; {:.1} ms spent reading datagrams",
+        exit_words(why),
+        drain_time.as_secs_f64() * 1e3
+    )
 }
 
 fn plain_names(domains: &[Named]) -> String {
@@ -716,6 +765,79 @@ fn waiting_words(waiting: &WaitFor) -> String {
         })
         .collect();
     parts.join("; ")
+}
+
+/// Logs a worker thread's line through the worker lines' rate limits
+/// ([`workers`]).
+fn worker_line(topic: Topic<'_>, record: Record) {
+    pass_worker_line(&WORKER_LINES, Instant::now(), topic, record, &mut emit);
+}
+
+/// Hands `out` a worker line, held back to debug past the burst, after the
+/// summaries of windows that closed (tests pass their own limits and
+/// `out`).
+fn pass_worker_line(
+    lines: &Mutex<WorkerLines>,
+    now: Instant,
+    topic: Topic<'_>,
+    mut record: Record,
+    out: &mut dyn FnMut(&Record),
+) {
+    // The lock is let go before logging: a slow journal must not hold up
+    // the other workers' counting.
+    let admitted = crate::lock(lines).admit(topic, now);
+    for held in &admitted.held {
+        out(&held_record(held));
+    }
+    if !admitted.shown {
+        record.level = Level::DEBUG;
+    }
+    out(&record);
+}
+
+/// The summary of worker lines a window held back.
+fn held_record(held: &Held) -> Record {
+    let (n, window) = (held.count, LOG_WINDOW.as_secs());
+    let (level, message) = match &held.about {
+        About::Host(uri) => (
+            Level::WARN,
+            format!(
+                "held back {n} more lines about libvirt at {uri} in the last {window} s: it went \
+                 away and came back again and again (RUST_LOG=debug shows each)"
+            ),
+        ),
+        About::Domains => (
+            Level::WARN,
+            format!(
+                "skipped {n} more domains whose MACs cannot be read in the last {window} s \
+                 (RUST_LOG=debug names each)"
+            ),
+        ),
+        About::IndexFile => (
+            Level::INFO,
+            format!(
+                "held back {n} more lines about MAC index files in the last {window} s \
+                 (RUST_LOG=debug shows each)"
+            ),
+        ),
+    };
+    let host = match &held.about {
+        About::Host(uri) => Some(uri.clone()),
+        _ => None,
+    };
+    Record {
+        host,
+        ..Record::plain(level, message)
+    }
+}
+
+/// Logs the summaries of the worker lines' windows that closed at `now`
+/// (every one with `force`).
+fn close_worker_windows(now: Instant, force: bool) {
+    let held = crate::lock(&WORKER_LINES).close(now, force);
+    for held in &held {
+        emit(&held_record(held));
+    }
 }
 
 /// A host could not be reached (said once per outage, from a worker).
@@ -741,7 +863,7 @@ pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
     outage(
         uri,
         alone,
-        &format!(
+        format!(
             "cannot reach libvirt at {uri}: {error}. {check} Wake requests that need it wait \
              until it answers"
         ),
@@ -753,7 +875,7 @@ pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
     outage(
         uri,
         alone,
-        &format!(
+        format!(
             "libvirt at {uri} did not answer within {} s (daemon stopped or hung, or its network \
              down?); wake requests that need it wait until it answers",
             deadline.as_secs_f64()
@@ -763,43 +885,58 @@ pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
 
 /// A host's outage: an error when it is the only host (no wake can
 /// happen), a warning when others answer (only its domains wait).
-fn outage(uri: &str, alone: bool, message: &str) {
-    if alone {
-        error!(host = uri, "{message}");
-    } else {
-        warn!(host = uri, "{message}");
-    }
+fn outage(uri: &str, alone: bool, message: String) {
+    let level = if alone { Level::ERROR } else { Level::WARN };
+    host_line(uri, level, message);
+}
+
+/// A line about a host, with its `HOST` field.
+fn host_line(uri: &str, level: Level, message: String) {
+    let record = Record {
+        host: Some(uri.to_owned()),
+        ..Record::plain(level, message)
+    };
+    worker_line(Topic::Host(uri), record);
 }
 
 /// A host answers again (from a worker).
 pub fn host_back(uri: &str, after: Duration) {
-    info!(
-        host = uri,
+    let message = format!(
         "libvirt at {uri} is reachable again after {:.1} s",
         after.as_secs_f64()
     );
+    host_line(uri, Level::INFO, message);
 }
 
 /// A domain whose MACs cannot be known (said once per domain).
 pub fn domain_skipped(name: &str, reason: &Unreadable) {
-    warn!(domain = name, "skipping domain {name}: {reason}");
+    worker_line(Topic::Domains, skipped_record(name, reason));
+}
+
+fn skipped_record(name: &str, reason: &Unreadable) -> Record {
+    Record {
+        domain: Some(name.to_owned()),
+        ..Record::plain(Level::WARN, format!("skipping domain {name}: {reason}"))
+    }
 }
 
 /// The index file is unusable and will be rewritten.
 pub fn index_file_ignored(path: &Path, reason: &FileError) {
-    info!(
+    let message = format!(
         "ignoring index file {} ({reason}); it will be rebuilt",
         path.display()
     );
+    worker_line(Topic::IndexFile, Record::plain(Level::INFO, message));
 }
 
 /// The index file cannot be written; the cache is off from now on.
 pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
-    warn!(
+    let message = format!(
         "cannot write the MAC index {}: {error}; it is no longer updated (the next activation \
          may find it stale and read every domain again)",
         path.display()
     );
+    worker_line(Topic::IndexFile, Record::plain(Level::WARN, message));
 }
 
 /// A host that cannot be listed (`list`).
@@ -824,6 +961,18 @@ pub enum Effect {
     Unknown,
 }
 
+impl Effect {
+    /// What a wake would do, as [`Outcome::verb`] says what one did: read
+    /// by [`action_words`] for `list`'s `action`, as for the journal's
+    /// `ACTION` and the HTTP wake's `action`.
+    pub(crate) fn verb(&self) -> Option<Verb> {
+        match self {
+            Effect::Act(verb) => Some(*verb),
+            _ => None,
+        }
+    }
+}
+
 /// `list`'s words for an effect: the `ACTION` words, or why nothing.
 pub fn effect_words(effect: &Effect) -> String {
     match effect {
@@ -845,3 +994,45 @@ pub fn skipped_words(reason: &Unreadable) -> String {
 
 /// `list`'s words for a domain without NICs.
 pub const NO_NIC_WORDS: &str = "nothing: no network interface";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten thousand unreadable domains (a host whose XML all fails) log
+    /// one burst at warning, the rest at debug, and one summary.
+    #[test]
+    fn a_burst_of_skipped_domains_logs_a_burst_and_a_summary() {
+        let lines = Mutex::new(WorkerLines::new());
+        let t0 = Instant::now();
+        let reason = Unreadable::Fetch(HvError::other("Domain not found"));
+        let mut logged = Vec::new();
+        for i in 0..10_000 {
+            let record = skipped_record(&format!("vm{i}"), &reason);
+            pass_worker_line(&lines, t0, Topic::Domains, record, &mut |r| {
+                logged.push(r.clone());
+            });
+        }
+        let at = |level| logged.iter().filter(|r| r.level == level).count();
+        assert_eq!(at(Level::WARN), LOG_BURST as usize);
+        assert_eq!(at(Level::DEBUG), 10_000 - LOG_BURST as usize);
+        assert_eq!(logged[0].domain.as_deref(), Some("vm0"));
+        // The next line after the window sums the held-back ones up first.
+        let record = skipped_record("late", &reason);
+        pass_worker_line(&lines, t0 + LOG_WINDOW, Topic::Domains, record, &mut |r| {
+            logged.push(r.clone());
+        });
+        let [.., summary, late] = &logged[..] else {
+            panic!("{}", logged.len())
+        };
+        assert_eq!(
+            (summary.level, summary.domain.as_ref()),
+            (Level::WARN, None)
+        );
+        assert!(summary.message.contains("9990"), "{}", summary.message);
+        assert_eq!(
+            (late.level, late.domain.as_deref()),
+            (Level::WARN, Some("late"))
+        );
+    }
+}

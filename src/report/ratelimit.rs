@@ -14,8 +14,9 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter letting `burst` events through per `window`.
-    pub fn new(window: Duration, burst: u32) -> Self {
+    /// A limiter letting `burst` events through per `window` (const: the
+    /// worker lines' limits are a `static`).
+    pub const fn new(window: Duration, burst: u32) -> Self {
         RateLimiter {
             window,
             burst,
@@ -66,6 +67,12 @@ impl RateLimiter {
             Some(start) if self.suppressed > 0 => Some(start + self.window),
             _ => None,
         }
+    }
+
+    /// True when no window is open: nothing was counted since the last
+    /// close.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.window_start.is_none()
     }
 
     /// If the window is over (or `force`), returns how many events it

@@ -2,15 +2,16 @@
 //! to the HTTP status and JSON, in the journal's words.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::http::StatusCode;
 use serde::Serialize;
 
 use crate::decide::ask::Target;
 use crate::decide::control::Reply;
-use crate::decide::outcome::Outcome;
+use crate::decide::outcome::{Http, Outcome};
 use crate::model::DomainState;
-use crate::report::{self, action_word};
+use crate::report;
 
 /// 404 for every "no domain this token may wake" with a token some domain
 /// holds: the domain does not exist, or the token is another domain's. A
@@ -75,144 +76,118 @@ pub enum Answered {
 
 /// The answer to `reply`, for a request for `target`.
 pub fn answer(reply: &Reply, target: &Target) -> Answered {
-    let error = |status, message: String, failed_auth, retry_after| Answered::Error {
-        status,
-        message,
+    let error = |message: &str, failed_auth, retry_after| Answered::Error {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: message.into(),
         failed_auth,
         retry_after,
     };
-    let decision = match reply {
-        Reply::Decided(decision) => decision,
-        Reply::Duplicate { ago } => {
-            return Answered::Wake {
-                status: StatusCode::OK,
-                answer: WakeAnswer {
-                    domain: match target {
-                        Target::Domain(name) => Some(name.to_string()),
-                        Target::Mac(_) => None,
-                    },
-                    host: None,
-                    state_before: None,
-                    action: "none",
-                    result: "duplicate",
-                    state: None,
-                    waited_for: None,
-                    guest_agent: None,
-                    waited_ms: 0,
-                    error: Some(format!(
-                        "the same request brought it up {:.1} s ago",
-                        ago.as_secs_f64()
-                    )),
-                },
-                follow: None,
-            };
-        }
-        Reply::Dropped => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many wake requests wait already; try again".into(),
-                false,
-                Some(1),
-            );
-        }
+    match reply {
+        Reply::Decided(decision) => decided(&decision.outcome),
+        Reply::Duplicate { ago } => duplicate(*ago, target),
+        Reply::Dropped => error(
+            "too many wake requests wait already; try again",
+            false,
+            Some(1),
+        ),
         // The token is not checked yet (that needs libvirt): no URI, no
         // libvirt message, to a caller who may hold no valid token. If no
         // host has ever shown the token, it opened nothing that answers: a
         // failure, so made-up tokens meet 429 here as anywhere else.
-        Reply::Waiting { vouched, .. } => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "libvirt does not answer; the request is kept and done when it does".into(),
-                !vouched,
-                Some(5),
-            );
-        }
-    };
-    let (status, domain, state, action, message) = match &decision.outcome {
-        Outcome::Done {
-            domain,
-            state,
-            verb,
-        }
-        | Outcome::DryRun {
-            domain,
-            state,
-            verb,
-        } => (
-            StatusCode::OK,
-            Some(domain),
-            Some(*state),
-            action_word(*verb),
-            None,
+        Reply::Waiting { vouched, .. } => error(
+            "libvirt does not answer; the request is kept and done when it does",
+            !vouched,
+            Some(5),
         ),
-        Outcome::AlreadyUp { domain, state, .. } => {
-            (StatusCode::OK, Some(domain), Some(*state), "none", None)
-        }
-        Outcome::Failed {
-            domain,
-            state,
-            verb,
-            error,
-        } => (
-            StatusCode::BAD_GATEWAY,
-            Some(domain),
-            Some(*state),
-            action_word(*verb),
-            Some(error.to_string()),
-        ),
-        Outcome::Ambiguous { .. } => (
-            StatusCode::CONFLICT,
-            None,
-            None,
-            "none",
-            Some("the MAC is on several shut-off domains; none was started".to_owned()),
-        ),
-        Outcome::LookupFailed { .. } => (
-            StatusCode::BAD_GATEWAY,
-            None,
-            None,
-            "none",
-            Some("libvirt failed to look the domain up (the gateway's log says why)".to_owned()),
-        ),
+    }
+}
+
+/// The answer to a decided request: status, `result` and whether its
+/// state is read come from the outcome's class, the rest from its data.
+fn decided(outcome: &Outcome) -> Answered {
+    let class = outcome.class();
+    let status = match class.http {
+        // The table's codes are valid (its test pins them); a 502 would
+        // only stand in for a typo there.
+        Http::Wake(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
         // A token some domain holds but not this one, no such domain, or a
         // domain the token opens but the operator's policy refuses (checked
         // only after the token): the same 404, counted as a failure, so
         // nothing tells the three apart and guessing names is throttled.
-        Outcome::Refused { .. } => {
-            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
-        }
-        Outcome::NoMatch => {
-            return error(StatusCode::NOT_FOUND, NOT_FOUND.into(), true, None);
+        Http::Hidden => {
+            return Answered::Error {
+                status: StatusCode::NOT_FOUND,
+                message: NOT_FOUND.into(),
+                failed_auth: true,
+                retry_after: None,
+            };
         }
     };
-    // A dry run changed nothing: its state is the one read.
-    let follow = match (&decision.outcome, domain) {
-        (Outcome::DryRun { .. }, _) | (_, None) => None,
-        (_, Some(_)) if status != StatusCode::OK => None,
-        (_, Some(domain)) => Some((Arc::clone(&domain.uri), domain.name.clone())),
-    };
+    let (domain, state) = outcome.domain().unzip();
+    let follow = domain
+        .filter(|_| class.follows)
+        .map(|domain| (Arc::clone(&domain.uri), domain.name.clone()));
     Answered::Wake {
         status,
         answer: WakeAnswer {
             domain: domain.map(|d| d.name.clone()),
             host: domain.map(|d| d.uri.to_string()),
             state_before: state.map(DomainState::as_str),
-            action,
-            result: report::result_word(&decision.outcome),
+            action: report::action_words(outcome.verb()),
+            result: class.result,
             state: state.map(DomainState::as_str),
             waited_for: None,
             guest_agent: None,
             waited_ms: 0,
-            error: message,
+            error: why(outcome),
         },
         follow,
     }
 }
 
+/// Why a wake did nothing, for its `error`: libvirt's message where it is
+/// about the caller's own domain, else words that name no other domain.
+fn why(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Failed { error, .. } => Some(error.to_string()),
+        Outcome::Ambiguous { .. } => {
+            Some("the MAC is on several shut-off domains; none was started".to_owned())
+        }
+        Outcome::LookupFailed { .. } => {
+            Some("libvirt failed to look the domain up (the gateway's log says why)".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The answer to a request the same one brought up `ago`.
+fn duplicate(ago: Duration, target: &Target) -> Answered {
+    Answered::Wake {
+        status: StatusCode::OK,
+        answer: WakeAnswer {
+            domain: match target {
+                Target::Domain(name) => Some(name.to_string()),
+                Target::Mac(_) => None,
+            },
+            host: None,
+            state_before: None,
+            action: "none",
+            result: "duplicate",
+            state: None,
+            waited_for: None,
+            guest_agent: None,
+            waited_ms: 0,
+            error: Some(format!(
+                "the same request brought it up {:.1} s ago",
+                ago.as_secs_f64()
+            )),
+        },
+        follow: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::decide::outcome::{Decision, Named, Verb, WaitFor};
     use crate::decide::policy::Refusal;
