@@ -17,6 +17,7 @@
 //! scan at most once per full-rescan interval, remembered in the file so a
 //! fresh process knows when the last one ran.
 
+pub(crate) mod cache;
 pub mod file;
 
 use std::collections::HashSet;
