@@ -12,7 +12,6 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -26,12 +25,13 @@ use crate::decide::ask::{Ask, Target};
 use crate::decide::control::{
     Check, Config, Control, Effect, Event, Hosts, Looked, Note, Reply, Route, Stats,
 };
-use crate::decide::outcome::{Decision, Exit, Outcome};
+use crate::decide::outcome::Exit;
 use crate::ingress::packet;
 use crate::ingress::sockets::{self, Listener};
 use crate::libvirt::fleet::{Conclusion, Fleet};
-use crate::libvirt::host::{Health, HostEvent};
-use crate::model::{HvError, Source};
+use crate::libvirt::host::HostEvent;
+use crate::libvirt::host::health::Health;
+use crate::model::Source;
 use crate::report::notify::Notifier;
 use crate::report::{Reporter, StatusView};
 use crate::secret::Hash;
@@ -393,18 +393,9 @@ impl Gateway {
         let spawned = std::thread::Builder::new()
             .name("wol-wake".into())
             .spawn(move || {
-                // A panic must still conclude the request, or it would
-                // count as in flight forever.
-                let conclusion = catch_unwind(AssertUnwindSafe(|| fleet.wake(asked.clone())))
-                    .unwrap_or_else(|_| {
-                        Conclusion::Decided(Decision {
-                            outcome: Outcome::LookupFailed {
-                                uri: Arc::from(fleet.uris()),
-                                error: HvError::other("internal error (a panic)"),
-                            },
-                            left_out: Vec::new(),
-                        })
-                    });
+                // Fleet::wake never unwinds: a panic concludes the request
+                // ("internal error"), or it would count as in flight forever.
+                let conclusion = fleet.wake(asked.clone());
                 mailbox.send(Message::Concluded(asked, conclusion));
             });
         if let Err(e) = spawned {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use wol_libvirt_gateway::decide::outcome::{Exit, Outcome, WaitFor};
 use wol_libvirt_gateway::decide::policy::Policy;
 use wol_libvirt_gateway::libvirt::fleet::{Conclusion, Fleet, Timing};
-use wol_libvirt_gateway::libvirt::host::{Health, Host};
+use wol_libvirt_gateway::libvirt::host::Host;
+use wol_libvirt_gateway::libvirt::host::health::Health;
 use wol_libvirt_gateway::model::{Action, DomainState};
 
 use crate::util::{DEADLINE, Fake, InProcess, host, mac, name_of, nics_xml, rescan, wait_until};

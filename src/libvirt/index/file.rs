@@ -21,8 +21,9 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{MacIndex, Uuid};
+use super::MacIndex;
 use crate::model::Mac;
+use crate::model::Uuid;
 
 /// First line of every index file; a different one means another format.
 const HEADER: &str = "wol-libvirt-gateway mac-index 3";

@@ -17,13 +17,13 @@
 //! scan at most once per full-rescan interval, remembered in the file so a
 //! fresh process knows when the last one ran.
 
+pub(crate) mod cache;
 pub mod file;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::model::Mac;
-pub use crate::model::Uuid;
+use crate::model::{Mac, Uuid};
 
 /// MAC address to owning domains, and the set of domains whose XML was read.
 ///
