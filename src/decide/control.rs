@@ -64,7 +64,16 @@ pub enum Route {
     /// The index lacks the MAC and a refresh is under way: its answer is
     /// worth waiting for, without holding a worker.
     AfterRefresh,
+    /// A host's index is in use by a worker for a moment (the loop never
+    /// waits for it): ask again after [`BUSY_RETRY`]. Taking a worker
+    /// instead would let a burst of unknown MACs that meets a refresh
+    /// taking in what it read fill the slots, each waiting for the same
+    /// refresh.
+    Busy,
 }
+
+/// How soon a request whose host's index was busy is routed again.
+pub const BUSY_RETRY: Duration = Duration::from_millis(1);
 
 /// What the loop may ask the hosts without waiting for libvirt.
 pub(crate) trait Hosts {
@@ -307,6 +316,8 @@ pub(crate) struct Control<W> {
     /// The last tick left due requests waiting (for a slot or a refresh):
     /// only a worker's message ends their wait, so they are no deadline.
     due_wait: bool,
+    /// The last tick found a host's index busy: route again then.
+    busy_until: Option<Instant>,
     status_changed: bool,
     /// HTTP callers waiting for their request's decision.
     replies: HashMap<Ask, Vec<W>>,
@@ -330,6 +341,7 @@ impl<W> Control<W> {
             refresher: None,
             last_wait: None,
             due_wait: false,
+            busy_until: None,
             status_changed: false,
             replies: HashMap::new(),
             checks: Vec::new(),
@@ -412,7 +424,11 @@ impl<W> Control<W> {
         let look = (self.checks.iter().map(|c| c.due))
             .chain(self.checks_running.map(|since| since + CHECK_PATIENCE))
             .filter(|&at| at > now);
-        [idle, request].into_iter().flatten().chain(look).min()
+        [idle, request, self.busy_until]
+            .into_iter()
+            .flatten()
+            .chain(look)
+            .min()
     }
 
     /// True once after something STATUS= shows changed.
@@ -598,6 +614,7 @@ impl<W> Control<W> {
     fn dispatch(&mut self, now: Instant, hosts: &dyn Hosts, out: &mut Vec<Effect<W>>) -> bool {
         let due: Vec<Ask> = self.book.due(now).take(LOOK_AHEAD).collect();
         let (mut left, mut went, looked) = (false, false, due.len());
+        self.busy_until = None;
         for ask in due {
             self.status_changed = true;
             match hosts.route(&ask.target, now) {
@@ -611,6 +628,10 @@ impl<W> Control<W> {
                     self.decided(&ask, decision, now, out);
                 }
                 Route::AfterRefresh => left = true,
+                Route::Busy => {
+                    left = true;
+                    self.busy_until = Some(now + BUSY_RETRY);
+                }
                 Route::Refresh if self.refresher.is_some() => left = true,
                 Route::Worker | Route::Refresh
                     if self.book.in_flight() >= self.config.max_in_flight =>
@@ -887,6 +908,26 @@ mod tests {
             |e| matches!(e, Effect::Say(Note::Decision(_, d)) if d.outcome == Outcome::NoMatch),
         );
         assert_eq!(no_match.count(), 2);
+    }
+
+    #[test]
+    fn a_host_whose_index_is_busy_is_asked_again_soon_not_given_a_worker() {
+        let hosts = Made::default();
+        hosts
+            .routes
+            .borrow_mut()
+            .insert(packet(1).target, Route::Busy);
+        let (mut c, t0) = control(None, 8);
+        c.on(Event::Packet(packet(1), from(1)), t0, &hosts);
+        assert!(spawned(&tick(&mut c, t0, &hosts)).is_empty());
+        assert_eq!(c.deadline(t0), Some(t0 + BUSY_RETRY));
+        hosts
+            .routes
+            .borrow_mut()
+            .insert(packet(1).target, Route::Worker);
+        let again = t0 + BUSY_RETRY;
+        assert_eq!(spawned(&tick(&mut c, again, &hosts)), [packet(1)]);
+        assert_eq!(c.deadline(again), None);
     }
 
     #[test]

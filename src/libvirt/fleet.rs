@@ -171,6 +171,7 @@ impl Fleet {
             route = match (route, host.route(mac, now, wall)) {
                 (_, Route::Worker) => return Route::Worker,
                 (Route::Refresh, _) | (_, Route::Refresh) => Route::Refresh,
+                (Route::Busy, _) | (_, Route::Busy) => Route::Busy,
                 (Route::AfterRefresh, _) | (_, Route::AfterRefresh) => Route::AfterRefresh,
                 (_, Route::Lacks) => route,
             };

@@ -253,6 +253,7 @@ impl Host {
         }
         match self.index.peek(mac, now, wall) {
             Peek::Ask => Route::Worker,
+            Peek::Busy => Route::Busy,
             Peek::Refresh => Route::Refresh,
             Peek::Lacks => Route::Lacks,
             Peek::AfterRefresh => Route::AfterRefresh,

@@ -41,8 +41,10 @@ struct IndexState {
 /// waiting (see [`Cache::peek`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Peek {
-    /// Ask libvirt: the MAC is known, or the index is not loaded or busy.
+    /// Ask libvirt: the MAC is known, or the index is not loaded.
     Ask,
+    /// The index is in use by a worker for a moment: look again soon.
+    Busy,
     /// The index lacks the MAC and may be refreshed now.
     Refresh,
     /// The index lacks the MAC and no refresh is allowed yet.
@@ -140,8 +142,10 @@ impl Cache {
     /// What the index says of `mac` now, without waiting: a busy index
     /// counts as "ask".
     pub(crate) fn peek(&self, mac: Mac, now: Instant, wall: SystemTime) -> Peek {
+        // Never wait on the loop: the state is held only for moments (a
+        // refresh taking in what it read, the file), so ask again soon.
         let Ok(state) = self.state.try_lock() else {
-            return Peek::Ask;
+            return Peek::Busy;
         };
         let Some(index) = state.index.as_ref() else {
             return Peek::Ask;
