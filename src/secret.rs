@@ -1,6 +1,6 @@
 //! The secrets a domain's owner gives the gateway: HTTP wake tokens and
 //! SecureOn passwords ([`Password`]). Only their SHA-256 hashes are stored (in the
-//! domain's `<metadata>`, see [`crate::libvirt::domain_xml::WakeMeta`]); a clear token exists
+//! domain's `<metadata>`, see [`crate::decide::policy::WakeMeta`]); a clear token exists
 //! once, when `token add` prints it. Nothing here is ever logged.
 
 use std::fmt;

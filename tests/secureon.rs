@@ -8,8 +8,8 @@ use std::time::Duration;
 use wol_libvirt_gateway::commands::secureon;
 use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
 use wol_libvirt_gateway::decide::policy::Refusal;
+use wol_libvirt_gateway::decide::policy::WakeMeta;
 use wol_libvirt_gateway::ingress::packet::{Magic, magic_packet};
-use wol_libvirt_gateway::libvirt::domain_xml::WakeMeta;
 use wol_libvirt_gateway::libvirt::hypervisor::Libvirt;
 use wol_libvirt_gateway::model::{Mac, Password};
 

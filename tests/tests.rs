@@ -16,6 +16,7 @@ mod host_b;
 mod hosts;
 mod http;
 mod index_cache;
+mod layout;
 mod properties;
 mod raw;
 mod secureon;

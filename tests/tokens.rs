@@ -5,7 +5,8 @@
 
 use assert_cmd::Command;
 use wol_libvirt_gateway::commands::token::{self, TokenError};
-use wol_libvirt_gateway::libvirt::domain_xml::{self, WakeMeta};
+use wol_libvirt_gateway::decide::policy::WakeMeta;
+use wol_libvirt_gateway::libvirt::domain_xml;
 use wol_libvirt_gateway::libvirt::hypervisor::Libvirt;
 use wol_libvirt_gateway::secret::token_hash;
 

@@ -106,7 +106,7 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
 /// The metadata element `secureon set` stores for `password` (a salted
 /// hash), in the namespace a node file needs.
 pub fn secureon_element(password: &[u8]) -> String {
-    use wol_libvirt_gateway::libvirt::domain_xml::WakeMeta;
+    use wol_libvirt_gateway::decide::policy::WakeMeta;
     use wol_libvirt_gateway::model::Password;
     use wol_libvirt_gateway::secret::Sealed;
     let sealed = Sealed::seal(&Password::new(password).expect("4 or 6 bytes")).expect("random");

@@ -15,16 +15,16 @@ use crate::report::{self, Effect};
 
 /// One domain as the listing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Which host (position in the URI list).
-    pub host: usize,
+    pub(crate) host: usize,
     /// What the host told about it.
-    pub info: DomainInfo,
+    pub(crate) info: DomainInfo,
 }
 
 /// What a magic packet for `mac` would do to `entry` now, among all
 /// `entries` of all hosts.
-pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> Effect {
+pub(crate) fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> Effect {
     if let Err(reason) = policy.check(&entry.info.domain, &[mac]) {
         return Effect::Refused(reason);
     }
@@ -63,7 +63,7 @@ pub fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Policy) -> E
 
 /// Every host's domains, sorted by host and name, and one line per host
 /// that could not be listed.
-pub fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>) {
+pub(crate) fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
@@ -79,44 +79,44 @@ pub fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>) {
 
 /// One domain in `list --json` (and the HTTP API's domain list).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DomainView {
+pub(crate) struct DomainView {
     /// The domain's name.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Its UUID.
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// The libvirt URI of its host.
-    pub host: String,
+    pub(crate) host: String,
     /// Its state in the log's words (`shut off`, `running`, ...), if known.
-    pub state: Option<&'static str>,
+    pub(crate) state: Option<&'static str>,
     /// It has a managed-save image (a start restores it).
-    pub managed_save: bool,
+    pub(crate) managed_save: bool,
     /// Its `<metadata>` opts in to being woken (`--require-opt-in`).
-    pub opt_in: bool,
+    pub(crate) opt_in: bool,
     /// How many HTTP wake tokens it has.
-    pub tokens: usize,
+    pub(crate) tokens: usize,
     /// Magic packets for it must carry its SecureOn password.
-    pub secureon: bool,
+    pub(crate) secureon: bool,
     /// Its MACs and what a wake for each would do now; empty when it has no
     /// NIC or they could not be read (then `unreadable` says why).
-    pub macs: Vec<MacView>,
+    pub(crate) macs: Vec<MacView>,
     /// Why its MACs are unknown.
-    pub unreadable: Option<String>,
+    pub(crate) unreadable: Option<String>,
 }
 
 /// One MAC of a domain and what a wake for it would do now.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MacView {
+pub(crate) struct MacView {
     /// The MAC.
-    pub mac: String,
+    pub(crate) mac: String,
     /// `start`, `restore`, `resume`, `pm-wakeup`, or `none`: the journal's
     /// `ACTION` words.
-    pub action: &'static str,
+    pub(crate) action: &'static str,
     /// The whole answer in `list`'s words (why `none`).
-    pub on_wake: String,
+    pub(crate) on_wake: String,
 }
 
 /// The view of one entry.
-pub fn view<H: Borrow<Host>>(
+pub(crate) fn view<H: Borrow<Host>>(
     hosts: &[H],
     entry: &Entry,
     entries: &[Entry],
@@ -128,7 +128,7 @@ pub fn view<H: Borrow<Host>>(
 /// The view of one entry, naming other domains only where `visible` says
 /// so (the HTTP wake's caller may see only the domains its token opens):
 /// others are "another domain".
-pub fn view_showing<H: Borrow<Host>>(
+pub(crate) fn view_showing<H: Borrow<Host>>(
     hosts: &[H],
     entry: &Entry,
     entries: &[Entry],
@@ -179,7 +179,7 @@ pub fn view_showing<H: Borrow<Host>>(
 }
 
 /// `list --json`: an array of [`DomainView`]s, pretty-printed.
-pub fn json<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
+pub(crate) fn json<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
     let views: Vec<DomainView> = entries
         .iter()
         .map(|entry| view(hosts, entry, entries, policy))
@@ -189,7 +189,7 @@ pub fn json<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) ->
 }
 
 /// `list`'s table.
-pub fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
+pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
     let several = hosts.len() > 1;
     let mut rows = vec![[
         "URI".to_owned(),

@@ -3,7 +3,7 @@
 //! (see [`WakeMeta`]); magic packets for a domain that set one are refused
 //! without it ([`crate::decide::policy::check_secureon`]).
 
-use crate::libvirt::domain_xml::WakeMeta;
+use crate::decide::policy::WakeMeta;
 use crate::libvirt::hypervisor::Libvirt;
 use crate::model::{HvError, Password};
 use crate::secret::Sealed;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::libvirt::domain_xml::WakeMeta;
+use crate::decide::policy::WakeMeta;
 use crate::libvirt::hypervisor::Libvirt;
 use crate::model::HvError;
 use crate::secret::{Hash, Token};

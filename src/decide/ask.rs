@@ -112,17 +112,6 @@ impl From<Mac> for Ask {
     }
 }
 
-impl From<crate::ingress::packet::Magic> for Ask {
-    fn from(magic: crate::ingress::packet::Magic) -> Ask {
-        Ask {
-            target: Target::Mac(magic.mac),
-            credential: magic
-                .password
-                .map_or(Credential::None, Credential::SecureOn),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

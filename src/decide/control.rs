@@ -52,7 +52,7 @@ pub struct Config {
 /// Where a request for a MAC should go, as far as the hosts can tell
 /// without asking libvirt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// A worker must ask libvirt (the MAC is known, the index is not
     /// loaded, or the host is out).
     Worker,
@@ -73,7 +73,7 @@ pub enum Route {
 }
 
 /// How soon a request whose host's index was busy is routed again.
-pub const BUSY_RETRY: Duration = Duration::from_millis(1);
+pub(crate) const BUSY_RETRY: Duration = Duration::from_millis(1);
 
 /// What the loop may ask the hosts without waiting for libvirt.
 pub(crate) trait Hosts {

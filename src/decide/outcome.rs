@@ -23,7 +23,7 @@ pub enum Verb {
 impl Verb {
     /// The verb for `action`; a start that finds a managed-save image
     /// restores it.
-    pub fn of(action: Action, managed_save: bool) -> Verb {
+    pub(crate) fn of(action: Action, managed_save: bool) -> Verb {
         match action {
             Action::Start if managed_save => Verb::Restore,
             Action::Start => Verb::Start,
@@ -39,7 +39,7 @@ pub struct Named {
     /// The domain's name.
     pub name: String,
     /// Its host's libvirt URI.
-    pub uri: Arc<str>,
+    pub(crate) uri: Arc<str>,
 }
 
 /// The decision for one wake request, and what came of it.

@@ -6,9 +6,31 @@
 use std::str::FromStr;
 
 use crate::decide::ask::Credential;
-use crate::libvirt::domain_xml::WakeMeta;
 use crate::model::{Mac, Password, Uuid};
-use crate::secret::Sealed;
+use crate::secret::{Hash, Sealed};
+
+/// The domain owner's settings for the gateway, in the domain's own
+/// `<metadata>`:
+///
+/// ```xml
+/// <wol:wake xmlns:wol="https://wol-libvirt-gateway/xmlns/1" opt-in="no">
+///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
+///   <secureon salt="…" sha256="…"/>   <!-- `secureon set` -->
+/// </wol:wake>
+/// ```
+///
+/// The element's presence is the opt-in (`<wake/>`, as `--require-opt-in`
+/// documents) unless it says `opt-in="no"`: the token commands add the
+/// element without opting a domain in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WakeMeta {
+    /// The owner opted in to being woken (see `--require-opt-in`).
+    pub opt_in: bool,
+    /// SHA-256 hashes of the domain's HTTP wake tokens.
+    pub tokens: Vec<Hash>,
+    /// Its SecureOn password, sealed: magic packets without it are refused.
+    pub secureon: Option<Sealed>,
+}
 
 /// What the policy looks at in a domain: read from its current XML.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::decide::ask::{Ask, Credential, Target};
 use crate::model::{Mac, Password};
 
 /// Length of the sync stream (`0xff` repeated).
@@ -184,6 +185,19 @@ pub fn magic_packet(mac: Mac) -> Vec<u8> {
         packet.extend_from_slice(&mac.0);
     }
     packet
+}
+
+impl From<Magic> for Ask {
+    /// A magic packet asks for its MAC's domain, with its SecureOn password
+    /// if it carries one.
+    fn from(magic: Magic) -> Ask {
+        Ask {
+            target: Target::Mac(magic.mac),
+            credential: magic
+                .password
+                .map_or(Credential::None, Credential::SecureOn),
+        }
+    }
 }
 
 #[cfg(test)]

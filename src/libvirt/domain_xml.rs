@@ -6,6 +6,7 @@
 //! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
 //! never mistaken for a NIC.
 
+use crate::decide::policy::WakeMeta;
 use crate::model::Mac;
 use crate::secret::{Hash, Sealed};
 
@@ -32,10 +33,10 @@ pub enum DomainXmlError {
 
 /// Domain XML larger than this is refused unread (real ones are a few KiB;
 /// libvirt's own RPC limit is 32 MiB).
-pub const MAX_XML_BYTES: usize = 2 << 20;
+pub(crate) const MAX_XML_BYTES: usize = 2 << 20;
 /// Element nesting allowed (real domain XML nests about 6 deep; libxml2,
 /// which libvirt parses with, stops at 256).
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// XML namespace of the gateway's element in a domain's `<metadata>`.
 pub const METADATA_NAMESPACE: &str = "https://wol-libvirt-gateway/xmlns/1";
@@ -47,18 +48,18 @@ pub const METADATA_KEY: &str = "wol";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainNics {
     /// Every interface's MAC, in document order.
-    pub macs: Vec<Mac>,
+    pub(crate) macs: Vec<Mac>,
     /// What its owner set in our `<metadata>` element.
     pub meta: WakeMeta,
     /// Its QEMU guest agent channel, if it has one.
-    pub agent: Option<Agent>,
+    pub(crate) agent: Option<Agent>,
 }
 
 /// A QEMU guest agent channel (`org.qemu.guest_agent.0`), as the running
 /// domain's XML shows it: libvirt marks it connected once the agent in the
 /// guest has opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Agent {
+pub(crate) enum Agent {
     /// The agent in the guest has the channel open.
     Connected,
     /// Not (yet) open, or the domain is not running.
@@ -68,29 +69,8 @@ pub enum Agent {
 /// The name of the guest agent's virtio channel.
 const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 
-/// The domain owner's settings for the gateway, in the domain's own
-/// `<metadata>`:
-///
-/// ```xml
-/// <wol:wake xmlns:wol="https://wol-libvirt-gateway/xmlns/1" opt-in="no">
-///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
-///   <secureon salt="…" sha256="…"/>   <!-- `secureon set` -->
-/// </wol:wake>
-/// ```
-///
-/// The element's presence is the opt-in (`<wake/>`, as `--require-opt-in`
-/// documents) unless it says `opt-in="no"`: the token commands add the
-/// element without opting a domain in.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WakeMeta {
-    /// The owner opted in to being woken (see `--require-opt-in`).
-    pub opt_in: bool,
-    /// SHA-256 hashes of the domain's HTTP wake tokens.
-    pub tokens: Vec<Hash>,
-    /// Its SecureOn password, sealed: magic packets without it are refused.
-    pub secureon: Option<Sealed>,
-}
-
+/// How the owner's settings ([`WakeMeta`]) are written into the domain's
+/// `<metadata>`.
 impl WakeMeta {
     /// The element that stores this, for `virDomainSetMetadata` with
     /// [`METADATA_NAMESPACE`] and [`METADATA_KEY`]; `None` (remove the
@@ -125,8 +105,10 @@ impl WakeMeta {
 
 /// Returns the MAC address of every interface in a domain's XML, in document
 /// order. Interfaces without a `<mac>` are skipped (libvirt generates one when
-/// the domain is defined, so only hand-written XML lacks it).
-pub fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
+/// the domain is defined, so only hand-written XML lacks it). The gateway
+/// reads the opt-in too ([`read`]); the tests look at the MACs alone.
+#[cfg(test)]
+pub(crate) fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
     read(xml).map(|nics| nics.macs)
 }
 

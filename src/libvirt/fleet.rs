@@ -49,7 +49,7 @@ impl Timing {
 
 /// One host's answer about a MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// What the host knows.
     Found(Lookup),
     /// libvirt answered with an error.
@@ -62,7 +62,7 @@ pub enum Answer {
 
 /// What to do with the answers so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Decide on the answers there are.
     Decide,
     /// Wait for more answers, at most until `until` after the start if set.
@@ -77,7 +77,7 @@ pub enum Verdict {
 
 /// Decides whether the answers so far (`None`: not yet) settle a request,
 /// `elapsed` after it started.
-pub fn verdict(answers: &[Option<Answer>], elapsed: Duration, grace: Duration) -> Verdict {
+pub(crate) fn verdict(answers: &[Option<Answer>], elapsed: Duration, grace: Duration) -> Verdict {
     let found = answers
         .iter()
         .any(|a| matches!(a, Some(Answer::Found(lookup)) if lookup.has_candidate()));
@@ -133,24 +133,24 @@ impl Fleet {
     }
 
     /// The host with this URI.
-    pub fn host(&self, uri: &str) -> Option<&Arc<Host>> {
+    pub(crate) fn host(&self, uri: &str) -> Option<&Arc<Host>> {
         self.hosts.iter().find(|host| &**host.uri() == uri)
     }
 
     /// The URIs, for messages.
-    pub fn uris(&self) -> String {
+    pub(crate) fn uris(&self) -> String {
         let uris: Vec<&str> = self.hosts.iter().map(|h| &**h.uri()).collect();
         uris.join(", ")
     }
 
     /// True if some host has shown `token` on a domain (see
     /// [`Host::vouches`]); never waits on libvirt.
-    pub fn vouches(&self, token: &Hash) -> bool {
+    pub(crate) fn vouches(&self, token: &Hash) -> bool {
         self.hosts.iter().any(|host| host.vouches(token))
     }
 
     /// Domain listings and full scans made so far, on all hosts.
-    pub fn refreshes(&self) -> (u64, u64) {
+    pub(crate) fn refreshes(&self) -> (u64, u64) {
         self.hosts
             .iter()
             .fold((0, 0), |(l, f), h| (l + h.listings(), f + h.full_scans()))
@@ -162,7 +162,7 @@ impl Fleet {
     /// refreshed; else after a refresh under way, if any; else no host has
     /// it ([`Route::Lacks`]: decided "no domain" at once, in the caller). A
     /// domain by name is always asked for.
-    pub fn route(&self, target: &Target, now: Instant, wall: SystemTime) -> Route {
+    pub(crate) fn route(&self, target: &Target, now: Instant, wall: SystemTime) -> Route {
         let Target::Mac(mac) = *target else {
             return Route::Worker;
         };
@@ -682,7 +682,7 @@ mod tests {
                 name: "vm1".into(),
                 uuid,
                 macs: Ok(vec![MAC]),
-                meta: crate::libvirt::domain_xml::WakeMeta::default(),
+                meta: crate::decide::policy::WakeMeta::default(),
                 agent: None,
             })
         }

@@ -19,7 +19,8 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
-use crate::libvirt::domain_xml::{self, Agent, DomainXmlError, WakeMeta};
+use crate::decide::policy::WakeMeta;
+use crate::libvirt::domain_xml::{self, Agent, DomainXmlError};
 use crate::lock;
 use crate::model::{Action, DomainState, HvError, HvErrorKind, Mac, StopReason, Uuid};
 
@@ -41,7 +42,7 @@ impl From<virt::error::Error> for HvError {
 
 /// Why a domain's MACs are unknown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unreadable {
+pub(crate) enum Unreadable {
     /// Its XML could not be fetched.
     #[error("cannot read its XML: {0}")]
     Fetch(HvError),
@@ -64,16 +65,16 @@ pub struct Listed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainRecord {
     /// The domain's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The domain's UUID.
-    pub uuid: Uuid,
+    pub(crate) uuid: Uuid,
     /// The MACs of its interfaces, or why they are unknown.
-    pub macs: Result<Vec<Mac>, Unreadable>,
+    pub(crate) macs: Result<Vec<Mac>, Unreadable>,
     /// What its owner set in our `<metadata>` element (the opt-in, token
     /// hashes).
-    pub meta: WakeMeta,
+    pub(crate) meta: WakeMeta,
     /// Its QEMU guest agent channel, if it has one.
-    pub agent: Option<Agent>,
+    pub(crate) agent: Option<Agent>,
 }
 
 impl DomainRecord {
@@ -101,18 +102,18 @@ impl DomainRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
     /// Its record, from its current XML.
-    pub record: DomainRecord,
+    pub(crate) record: DomainRecord,
     /// Its state.
-    pub state: DomainState,
+    pub(crate) state: DomainState,
     /// It has a managed-save image (a start restores it).
-    pub managed_save: bool,
+    pub(crate) managed_save: bool,
 }
 
 /// When a connection last got an answer from libvirt: how the gateway tells
 /// a slow daemon (a scan of many domains, still answering) from a silent one.
 /// Shared by every thread using one host; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Heartbeat(Arc<AtomicU64>);
+pub(crate) struct Heartbeat(Arc<AtomicU64>);
 
 /// The instant heartbeats count from (monotonic, process-wide).
 fn epoch() -> Instant {
@@ -122,7 +123,7 @@ fn epoch() -> Instant {
 
 impl Heartbeat {
     /// Records an answer now.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
         // +1: zero means "never".
         self.0
@@ -130,7 +131,7 @@ impl Heartbeat {
     }
 
     /// When the last answer came, if any.
-    pub fn last(&self) -> Option<Instant> {
+    pub(crate) fn last(&self) -> Option<Instant> {
         match self.0.load(Ordering::Relaxed) {
             0 => None,
             micros => Some(epoch() + Duration::from_micros(micros - 1)),
@@ -209,13 +210,13 @@ pub trait Connector: Send + Sync {
 
 /// Connects to libvirt through the `virt` bindings.
 #[derive(Debug, Clone)]
-pub struct LibvirtConnector {
+pub(crate) struct LibvirtConnector {
     uri: String,
 }
 
 impl LibvirtConnector {
     /// A connector for `uri` (e.g. `qemu:///system`).
-    pub fn new(uri: impl Into<String>) -> Self {
+    pub(crate) fn new(uri: impl Into<String>) -> Self {
         // libvirt's default error handler prints every error to stderr; we
         // report errors ourselves, once, with context.
         virt::error::clear_error_callback();
@@ -275,7 +276,7 @@ impl fmt::Debug for Libvirt {
 
 impl Libvirt {
     /// Opens a read-write connection to `uri`.
-    pub fn open(uri: &str) -> Result<Self, HvError> {
+    pub(crate) fn open(uri: &str) -> Result<Self, HvError> {
         virt::error::clear_error_callback();
         Ok(Libvirt::from_connection(Connect::open(Some(uri))?))
     }
@@ -291,7 +292,7 @@ impl Libvirt {
     }
 
     /// The names of every defined domain.
-    pub fn domain_names(&self) -> Result<Vec<String>, HvError> {
+    pub(crate) fn domain_names(&self) -> Result<Vec<String>, HvError> {
         Ok(self.list()?.into_iter().map(|listed| listed.name).collect())
     }
 
@@ -313,7 +314,7 @@ impl Libvirt {
     /// Replaces our metadata element of `name` (`None` removes it) in its
     /// persistent definition and, while it runs, in the live one too, so
     /// the change counts at once and survives a restart.
-    pub fn set_wake_meta(&self, name: &str, element: Option<&str>) -> Result<(), HvError> {
+    pub(crate) fn set_wake_meta(&self, name: &str, element: Option<&str>) -> Result<(), HvError> {
         let domain = self.conn.lookup_domain_by_name(name)?;
         let mut flags = 0;
         if domain.is_persistent()? {

@@ -61,7 +61,7 @@ fn hide_password(uri: &str) -> String {
 
 /// How a URI reaches its libvirt, for hints in messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// A local socket (`qemu:///system`, `test+unix://…`) or an in-process
     /// driver (`test:///…`).
     Local,
@@ -73,7 +73,7 @@ pub enum Transport {
 
 /// The transport `uri` names (after `+` in its scheme; a scheme without
 /// one and a host is local, with a host it is TLS, libvirt's default).
-pub fn transport(uri: &str) -> Transport {
+pub(crate) fn transport(uri: &str) -> Transport {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Transport::Local;
     };

@@ -9,11 +9,11 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 /// The `SYSLOG_IDENTIFIER` used in the journal.
-pub const IDENTIFIER: &str = "wol-libvirt-gateway";
+pub(crate) const IDENTIFIER: &str = "wol-libvirt-gateway";
 
 /// Installs the global subscriber. Verbosity comes from `RUST_LOG`
 /// (default `info`); an invalid `RUST_LOG` is reported and replaced by `info`.
-pub fn init() {
+pub(crate) fn init() {
     let (filter, bad_filter) = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),

@@ -10,9 +10,9 @@
 //! host out or back, a domain skipped, the index file) go through windows
 //! of the same size in `workers`, shared by every thread.
 
-pub mod logging;
+pub(crate) mod logging;
 pub mod notify;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 mod workers;
 
 use std::fmt::Write as _;
@@ -37,14 +37,14 @@ use crate::report::ratelimit::RateLimiter;
 use crate::report::workers::{About, Held, Topic, WORKER_LINES, WorkerLines};
 
 /// Window of the log rate limits.
-pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Lines per window and kind at their own level.
-pub const LOG_BURST: u32 = 10;
+pub(crate) const LOG_BURST: u32 = 10;
 /// MACs named in one line; the rest are counted.
 const MAX_LISTED: usize = 10;
 
 /// The `ACTION` word for a verb (also `list`'s).
-pub fn action_word(verb: Verb) -> &'static str {
+pub(crate) fn action_word(verb: Verb) -> &'static str {
     match verb {
         Verb::Start => "start",
         Verb::Restore => "restore",
@@ -57,12 +57,6 @@ pub fn action_word(verb: Verb) -> &'static str {
 /// when nothing: the journal's, the HTTP wake's and `list`'s.
 pub(crate) fn action_words(verb: Option<Verb>) -> &'static str {
     verb.map_or("none", action_word)
-}
-
-/// The `RESULT` journal field for an outcome (also the HTTP wake's
-/// `result`): its class's word, kept for callers that have no class.
-pub fn result_word(outcome: &Outcome) -> &'static str {
-    outcome.class().result
 }
 
 /// The journal level of an outcome's severity.
@@ -104,7 +98,7 @@ fn burst_words(repeats: u32) -> String {
 }
 
 /// libvirt's reason for a stop, in words (also the HTTP wake's `error`).
-pub fn stop_reason_words(reason: Option<StopReason>) -> &'static str {
+pub(crate) fn stop_reason_words(reason: Option<StopReason>) -> &'static str {
     match reason {
         Some(StopReason::Shutdown) => "shut down from inside the guest",
         Some(StopReason::Destroyed) => "destroyed",
@@ -144,20 +138,20 @@ fn done(verb: Verb, domain: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Its level (lowered to debug when a rate limit holds it back).
-    pub level: Level,
+    pub(crate) level: Level,
     /// The sentence.
-    pub message: String,
+    pub(crate) message: String,
     /// `MAC`.
     pub mac: Option<Mac>,
     /// `SOURCE`: the sender (`192.0.2.2:40000`, `52:54:00:12:34:56 on eth0`).
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// `VIA`: `udp` or `raw`.
-    pub via: Option<&'static str>,
+    pub(crate) via: Option<&'static str>,
     /// `DOMAIN`: the domain's name (several, comma-separated, when a
     /// decision is about several).
     pub domain: Option<String>,
     /// `HOST`: the libvirt URI of the domain's host.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// `STATE`: the domain's state before.
     pub state: Option<&'static str>,
     /// `ACTION`: `start`, `restore`, `resume`, `pm-wakeup` or `none`.
@@ -249,13 +243,13 @@ fn emit(r: &Record) {
 
 /// What `STATUS=` says besides the last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusView<'a> {
+pub(crate) struct StatusView<'a> {
     /// Requests waiting or being handled.
-    pub pending: usize,
+    pub(crate) pending: usize,
     /// Requests waiting for libvirt, and the URIs.
-    pub waiting_for: Option<&'a str>,
+    pub(crate) waiting_for: Option<&'a str>,
     /// Time to the idle exit, if one is set and nothing is pending.
-    pub idle_left: Option<Duration>,
+    pub(crate) idle_left: Option<Duration>,
 }
 
 /// Why the gateway exits, in words.
@@ -341,7 +335,7 @@ impl Reporter {
     }
 
     /// The first line: what it listens on, where libvirt is, when it exits.
-    pub fn listening(&mut self, listeners: &[String], uris: &str, idle: Option<Duration>) {
+    pub(crate) fn listening(&mut self, listeners: &[String], uris: &str, idle: Option<Duration>) {
         self.last_event = format!("listening on {}", listeners.join(", "));
         let exit = match idle {
             Some(t) => format!("exiting after {} s without packets", t.as_secs_f64()),
@@ -351,14 +345,20 @@ impl Reporter {
     }
 
     /// A datagram that is not a magic packet.
-    pub fn rejected(&mut self, source: &Source, len: usize, reason: &Rejection, now: Instant) {
+    pub(crate) fn rejected(
+        &mut self,
+        source: &Source,
+        len: usize,
+        reason: &Rejection,
+        now: Instant,
+    ) {
         if self.rejections.allow(now) {
             debug!(source = %source, len, "rejected datagram from {source}: {reason}");
         }
     }
 
     /// A packet for a MAC brought up within the window.
-    pub fn duplicate(
+    pub(crate) fn duplicate(
         &mut self,
         mac: Mac,
         source: &Source,
@@ -385,7 +385,7 @@ impl Reporter {
     }
 
     /// A request dropped because too many wait.
-    pub fn dropped(&mut self, mac: Mac, source: &Source, max_pending: usize, now: Instant) {
+    pub(crate) fn dropped(&mut self, mac: Mac, source: &Source, max_pending: usize, now: Instant) {
         let message = format!(
             "dropping wake request for {mac} from {source}: {max_pending} requests, or {} with \
              other passwords for this MAC, are already waiting (counted in the exit summary)",
@@ -401,7 +401,7 @@ impl Reporter {
     /// A packet with a SecureOn password that is not looked up: too many
     /// wrong ones lately for its MAC or from its sender. One line a window,
     /// the rest counted.
-    pub fn throttled(&mut self, mac: Mac, source: &Source, left: Duration, now: Instant) {
+    pub(crate) fn throttled(&mut self, mac: Mac, source: &Source, left: Duration, now: Instant) {
         let message = format!(
             "not looking up the SecureOn password for {mac} from {source}: {} wrong ones for \
              this MAC or from this sender within {} s; passwords are heard again in {} s \
@@ -420,7 +420,13 @@ impl Reporter {
     /// One line per decided request. Its level, `RESULT` and rate limit
     /// are its outcome's class (`Outcome::class`); only the words are
     /// made here.
-    pub fn decision(&mut self, request: &Request, decision: &Decision, uris: &str, now: Instant) {
+    pub(crate) fn decision(
+        &mut self,
+        request: &Request,
+        decision: &Decision,
+        uris: &str,
+        now: Instant,
+    ) {
         let (target, source) = (&request.ask.target, &request.source);
         let outcome = &decision.outcome;
         let class = outcome.class();
@@ -523,7 +529,7 @@ impl Reporter {
 
     /// No thread could be started for a request (it waits and is tried
     /// again); at most a few lines per window.
-    pub fn no_worker(&mut self, target: &Target, error: &std::io::Error, now: Instant) {
+    pub(crate) fn no_worker(&mut self, target: &Target, error: &std::io::Error, now: Instant) {
         let shown = self.problems.allow(now);
         let message = format!(
             "cannot start a worker thread for {target} ({error}); it waits and is tried again"
@@ -538,7 +544,7 @@ impl Reporter {
     /// The look after a start found the domain stopped again: one error
     /// line with libvirt's reason (`RESULT=stopped-again`). `STATE` is the
     /// state it was found in.
-    pub fn stopped_again(
+    pub(crate) fn stopped_again(
         &mut self,
         domain: &Named,
         verb: Verb,
@@ -567,7 +573,7 @@ impl Reporter {
     }
 
     /// Requests that waited for libvirt are acted on again.
-    pub fn resumed(&mut self, resumed: &Resumed) {
+    pub(crate) fn resumed(&mut self, resumed: &Resumed) {
         if resumed.requests > 0 {
             info!(
                 "acting on {} wake request(s) that waited {:.1} s for libvirt",
@@ -579,7 +585,7 @@ impl Reporter {
 
     /// Logs what the rate limits held back, once each window closes (or
     /// at exit, with `force`).
-    pub fn close_windows(&mut self, now: Instant, uris: &str, force: bool) {
+    pub(crate) fn close_windows(&mut self, now: Instant, uris: &str, force: bool) {
         let window = LOG_WINDOW.as_secs();
         if let Some(n) = self.rejections.close_window(now, force) {
             info!(
@@ -612,7 +618,7 @@ impl Reporter {
     }
 
     /// When the next rate-limit summary is due, if any.
-    pub fn summary_due(&self) -> Option<Instant> {
+    pub(crate) fn summary_due(&self) -> Option<Instant> {
         [
             &self.rejections,
             &self.duplicates,
@@ -628,7 +634,7 @@ impl Reporter {
     }
 
     /// The `STATUS=` text.
-    pub fn status(&self, view: &StatusView<'_>) -> String {
+    pub(crate) fn status(&self, view: &StatusView<'_>) -> String {
         let event = &self.last_event;
         let pending = view.pending;
         if let Some(uris) = view.waiting_for {
@@ -647,7 +653,7 @@ impl Reporter {
 
     /// The exit lines: requests not acted on, then the summary. Returns the
     /// `STATUS=` text sent with `STOPPING=1`.
-    pub fn exit(
+    pub(crate) fn exit(
         &mut self,
         why: Exit,
         stats: &Stats,
@@ -841,7 +847,7 @@ fn close_worker_windows(now: Instant, force: bool) {
 }
 
 /// A host could not be reached (said once per outage, from a worker).
-pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
+pub(crate) fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
     // What to check depends on how the URI gets there.
     let check = match crate::libvirt::uri::transport(uri) {
         Transport::Local => {
@@ -871,7 +877,7 @@ pub fn host_unreachable(uri: &str, error: &HvError, alone: bool) {
 }
 
 /// A host stopped answering (said once per outage, from a worker).
-pub fn host_silent(uri: &str, deadline: Duration, alone: bool) {
+pub(crate) fn host_silent(uri: &str, deadline: Duration, alone: bool) {
     outage(
         uri,
         alone,
@@ -900,7 +906,7 @@ fn host_line(uri: &str, level: Level, message: String) {
 }
 
 /// A host answers again (from a worker).
-pub fn host_back(uri: &str, after: Duration) {
+pub(crate) fn host_back(uri: &str, after: Duration) {
     let message = format!(
         "libvirt at {uri} is reachable again after {:.1} s",
         after.as_secs_f64()
@@ -909,7 +915,7 @@ pub fn host_back(uri: &str, after: Duration) {
 }
 
 /// A domain whose MACs cannot be known (said once per domain).
-pub fn domain_skipped(name: &str, reason: &Unreadable) {
+pub(crate) fn domain_skipped(name: &str, reason: &Unreadable) {
     worker_line(Topic::Domains, skipped_record(name, reason));
 }
 
@@ -921,7 +927,7 @@ fn skipped_record(name: &str, reason: &Unreadable) -> Record {
 }
 
 /// The index file is unusable and will be rewritten.
-pub fn index_file_ignored(path: &Path, reason: &FileError) {
+pub(crate) fn index_file_ignored(path: &Path, reason: &FileError) {
     let message = format!(
         "ignoring index file {} ({reason}); it will be rebuilt",
         path.display()
@@ -930,7 +936,7 @@ pub fn index_file_ignored(path: &Path, reason: &FileError) {
 }
 
 /// The index file cannot be written; the cache is off from now on.
-pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
+pub(crate) fn index_file_unwritable(path: &Path, error: &std::io::Error) {
     let message = format!(
         "cannot write the MAC index {}: {error}; it is no longer updated (the next activation \
          may find it stale and read every domain again)",
@@ -940,13 +946,13 @@ pub fn index_file_unwritable(path: &Path, error: &std::io::Error) {
 }
 
 /// A host that cannot be listed (`list`).
-pub fn cannot_list(uri: &str, error: &impl std::fmt::Display) -> String {
+pub(crate) fn cannot_list(uri: &str, error: &impl std::fmt::Display) -> String {
     format!("cannot list {uri}: {error}")
 }
 
 /// What a magic packet would do to a domain now (`list`'s last column).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// This action.
     Act(Verb),
     /// Nothing: it is up.
@@ -974,7 +980,7 @@ impl Effect {
 }
 
 /// `list`'s words for an effect: the `ACTION` words, or why nothing.
-pub fn effect_words(effect: &Effect) -> String {
+pub(crate) fn effect_words(effect: &Effect) -> String {
     match effect {
         Effect::Act(verb) => action_word(*verb).to_owned(),
         Effect::AlreadyUp(state) => format!("nothing: already up ({state})"),
@@ -988,12 +994,12 @@ pub fn effect_words(effect: &Effect) -> String {
 }
 
 /// `list`'s words for a domain whose MACs are unknown.
-pub fn skipped_words(reason: &Unreadable) -> String {
+pub(crate) fn skipped_words(reason: &Unreadable) -> String {
     format!("skipped: {reason}")
 }
 
 /// `list`'s words for a domain without NICs.
-pub const NO_NIC_WORDS: &str = "nothing: no network interface";
+pub(crate) const NO_NIC_WORDS: &str = "nothing: no network interface";
 
 #[cfg(test)]
 mod tests {

@@ -48,7 +48,7 @@ impl Notifier {
     }
 
     /// `READY=1` with a status line.
-    pub fn ready(&mut self, status: &str) {
+    pub(crate) fn ready(&mut self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
         self.status_sent = status.to_owned();
         self.status_sent_at = Some(Instant::now());
@@ -57,7 +57,7 @@ impl Notifier {
     /// `STATUS=…`, shown by `systemctl status`: sent if it changed, at most
     /// once per second; a newer one held back is sent by
     /// [`Notifier::flush_status`].
-    pub fn status(&mut self, status: &str, now: Instant) {
+    pub(crate) fn status(&mut self, status: &str, now: Instant) {
         if status == self.status_sent {
             self.status_held = None;
             return;
@@ -74,30 +74,30 @@ impl Notifier {
     }
 
     /// Sends a held-back status once its turn has come.
-    pub fn flush_status(&mut self, now: Instant) {
+    pub(crate) fn flush_status(&mut self, now: Instant) {
         if let Some(status) = self.status_held.take() {
             self.status(&status, now);
         }
     }
 
     /// When a held-back status is due.
-    pub fn status_due(&self) -> Option<Instant> {
+    pub(crate) fn status_due(&self) -> Option<Instant> {
         self.status_held.as_ref()?;
         self.status_sent_at.map(|at| at + STATUS_INTERVAL)
     }
 
     /// `STOPPING=1` with a status line.
-    pub fn stopping(&mut self, status: &str) {
+    pub(crate) fn stopping(&mut self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
     /// When the next watchdog ping is due, if the watchdog is on.
-    pub fn watchdog_due(&self) -> Option<Instant> {
+    pub(crate) fn watchdog_due(&self) -> Option<Instant> {
         self.next_watchdog
     }
 
     /// Pings the watchdog if a ping is due.
-    pub fn watchdog(&mut self, now: Instant) {
+    pub(crate) fn watchdog(&mut self, now: Instant) {
         if let (Some(due), Some(interval)) = (self.next_watchdog, self.watchdog_interval) {
             if now >= due {
                 self.send(&[NotifyState::Watchdog]);

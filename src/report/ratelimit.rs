@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 /// Allows `burst` events per `window`; counts the rest so a summary can be
 /// logged when the window closes.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     window: Duration,
     burst: u32,
     window_start: Option<Instant>,
@@ -16,7 +16,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter letting `burst` events through per `window` (const: the
     /// worker lines' limits are a `static`).
-    pub const fn new(window: Duration, burst: u32) -> Self {
+    pub(crate) const fn new(window: Duration, burst: u32) -> Self {
         RateLimiter {
             window,
             burst,
@@ -26,15 +26,10 @@ impl RateLimiter {
         }
     }
 
-    /// The window length.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Records an event at `now`; true if it may be logged individually.
     /// Call [`RateLimiter::close_window`] first so a finished window's
     /// suppressed count is not lost.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= self.window {
             self.window_start = Some(now);
@@ -51,7 +46,7 @@ impl RateLimiter {
 
     /// Records an event at `now` that is not logged individually whatever
     /// the burst left (it counts for the window's summary).
-    pub fn suppress(&mut self, now: Instant) {
+    pub(crate) fn suppress(&mut self, now: Instant) {
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= self.window {
             self.window_start = Some(now);
@@ -62,7 +57,7 @@ impl RateLimiter {
 
     /// When the current window ends, if events were suppressed in it (the
     /// caller should wake up then to log the summary).
-    pub fn summary_due(&self) -> Option<Instant> {
+    pub(crate) fn summary_due(&self) -> Option<Instant> {
         match self.window_start {
             Some(start) if self.suppressed > 0 => Some(start + self.window),
             _ => None,
@@ -77,7 +72,7 @@ impl RateLimiter {
 
     /// If the window is over (or `force`), returns how many events it
     /// suppressed (if any) and starts afresh.
-    pub fn close_window(&mut self, now: Instant, force: bool) -> Option<u64> {
+    pub(crate) fn close_window(&mut self, now: Instant, force: bool) -> Option<u64> {
         let start = self.window_start?;
         if !force && now.duration_since(start) < self.window {
             return None;

@@ -17,40 +17,40 @@ use crate::report;
 /// holds: the domain does not exist, or the token is another domain's. A
 /// token must not reveal which domains exist. (A token no domain holds is
 /// told apart later, by the caller: 401.)
-pub const NOT_FOUND: &str = "no domain this token may wake matches";
+pub(crate) const NOT_FOUND: &str = "no domain this token may wake matches";
 
 /// The answer to a wake request.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct WakeAnswer {
+pub(crate) struct WakeAnswer {
     /// The domain acted on (or asked for).
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// Its host's libvirt URI.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Its state before.
-    pub state_before: Option<&'static str>,
+    pub(crate) state_before: Option<&'static str>,
     /// `start`, `restore`, `resume`, `pm-wakeup` or `none`.
-    pub action: &'static str,
+    pub(crate) action: &'static str,
     /// The journal's `RESULT` word (`ok`, `already-up`, `failed`, …, or
     /// `duplicate`).
-    pub result: &'static str,
+    pub(crate) result: &'static str,
     /// Its state when the answer was made.
-    pub state: Option<&'static str>,
+    pub(crate) state: Option<&'static str>,
     /// What the answer waited for: `running`, `guest-agent` (a domain with
     /// a QEMU guest agent channel: until the agent in the guest opened it),
     /// or `null` without `?wait=`.
-    pub waited_for: Option<&'static str>,
+    pub(crate) waited_for: Option<&'static str>,
     /// Its QEMU guest agent: `connected`, `not connected`, or `null` when it
     /// has no agent channel (or nothing was looked at).
-    pub guest_agent: Option<&'static str>,
+    pub(crate) guest_agent: Option<&'static str>,
     /// How long the request waited for its domain to come up.
-    pub waited_ms: u64,
+    pub(crate) waited_ms: u64,
     /// libvirt's message, or why nothing was done.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What to answer.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answered {
+pub(crate) enum Answered {
     /// A wake answer; `follow` names the domain (host URI, name) whose state
     /// is read before answering (and waited for with `?wait=`).
     Wake {
@@ -75,7 +75,7 @@ pub enum Answered {
 }
 
 /// The answer to `reply`, for a request for `target`.
-pub fn answer(reply: &Reply, target: &Target) -> Answered {
+pub(crate) fn answer(reply: &Reply, target: &Target) -> Answered {
     let error = |message: &str, failed_auth, retry_after| Answered::Error {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: message.into(),

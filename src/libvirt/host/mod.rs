@@ -42,7 +42,7 @@ use turns::Turns;
 
 /// Why a host could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     /// Not reachable (cannot connect, or the connection died): the request
     /// waits for it.
     #[error("{0}")]
@@ -54,24 +54,24 @@ pub enum HostError {
 
 /// What one host knows about a MAC.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// Domains with the MAC that the policy permits, with their state.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// Domains with the MAC that the policy refuses, and why.
-    pub refused: Vec<(String, Refusal)>,
+    pub(crate) refused: Vec<(String, Refusal)>,
 }
 
 impl Lookup {
     /// True if this host has a domain with the MAC that may be woken. A
     /// refused one does not count: another host may have one that is not.
-    pub fn has_candidate(&self) -> bool {
+    pub(crate) fn has_candidate(&self) -> bool {
         !self.candidates.is_empty()
     }
 }
 
 /// What an action came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acted {
+pub(crate) enum Acted {
     /// `verb` succeeded (or, in a dry run, would be done).
     Done(Verb),
     /// libvirt refused `verb`.
@@ -82,24 +82,24 @@ pub enum Acted {
 
 /// One domain as `list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainInfo {
+pub(crate) struct DomainInfo {
     /// Name, UUID and opt-in.
-    pub domain: DomainRef,
+    pub(crate) domain: DomainRef,
     /// Its MACs, or why they are unknown.
-    pub macs: Result<Vec<Mac>, Unreadable>,
+    pub(crate) macs: Result<Vec<Mac>, Unreadable>,
     /// Its state, if libvirt told.
-    pub state: Option<DomainState>,
+    pub(crate) state: Option<DomainState>,
     /// It has a managed-save image (a start restores it).
-    pub managed_save: bool,
+    pub(crate) managed_save: bool,
     /// The hashes of its HTTP wake tokens.
-    pub tokens: Vec<Hash>,
+    pub(crate) tokens: Vec<Hash>,
     /// It set a SecureOn password.
-    pub secureon: bool,
+    pub(crate) secureon: bool,
 }
 
 /// What a host tells the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostEvent {
+pub(crate) enum HostEvent {
     /// It answers again after an outage: requests waiting for it are due.
     Back,
     /// A refresh of its index ended: requests that waited for it can be
@@ -200,7 +200,7 @@ impl Host {
     }
 
     /// Calls `tell` with each [`HostEvent`].
-    pub fn on_event(&self, tell: impl Fn(HostEvent) + Send + Sync + 'static) {
+    pub(crate) fn on_event(&self, tell: impl Fn(HostEvent) + Send + Sync + 'static) {
         let _ = self.on_event.set(Box::new(tell));
     }
 
@@ -211,7 +211,7 @@ impl Host {
     }
 
     /// The libvirt URI.
-    pub fn uri(&self) -> &Arc<str> {
+    pub(crate) fn uri(&self) -> &Arc<str> {
         &self.uri
     }
 
@@ -234,7 +234,7 @@ impl Host {
     /// Never waits on libvirt. It decides only whether a request may wait
     /// for a host that does not answer, never whether a token opens a
     /// domain: that is checked against the domain's current XML.
-    pub fn vouches(&self, token: &Hash) -> bool {
+    pub(crate) fn vouches(&self, token: &Hash) -> bool {
         self.index.vouches(token)
     }
 
@@ -247,7 +247,7 @@ impl Host {
     /// flood of unknown MACs without a thread each, and keeps them from
     /// holding every worker while a listing waits (libvirtd answers no
     /// listing while a domain is starting).
-    pub fn route(&self, mac: Mac, now: Instant, wall: SystemTime) -> Route {
+    pub(crate) fn route(&self, mac: Mac, now: Instant, wall: SystemTime) -> Route {
         if *lock(&self.watch).health() != Health::Answering {
             return Route::Worker;
         }
@@ -286,7 +286,7 @@ impl Host {
     /// silent: nothing answered, not even the ping within `grace`. Reports
     /// the silence once. (The rules are `Watch::silent`'s; this is their
     /// edge: the ping thread and the report.)
-    pub fn check_silence(
+    pub(crate) fn check_silence(
         self: &Arc<Self>,
         since: Instant,
         now: Instant,
@@ -340,7 +340,7 @@ impl Host {
     ///
     /// A connection that died since the last request (libvirtd restarted)
     /// gets one immediate reconnect before the host counts as unreachable.
-    pub fn lookup(&self, ask: &Ask) -> Result<Lookup, HostError> {
+    pub(crate) fn lookup(&self, ask: &Ask) -> Result<Lookup, HostError> {
         let result = match self.lookup_once(ask) {
             Err(Failure::Died(e)) => {
                 debug!("connection to {} lost ({e}); reconnecting", self.uri);
@@ -464,7 +464,7 @@ impl Host {
     /// Performs `action` on `domain` (with `dry_run`, only says what it
     /// would do). Waits while another request acts on the same domain,
     /// then looks at its state again.
-    pub fn act(
+    pub(crate) fn act(
         &self,
         domain: &Candidate,
         action: Action,
@@ -527,7 +527,7 @@ impl Host {
     /// The current state of the domain named `name` and why it stopped, if
     /// it did (`None`: no such domain): for an HTTP caller waiting for it to
     /// come up, and the check after a start.
-    pub fn state_of(
+    pub(crate) fn state_of(
         &self,
         name: &str,
     ) -> Result<Option<(DomainState, Option<StopReason>)>, HostError> {
@@ -536,7 +536,7 @@ impl Host {
 
     /// The QEMU guest agent channel of the domain named `name`, as its
     /// current XML shows it (`None`: no such domain, or no channel).
-    pub fn agent_of(&self, name: &str) -> Result<Option<Agent>, HostError> {
+    pub(crate) fn agent_of(&self, name: &str) -> Result<Option<Agent>, HostError> {
         self.by_name(name, |hv, uuid| hv.domain(uuid).map(|record| record.agent))
     }
 
@@ -560,7 +560,7 @@ impl Host {
 
     /// Every domain of this host with its MACs, state and managed-save
     /// image, for `list`.
-    pub fn inventory(&self) -> Result<Vec<DomainInfo>, HostError> {
+    pub(crate) fn inventory(&self) -> Result<Vec<DomainInfo>, HostError> {
         let hv = self.pool.connection().map_err(HostError::Unreachable)?;
         let listed = hv.list().map_err(HostError::Failed)?;
         let records = hv.records(&listed, &|| {});

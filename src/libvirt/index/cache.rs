@@ -447,7 +447,7 @@ fn store_file(state: &mut IndexState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::libvirt::domain_xml::WakeMeta;
+    use crate::decide::policy::WakeMeta;
     use crate::model::{Action, DomainState};
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;

@@ -118,7 +118,7 @@ pub enum CacheDirSource {
 impl CacheDirSource {
     /// Picks the directory: `$CACHE_DIRECTORY` (its first entry), else
     /// `flag`, else the XDG cache directory. `None` when there is no home.
-    pub fn choose(
+    pub(crate) fn choose(
         cache_directory: Option<&str>,
         flag: Option<&Path>,
         xdg_cache_home: Option<&str>,
@@ -143,7 +143,7 @@ impl CacheDirSource {
     }
 
     /// Reads the process environment.
-    pub fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
+    pub(crate) fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
         let var = |name| std::env::var(name).ok();
         CacheDirSource::choose(
             var("CACHE_DIRECTORY").as_deref(),
@@ -272,7 +272,7 @@ impl IndexFile {
 
     /// The whole index and the time of the last full scan; `Ok(None)` when
     /// there is no file yet.
-    pub fn load(&self) -> Result<Option<(MacIndex, Option<SystemTime>)>, FileError> {
+    pub(crate) fn load(&self) -> Result<Option<(MacIndex, Option<SystemTime>)>, FileError> {
         let Some((file, header, count)) = self.open_checked()? else {
             return Ok(None);
         };
@@ -328,7 +328,7 @@ impl IndexFile {
     /// (`O_EXCL|O_NOFOLLOW`): a link planted in the directory is never
     /// followed, and nothing but a file of our own is ever written; the
     /// rename replaces a link at the index's path, never what it points to.
-    pub fn store(&self, index: &MacIndex, scanned: Option<SystemTime>) -> io::Result<()> {
+    pub(crate) fn store(&self, index: &MacIndex, scanned: Option<SystemTime>) -> io::Result<()> {
         let with_nics: HashSet<Uuid> = index.pairs().iter().map(|(_, uuid)| *uuid).collect();
         let mut records: Vec<(Mac, Uuid)> = index
             .domains()

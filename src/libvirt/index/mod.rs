@@ -31,7 +31,7 @@ use crate::model::{Mac, Uuid};
 /// domains with two NICs that is 640 KB, and it is rebuilt only when a
 /// listing or scan changes something.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MacIndex {
+pub(crate) struct MacIndex {
     /// Every domain read, with or without NICs (a listing must not read a
     /// NIC-less domain again and again).
     known: HashSet<Uuid>,
@@ -41,7 +41,7 @@ pub struct MacIndex {
 
 impl MacIndex {
     /// An index of these domains and their MACs.
-    pub fn from_domains(domains: impl IntoIterator<Item = (Uuid, Vec<Mac>)>) -> Self {
+    pub(crate) fn from_domains(domains: impl IntoIterator<Item = (Uuid, Vec<Mac>)>) -> Self {
         let mut index = MacIndex::default();
         for (uuid, macs) in domains {
             index.known.insert(uuid);
@@ -53,7 +53,7 @@ impl MacIndex {
     }
 
     /// The domains that had `mac` when they were read.
-    pub fn owners(&self, mac: Mac) -> Vec<Uuid> {
+    pub(crate) fn owners(&self, mac: Mac) -> Vec<Uuid> {
         let first = self.pairs.partition_point(|(m, _)| *m < mac);
         self.pairs[first..]
             .iter()
@@ -63,33 +63,29 @@ impl MacIndex {
     }
 
     /// True if this domain's XML has been read.
-    pub fn knows(&self, uuid: Uuid) -> bool {
+    pub(crate) fn knows(&self, uuid: Uuid) -> bool {
         self.known.contains(&uuid)
     }
 
     /// Every domain read.
-    pub fn domains(&self) -> impl Iterator<Item = Uuid> + '_ {
+    pub(crate) fn domains(&self) -> impl Iterator<Item = Uuid> + '_ {
         self.known.iter().copied()
     }
 
-    /// How many domains have been read.
-    pub fn len(&self) -> usize {
+    /// How many domains have been read (for the tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.known.len()
     }
 
-    /// True when no domain has been read.
-    pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
-    }
-
     /// Every (MAC, owner) pair, sorted by MAC.
-    pub fn pairs(&self) -> &[(Mac, Uuid)] {
+    pub(crate) fn pairs(&self) -> &[(Mac, Uuid)] {
         &self.pairs
     }
 
     /// Records what one domain's current XML says; true if that changed
     /// the index.
-    pub fn update(&mut self, uuid: Uuid, macs: &[Mac]) -> bool {
+    pub(crate) fn update(&mut self, uuid: Uuid, macs: &[Mac]) -> bool {
         let mut current: Vec<Mac> = self
             .pairs
             .iter()
@@ -111,7 +107,7 @@ impl MacIndex {
     }
 
     /// Forgets domains (undefined since they were read); true if any was known.
-    pub fn forget(&mut self, gone: &HashSet<Uuid>) -> bool {
+    pub(crate) fn forget(&mut self, gone: &HashSet<Uuid>) -> bool {
         let before = self.known.len();
         self.known.retain(|uuid| !gone.contains(uuid));
         if self.known.len() == before {
@@ -123,7 +119,7 @@ impl MacIndex {
 
     /// Adds domains read by a listing or scan (one sort for all of them);
     /// a domain already known has its MACs replaced.
-    pub fn add(&mut self, domains: impl IntoIterator<Item = (Uuid, Vec<Mac>)>) {
+    pub(crate) fn add(&mut self, domains: impl IntoIterator<Item = (Uuid, Vec<Mac>)>) {
         let mut replaced = HashSet::new();
         let mut added = Vec::new();
         for (uuid, macs) in domains {
@@ -152,19 +148,19 @@ pub struct Rescan {
 
 /// When the index was last refreshed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Freshness {
+pub(crate) struct Freshness {
     /// The last listing or full scan of this process (monotonic clock).
-    pub listed_at: Option<Instant>,
+    pub(crate) listed_at: Option<Instant>,
     /// The last full scan of this process (monotonic clock).
-    pub scanned_at: Option<Instant>,
+    pub(crate) scanned_at: Option<Instant>,
     /// The last full scan of any process, from the index file (wall clock:
     /// a monotonic instant means nothing to another process).
-    pub scanned_wall: Option<SystemTime>,
+    pub(crate) scanned_wall: Option<SystemTime>,
 }
 
 /// What to do before answering "no domain has this MAC".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
+pub(crate) enum Refresh {
     /// Nothing: the index was refreshed too recently to ask libvirt again.
     Nothing,
     /// List the domains; read the XML of the new ones.
@@ -182,7 +178,7 @@ pub enum Refresh {
 /// domain was reconfigured: another may have gained the MAC; this happens
 /// once per reconfiguration, not per packet, because the stale entry is
 /// corrected on the spot); otherwise a listing.
-pub fn refresh_for(
+pub(crate) fn refresh_for(
     fresh: &Freshness,
     stale: bool,
     rules: &Rescan,
