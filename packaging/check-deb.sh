@@ -108,7 +108,7 @@ for f in systemd/*.d/*.conf; do
         fail "$f exists but is not packaged as an example"
 done
 shopt -u nullglob
-for unit in $pkg.socket $pkg-http.socket $pkg.service; do
+for unit in $pkg.socket $pkg-http.socket $pkg.service $pkg-idle.service $pkg-idle.timer; do
     [[ " ${expected[*]} " == *" /usr/lib/systemd/system/$unit "* ]] || fail "build-deb.sh did not stage $unit"
 done
 [[ " ${expected[*]} " == *" /usr/share/man/man1/$pkg.1.gz "* ]] || fail "no man page $pkg.1"
@@ -121,11 +121,13 @@ not_enabled() {
     local links
     links=$(find /etc/systemd/system -maxdepth 2 -name "$pkg*" 2>/dev/null || true)
     [ -z "$links" ] || fail "enabled or masked on install (systemctl enable is the admin's choice): $links"
-    for socket in $pkg.socket $pkg-http.socket; do
-        [ ! -e /etc/systemd/system/sockets.target.wants/"$socket" ] || fail "$socket enabled"
+    for unit in $pkg.socket $pkg-http.socket $pkg-idle.timer; do
+        for wants in sockets timers; do
+            [ ! -e /etc/systemd/system/$wants.target.wants/"$unit" ] || fail "$unit enabled"
+        done
         if [ -d /run/systemd/system ]; then
-            [ "$(systemctl is-enabled "$socket" 2>/dev/null || true)" = disabled ] || fail "$socket is not disabled"
-            ! systemctl --quiet is-active "$socket" || fail "$socket was started"
+            [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" = disabled ] || fail "$unit is not disabled"
+            ! systemctl --quiet is-active "$unit" || fail "$unit was started"
         fi
     done
 }

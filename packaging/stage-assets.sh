@@ -13,7 +13,7 @@
 #                       uncompressed: cargo-deb gzips them itself, build-rpm.sh
 #                       gzips its own copies)
 #   completions/        bash, zsh and fish completions (same)
-#   units/              every systemd/*.service and *.socket, with the binary's
+#   units/              every systemd/*.service, *.socket and *.timer, with the binary's
 #                       path in Exec*= lines rewritten from /usr/local/bin to
 #                       /usr/bin (the repository's units are for a binary
 #                       installed by hand in /usr/local/bin)
@@ -65,7 +65,7 @@ rewrite() {
 # Units.
 shopt -s nullglob
 units=()
-for src in systemd/*.service systemd/*.socket; do
+for src in systemd/*.service systemd/*.socket systemd/*.timer; do
     unit=$(basename "$src")
     rewrite "$src" "$assets/units/$unit" \
         "# Installed by the $bin package (.deb or .rpm), which enables and

@@ -102,7 +102,7 @@ pub struct Args {
     /// Directory for the persistent MAC index. systemd's CacheDirectory=
     /// ($CACHE_DIRECTORY) takes precedence; without either, the XDG cache
     /// directory (~/.cache/wol-libvirt-gateway) is used.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub(crate) cache_dir: Option<std::path::PathBuf>,
 
     /// For a MAC the index does not know, list the domains (and read the XML
@@ -139,6 +139,55 @@ pub(crate) enum Command {
     /// then carry the password (stored salted and hashed in its metadata).
     #[command(subcommand)]
     Secureon(SecureonCommand),
+    /// Put domains back to sleep when idle: a policy kept in each domain's
+    /// own metadata (`idle set`), applied by `idle check`, which
+    /// wol-libvirt-gateway-idle.timer runs every minute.
+    #[command(subcommand)]
+    Idle(IdleCommand),
+}
+
+/// `idle` commands.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum IdleCommand {
+    /// Give DOMAIN an idle policy: once its vCPU, network and disk use have
+    /// stayed low for --after without a gap, `idle check` puts it to sleep
+    /// with --action. A domain without a policy is never touched.
+    Set {
+        /// The domain's name.
+        domain: String,
+        /// How long it must stay idle, e.g. 30m or 2h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+        after: Duration,
+        /// managedsave (its RAM to disk; the next wake restores it),
+        /// shutdown (an ACPI request to the guest OS, never forced) or
+        /// suspend (paused; the next wake resumes it).
+        #[arg(long, value_name = "ACTION", default_value = "managedsave")]
+        action: crate::decide::idle::Sleep,
+        /// Idle while its vCPU use stays below this share of its vCPUs
+        /// [default: 5%].
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        cpu: Option<u32>,
+        /// Idle while its network traffic (received and sent) stays below
+        /// this many bytes a second, e.g. 8K or 1M [default: 8K].
+        #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+        net: Option<u64>,
+        /// Idle while its disk traffic (read and written) stays below this
+        /// many bytes a second [default: 64K].
+        #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+        disk: Option<u64>,
+    },
+    /// Take DOMAIN's idle policy away: it is never put to sleep.
+    Clear {
+        /// The domain's name.
+        domain: String,
+    },
+    /// Look once at every running domain that has a policy and put those
+    /// idle long enough to sleep (what the timer runs).
+    Check {
+        /// Say what would be done, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `secureon` commands.
@@ -212,9 +261,68 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("'{s}' is too long"))
 }
 
+/// A share in per cent (`5%`, `0.5`), as thousandths: at least 0.1 %, at
+/// most 100 %.
+fn parse_percent(s: &str) -> Result<u32, String> {
+    let bad = || format!("'{s}' is not a share: use a per cent from 0.1 to 100, e.g. 5% or 0.5%");
+    let number = s.trim().trim_end_matches('%').trim();
+    let (whole, tenths) = match number.split_once('.') {
+        Some((whole, tenths)) if tenths.len() == 1 => (whole, tenths),
+        Some(_) => return Err(bad()),
+        None => (number, "0"),
+    };
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenths) {
+        return Err(bad());
+    }
+    let permille =
+        whole.parse::<u32>().map_err(|_| bad())? * 10 + tenths.parse::<u32>().map_err(|_| bad())?;
+    if (1..=1_000).contains(&permille) {
+        Ok(permille)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Bytes a second: a number, optionally with K, M or G (powers of 1024;
+/// `KiB`, `/s` accepted too).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a rate: use bytes a second, e.g. 8K, 1M or 500");
+    let text = s.trim().trim_end_matches("/s");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_and_rates() {
+        assert_eq!(parse_percent("5%"), Ok(50));
+        assert_eq!(parse_percent("0.5"), Ok(5));
+        assert_eq!(parse_percent("100%"), Ok(1_000));
+        for bad in ["0", "0%", "101%", "0.05%", "-1", "five", "", "1.%"] {
+            assert!(parse_percent(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_rate("8K"), Ok(8_192));
+        assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
+        assert_eq!(parse_rate("500"), Ok(500));
+        for bad in ["", "K", "1T", "-1", "99999999999G"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -36,6 +36,7 @@ pub mod libvirt;
 pub mod model;
 pub mod report;
 pub mod secret;
+pub mod store;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -44,10 +45,11 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use tracing::{error, info, warn};
 
-use crate::cli::{Args, Command, SecureonCommand, TokenCommand};
-use crate::commands::{list, secureon, token};
+use crate::cli::{Args, Command, IdleCommand, SecureonCommand, TokenCommand};
+use crate::commands::{idle, list, secureon, token};
 use crate::decide::book::Rules;
 use crate::decide::control::Config;
+use crate::decide::idle::IdlePolicy;
 use crate::decide::policy::Policy;
 use crate::gateway::{Gateway, Shutdown};
 use crate::ingress::sockets::Origin;
@@ -56,11 +58,12 @@ use crate::libvirt::fleet::{Fleet, Timing};
 use crate::libvirt::host::Host;
 use crate::libvirt::hypervisor::{Libvirt, LibvirtConnector};
 use crate::libvirt::index::Rescan;
-use crate::libvirt::index::file::{CacheDirSource, IndexFile};
+use crate::libvirt::index::file::IndexFile;
 use crate::libvirt::uri;
 use crate::report::Reporter;
 use crate::report::logging;
 use crate::report::notify::Notifier;
+use crate::store::CacheDirSource;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:
 /// every critical section in this crate is a few assignments, inserts or
@@ -128,6 +131,10 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
         Some(Command::Secureon(command)) => {
             logging::init();
             return secureon(&args, command);
+        }
+        Some(Command::Idle(command)) => {
+            logging::init();
+            return idle(&args, command);
         }
         None => {}
     }
@@ -381,6 +388,87 @@ fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
 
 /// A connection to every `--libvirt-uri` (with the URI as shown), or
 /// `None` after saying which one cannot be reached.
+fn idle(args: &Args, command: &IdleCommand) -> i32 {
+    let Some(hosts) = open_all(args) else {
+        return 1;
+    };
+    let domain = match command {
+        IdleCommand::Check { dry_run } => return idle_check(args, &hosts, *dry_run),
+        IdleCommand::Set { domain, .. } | IdleCommand::Clear { domain } => domain,
+    };
+    let Some((uri, hv)) = host_of(domain, &hosts) else {
+        return 1;
+    };
+    let outcome = match command {
+        IdleCommand::Set {
+            after,
+            action,
+            cpu,
+            net,
+            disk,
+            ..
+        } => {
+            let defaults = IdlePolicy::new(*after, *action);
+            let policy = IdlePolicy {
+                cpu_permille: cpu.unwrap_or(defaults.cpu_permille),
+                net_bps: net.unwrap_or(defaults.net_bps),
+                disk_bps: disk.unwrap_or(defaults.disk_bps),
+                ..defaults
+            };
+            idle::set(hv, domain, policy).map(|()| {
+                eprintln!("{domain}: {}", report::idle::policy_words(&policy));
+            })
+        }
+        IdleCommand::Clear { .. } => idle::clear(hv, domain).map(|had| {
+            if had {
+                eprintln!("{domain}: no idle policy any more; it is never put to sleep");
+            } else {
+                eprintln!("{domain} had no idle policy");
+            }
+        }),
+        IdleCommand::Check { .. } => Ok(()),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{uri}: {e}");
+            1
+        }
+    }
+}
+
+/// One idle check on every host; 1 if a host could not be looked at.
+fn idle_check(args: &Args, hosts: &[(String, Libvirt)], dry_run: bool) -> i32 {
+    let cache_dir = CacheDirSource::from_env(args.cache_dir.as_deref());
+    let mut status = 0;
+    for ((uri, hv), given) in hosts.iter().zip(&args.libvirt_uri) {
+        let samples = match cache_dir
+            .as_ref()
+            .map(|dir| idle::Samples::open(dir, given))
+        {
+            Some(Ok(samples)) => Some(samples),
+            Some(Err(e)) => {
+                warn!("{e}; without kept samples no domain is ever idle long enough");
+                None
+            }
+            None => {
+                warn!(
+                    "no cache directory (no $CACHE_DIRECTORY, --cache-dir or home): without kept samples no domain is ever idle long enough"
+                );
+                None
+            }
+        };
+        match idle::check(hv, uri, samples.as_ref(), dry_run) {
+            Ok(checked) => info!("{}", report::idle::summary(uri, &checked)),
+            Err(e) => {
+                error!("idle check on {uri}: {e}");
+                status = 1;
+            }
+        }
+    }
+    status
+}
+
 fn open_all(args: &Args) -> Option<Vec<(String, Libvirt)>> {
     let mut hosts = Vec::new();
     for given in &args.libvirt_uri {

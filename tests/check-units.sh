@@ -145,6 +145,34 @@ grep -Eq "^m[[:space:]]+$name[[:space:]]+libvirt[[:space:]]*$" "$sysusers" ||
 grep -qx "Type=notify" "$service" || fail "$service must be Type=notify"
 echo "check-units: service/sysusers consistency: ok"
 
+# 3b. The idle check: a oneshot service and its timer, as hardened as the
+#     gateway (held to the same score below), and the timer starts it.
+idle_service=systemd/$name-idle.service
+idle_timer=systemd/$name-idle.timer
+[[ -f $idle_service && -f $idle_timer ]] || fail "missing $idle_service or $idle_timer"
+sed "s|^ExecStart=[^ ]*|ExecStart=$bin|" "$idle_service" >"$tmp/$name-idle.service"
+grep -q "^ExecStart=$bin idle check\$" "$tmp/$name-idle.service" ||
+    fail "$idle_service must run '$name idle check'"
+cp "$idle_timer" "$tmp/"
+if ! out=$(systemd-analyze verify --man=no "$tmp/$name-idle.timer" "$tmp/$name-idle.service" 2>&1) ||
+    problems=$(grep -F -e "$tmp" -e "$name-idle" <<<"$out"); then
+    echo "$out" >&2
+    fail "systemd-analyze verify failed for $idle_service or $idle_timer"
+fi
+grep -qx "Type=oneshot" "$idle_service" || fail "$idle_service must be Type=oneshot"
+grep -qx "User=$name" "$idle_service" || fail "$idle_service must run as User=$name"
+idle_out=$(systemd-analyze security --offline=yes --root=/ --no-pager "$tmp/$name-idle.service" 2>&1)
+idle_score=$(sed -n 's/.*Overall exposure level for .*: \([0-9][0-9]*\.[0-9]*\).*/\1/p' <<<"$idle_out" | tail -n 1)
+[[ -n $idle_score ]] || {
+    echo "$idle_out" >&2
+    fail "no exposure level for $idle_service"
+}
+echo "check-units: $name-idle.service/.timer verify: ok; offline exposure $idle_score (max $max_exposure)"
+if awk -v s="$idle_score" -v m="$max_exposure" 'BEGIN { exit !(s > m) }'; then
+    grep -E '^✗' <<<"$idle_out" || true
+    fail "exposure of $idle_service $idle_score is above $max_exposure"
+fi
+
 # 4. Exposure score.
 out=$(systemd-analyze security --offline=yes --root=/ --no-pager "$tmp/$name.service" 2>&1) || {
     echo "$out" >&2

@@ -9,8 +9,9 @@ use virt::connect::Connect;
 use wol_libvirt_gateway::decide::outcome::{Outcome, Verb};
 use wol_libvirt_gateway::libvirt::fleet::Fleet;
 use wol_libvirt_gateway::libvirt::index::Rescan;
-use wol_libvirt_gateway::libvirt::index::file::{CacheDirSource, IndexFile};
+use wol_libvirt_gateway::libvirt::index::file::IndexFile;
 use wol_libvirt_gateway::model::DomainState;
+use wol_libvirt_gateway::store::CacheDirSource;
 
 use crate::util::{
     RunState, Shared, domain, fleet, host, lookup, name_of, open_node, redefine, rescan, state_of,

@@ -222,6 +222,7 @@ fn list_json_gives_each_domain_its_state_macs_and_wake() {
             "opt_in": false,
             "tokens": 0,
             "secureon": false,
+            "idle": null,
             "macs": [{"mac": "52:54:00:70:00:42", "action": "resume", "on_wake": "resume"}],
             "unreadable": null
         },
@@ -234,6 +235,7 @@ fn list_json_gives_each_domain_its_state_macs_and_wake() {
             "opt_in": false,
             "tokens": 0,
             "secureon": false,
+            "idle": null,
             "macs": [{"mac": "52:54:00:70:00:41", "action": "start", "on_wake": "start"}],
             "unreadable": null
         }

@@ -6,6 +6,7 @@
 use std::borrow::Borrow;
 use std::fmt::Write as _;
 
+use crate::decide::idle::IdlePolicy;
 use crate::decide::outcome::Verb;
 use crate::decide::plan::{Candidate, Plan, plan};
 use crate::decide::policy::Policy;
@@ -96,6 +97,8 @@ pub(crate) struct DomainView {
     pub(crate) tokens: usize,
     /// Magic packets for it must carry its SecureOn password.
     pub(crate) secureon: bool,
+    /// When it is put back to sleep (`idle set`); `null`: never.
+    pub(crate) idle: Option<IdlePolicy>,
     /// Its MACs and what a wake for each would do now; empty when it has no
     /// NIC or they could not be read (then `unreadable` says why).
     pub(crate) macs: Vec<MacView>,
@@ -173,6 +176,7 @@ pub(crate) fn view_showing<H: Borrow<Host>>(
         opt_in: entry.info.domain.wake_opt_in,
         tokens: entry.info.tokens.len(),
         secureon: entry.info.secureon,
+        idle: entry.info.idle,
         macs,
         unreadable,
     }
@@ -188,6 +192,9 @@ pub(crate) fn json<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Pol
     serde_json::to_string_pretty(&views).unwrap_or_else(|_| "[]".into())
 }
 
+/// The table's columns; the last is not padded.
+const COLUMNS: usize = 6;
+
 /// `list`'s table.
 pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Policy) -> String {
     let several = hosts.len() > 1;
@@ -195,17 +202,24 @@ pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Po
         "URI".to_owned(),
         "DOMAIN".to_owned(),
         "STATE".to_owned(),
+        "WHEN IDLE".to_owned(),
         "MAC".to_owned(),
         "ON A MAGIC PACKET".to_owned(),
     ]];
     for entry in entries {
         let uri = hosts[entry.host].borrow().uri().to_string();
         let state = entry.info.state.map_or("?", |s| s.as_str()).to_owned();
+        let idle = entry
+            .info
+            .idle
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), report::idle::short_words);
         let row = |mac: String, effect: String| {
             [
                 uri.clone(),
                 entry.info.domain.name.clone(),
                 state.clone(),
+                idle.clone(),
                 mac,
                 effect,
             ]
@@ -222,14 +236,14 @@ pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Po
         }
     }
     let skip = usize::from(!several);
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..COLUMNS)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut table = String::new();
     for row in &rows {
-        let cells: Vec<String> = (skip..5)
+        let cells: Vec<String> = (skip..COLUMNS)
             .map(|c| {
-                if c == 4 {
+                if c == COLUMNS - 1 {
                     row[c].clone()
                 } else {
                     format!("{:width$}", row[c], width = widths[c])
@@ -264,6 +278,7 @@ mod tests {
                 managed_save: false,
                 tokens: Vec::new(),
                 secureon: false,
+                idle: None,
             },
         }
     }

@@ -21,6 +21,16 @@ impl Backoff {
         }
     }
 
+    /// A backoff that has given `attempts` delays already (kept between
+    /// processes as a count).
+    pub(crate) fn after(first: Duration, max: Duration, attempts: u32) -> Self {
+        Backoff {
+            first,
+            max,
+            attempts,
+        }
+    }
+
     /// The delay before the next attempt; each call doubles the next one.
     pub(crate) fn next_delay(&mut self) -> Duration {
         // 2^16 times any sensible first delay is past any sensible maximum.

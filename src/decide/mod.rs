@@ -10,6 +10,7 @@ pub(crate) mod client;
 pub mod control;
 pub(crate) mod failures;
 pub(crate) mod guesses;
+pub mod idle;
 pub mod outcome;
 pub(crate) mod plan;
 pub mod policy;

@@ -6,6 +6,7 @@
 use std::str::FromStr;
 
 use crate::decide::ask::Credential;
+use crate::decide::idle::IdlePolicy;
 use crate::model::{Mac, Password, Uuid};
 use crate::secret::{Hash, Sealed};
 
@@ -30,6 +31,8 @@ pub struct WakeMeta {
     pub tokens: Vec<Hash>,
     /// Its SecureOn password, sealed: magic packets without it are refused.
     pub secureon: Option<Sealed>,
+    /// When it is put back to sleep (`idle set`); `None`: never.
+    pub idle: Option<IdlePolicy>,
 }
 
 /// What the policy looks at in a domain: read from its current XML.

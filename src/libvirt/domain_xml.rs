@@ -6,6 +6,9 @@
 //! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
 //! never mistaken for a NIC.
 
+use std::time::Duration;
+
+use crate::decide::idle::{IdlePolicy, Sleep};
 use crate::decide::policy::WakeMeta;
 use crate::model::Mac;
 use crate::secret::{Hash, Sealed};
@@ -76,14 +79,15 @@ impl WakeMeta {
     /// [`METADATA_NAMESPACE`] and [`METADATA_KEY`]; `None` (remove the
     /// element) when nothing is left and the domain had not opted in.
     pub fn render(&self) -> Option<String> {
-        if !self.opt_in && self.tokens.is_empty() && self.secureon.is_none() {
+        let children = !self.tokens.is_empty() || self.secureon.is_some() || self.idle.is_some();
+        if !self.opt_in && !children {
             return None;
         }
         let mut xml = String::from("<wake");
         if !self.opt_in {
             xml.push_str(" opt-in=\"no\"");
         }
-        if self.tokens.is_empty() && self.secureon.is_none() {
+        if !children {
             xml.push_str("/>");
             return Some(xml);
         }
@@ -96,6 +100,16 @@ impl WakeMeta {
                 "<secureon salt=\"{}\" sha256=\"{}\"/>",
                 sealed.salt_hex(),
                 sealed.hash
+            ));
+        }
+        if let Some(idle) = &self.idle {
+            xml.push_str(&format!(
+                "<idle after=\"{}\" action=\"{}\" cpu-permille=\"{}\" net-bps=\"{}\" disk-bps=\"{}\"/>",
+                idle.after.as_secs(),
+                idle.action,
+                idle.cpu_permille,
+                idle.net_bps,
+                idle.disk_bps
             ));
         }
         xml.push_str("</wake>");
@@ -161,6 +175,27 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
     })
 }
 
+/// The target names of a domain's disks (`vda`, `hdc`), for their byte
+/// counters; a disk without a target is left out (libvirt gives every
+/// defined disk one).
+pub(crate) fn disk_targets(xml: &str) -> Result<Vec<String>, DomainXmlError> {
+    if xml.len() > MAX_XML_BYTES {
+        return Err(DomainXmlError::TooLarge(xml.len()));
+    }
+    if nesting_exceeds(xml.as_bytes(), MAX_DEPTH) {
+        return Err(DomainXmlError::TooDeep);
+    }
+    let document =
+        roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
+    let targets = children(document.root_element(), "devices")
+        .flat_map(|devices| children(devices, "disk"))
+        .flat_map(|disk| children(disk, "target"))
+        .filter_map(|target| target.attribute("dev"))
+        .map(str::to_owned)
+        .collect();
+    Ok(targets)
+}
+
 /// Reads our `<wake>` element. Its children carry no namespace of their
 /// own (libvirt sets one on the element only); a hash that is not 64 hex
 /// digits is no token (nothing could match it).
@@ -179,7 +214,22 @@ fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
             // meant to be needed, and no packet can have the right one.
             .unwrap_or(Sealed::UNOPENABLE)
         }),
+        idle: children(wake, "idle").next().and_then(idle_policy),
     }
+}
+
+/// Reads an `<idle>` element; one that is not whole and well-formed is no
+/// policy: a domain is put to sleep only when its owner clearly said so.
+fn idle_policy(idle: roxmltree::Node<'_, '_>) -> Option<IdlePolicy> {
+    let number = |name: &str| idle.attribute(name)?.parse::<u64>().ok();
+    let after = Duration::from_secs(number("after").filter(|&s| s > 0)?);
+    Some(IdlePolicy {
+        after,
+        action: idle.attribute("action")?.parse::<Sleep>().ok()?,
+        cpu_permille: u32::try_from(number("cpu-permille")?).ok()?,
+        net_bps: number("net-bps")?,
+        disk_bps: number("disk-bps")?,
+    })
 }
 
 /// True if elements nest deeper than `limit`. A linear pre-scan, so the
@@ -370,6 +420,10 @@ mod tests {
             opt_in: false,
             tokens: vec![a, b],
             secureon: Some(Sealed::seal(&"01:02:03:04".parse().unwrap()).unwrap()),
+            idle: Some(IdlePolicy {
+                cpu_permille: 20,
+                ..IdlePolicy::new(Duration::from_secs(1800), Sleep::Shutdown)
+            }),
         };
         // libvirt puts the namespace on the element, as --key wol does.
         let element = meta
@@ -394,6 +448,38 @@ mod tests {
             .secureon
             .expect("still required");
         assert!(!sealed.opens(&"01:02:03:04".parse().unwrap()));
+        // An idle policy that is not whole is none: never put to sleep.
+        for broken in [
+            xml.replace("action=\"shutdown\"", "action=\"destroy\""),
+            xml.replace("after=\"1800\"", "after=\"0\""),
+            xml.replace(" net-bps=", " net="),
+        ] {
+            assert_eq!(read(&broken).unwrap().meta.idle, None, "{broken}");
+        }
+    }
+
+    #[test]
+    fn disk_targets_are_read_from_the_devices_only() {
+        let xml = "<domain><devices>\
+            <disk type='file'><source file='/a.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='file' device='cdrom'><target dev='hdc'/></disk>\
+            <disk type='file'/></devices>\
+            <metadata><disk><target dev='not-me'/></disk></metadata></domain>";
+        assert_eq!(
+            disk_targets(xml),
+            Ok(vec!["vda".to_owned(), "hdc".to_owned()])
+        );
+        assert!(disk_targets("<domain").is_err());
+    }
+
+    #[test]
+    fn an_idle_policy_alone_keeps_the_element_without_opting_in() {
+        let meta = WakeMeta {
+            idle: Some(IdlePolicy::new(Duration::from_secs(60), Sleep::Suspend)),
+            ..WakeMeta::default()
+        };
+        let element = meta.render().expect("the policy is kept");
+        assert!(element.starts_with("<wake opt-in=\"no\"><idle after=\"60\" action=\"suspend\""));
     }
 
     #[test]

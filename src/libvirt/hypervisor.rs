@@ -19,6 +19,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
+use crate::decide::idle::{IdlePolicy, Sample, Sleep};
 use crate::decide::policy::WakeMeta;
 use crate::libvirt::domain_xml::{self, Agent, DomainXmlError};
 use crate::lock;
@@ -333,6 +334,39 @@ impl Libvirt {
         Ok(())
     }
 
+    /// Every running domain that has an idle policy, each looked at once:
+    /// its counters (vCPU time, bytes on each interface, bytes read and
+    /// written on each disk), whether a libvirt job runs on it; `wall_ms`
+    /// gives the time of each look. A domain that cannot be looked at is
+    /// named with the reason, and never acted on.
+    pub(crate) fn idle_looks(&self, wall_ms: &dyn Fn() -> u64) -> Result<IdleLooks, HvError> {
+        let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
+        let mut looks = IdleLooks::default();
+        for domain in self.conn.list_all_domains(flags)? {
+            let name = domain.name().unwrap_or_else(|_| "?".to_owned());
+            match idle_look(&domain, wall_ms) {
+                Ok(Some(look)) => looks.found.push(look),
+                Ok(None) => {}
+                // Gone between the listing and the look: nothing to do.
+                Err(e) if e.kind == HvErrorKind::NoDomain => {}
+                Err(e) => looks.failed.push((name, e)),
+            }
+        }
+        Ok(looks)
+    }
+
+    /// Puts `uuid` to sleep: a managed save, an ACPI shutdown request
+    /// (never a destroy) or a pause.
+    pub(crate) fn sleep(&self, uuid: Uuid, how: Sleep) -> Result<(), HvError> {
+        let domain = self.conn.lookup_domain_by_uuid_string(&uuid.to_string())?;
+        match how {
+            Sleep::ManagedSave => domain.managed_save(0)?,
+            Sleep::Shutdown => domain.shutdown()?,
+            Sleep::Suspend => domain.suspend()?,
+        }
+        Ok(())
+    }
+
     fn lookup(&self, uuid: Uuid) -> Result<Domain, HvError> {
         if let Some(domain) = lock(&self.handles).get(&uuid) {
             return Ok(domain.clone());
@@ -526,6 +560,80 @@ impl Hypervisor for Libvirt {
     fn is_alive(&self) -> bool {
         self.conn.is_alive().unwrap_or(false)
     }
+}
+
+/// What one `idle check` found on a host.
+#[derive(Debug, Default)]
+pub(crate) struct IdleLooks {
+    /// Running domains with an idle policy.
+    pub(crate) found: Vec<IdleLook>,
+    /// Domains that could not be looked at, and why.
+    pub(crate) failed: Vec<(String, HvError)>,
+}
+
+/// One running domain with an idle policy, as a look found it.
+#[derive(Debug, Clone)]
+pub(crate) struct IdleLook {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its UUID.
+    pub(crate) uuid: Uuid,
+    /// Its policy.
+    pub(crate) policy: IdlePolicy,
+    /// Its counters.
+    pub(crate) sample: Sample,
+    /// A libvirt job (a migration, a save) runs on it.
+    pub(crate) job: bool,
+}
+
+/// Looks at one running domain; `None`: it has no idle policy, or is not
+/// running (paused: asleep already; shutting down: on its way).
+fn idle_look(domain: &Domain, wall_ms: &dyn Fn() -> u64) -> Result<Option<IdleLook>, HvError> {
+    let xml = domain.xml_desc(0)?;
+    let read = domain_xml::read(&xml).map_err(|e| HvError::other(e.to_string()))?;
+    let Some(policy) = read.meta.idle else {
+        return Ok(None);
+    };
+    let info = domain.info()?;
+    if domain_state(info.state) != DomainState::Running {
+        return Ok(None);
+    }
+    let uuid = Uuid::from_str(&domain.uuid_string()?).map_err(|e| HvError::other(e.to_string()))?;
+    // An interface without a tap device (user-mode networking) or a disk
+    // without counters has none: judged on the signals it has.
+    let net = read.macs.iter().filter_map(|mac| {
+        let stats = domain.interface_stats(&mac.to_string()).ok()?;
+        Some(counter(stats.rx_bytes)?.saturating_add(counter(stats.tx_bytes)?))
+    });
+    let net_bytes = net.reduce(u64::saturating_add);
+    let disks = domain_xml::disk_targets(&xml).map_err(|e| HvError::other(e.to_string()))?;
+    let disk = disks.iter().filter_map(|target| {
+        let stats = domain.block_stats(target).ok()?;
+        Some(counter(stats.rd_bytes)?.saturating_add(counter(stats.wr_bytes)?))
+    });
+    let disk_bytes = disk.reduce(u64::saturating_add);
+    // VIR_DOMAIN_JOB_NONE is 0; a driver without job info has none.
+    let job = domain.job_info().is_ok_and(|job| job.r#type != 0);
+    let sample = Sample {
+        at_ms: wall_ms(),
+        id: domain.id().unwrap_or(0),
+        vcpus: info.nr_virt_cpu,
+        cpu_ns: info.cpu_time,
+        net_bytes,
+        disk_bytes,
+    };
+    Ok(Some(IdleLook {
+        name: domain.name()?,
+        uuid,
+        policy,
+        sample,
+        job,
+    }))
+}
+
+/// A libvirt counter; `-1` (the driver keeps none) is no counter.
+fn counter(value: i64) -> Option<u64> {
+    u64::try_from(value).ok()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! host out or back, a domain skipped, the index file) go through windows
 //! of the same size in `workers`, shared by every thread.
 
+pub(crate) mod idle;
 pub(crate) mod logging;
 pub mod notify;
 pub(crate) mod ratelimit;

@@ -24,6 +24,7 @@ use tracing::debug;
 
 use crate::decide::ask::{Ask, Target};
 use crate::decide::control::Route;
+use crate::decide::idle::IdlePolicy;
 use crate::decide::outcome::Verb;
 use crate::decide::plan::{Candidate, action_for};
 use crate::decide::policy::{self, DomainRef, Policy, Refusal};
@@ -95,6 +96,8 @@ pub(crate) struct DomainInfo {
     pub(crate) tokens: Vec<Hash>,
     /// It set a SecureOn password.
     pub(crate) secureon: bool,
+    /// Its idle policy.
+    pub(crate) idle: Option<IdlePolicy>,
 }
 
 /// What a host tells the loop.
@@ -571,6 +574,7 @@ impl Host {
                 let managed_save = state == Some(DomainState::ShutOff)
                     && hv.has_managed_save(record.uuid).unwrap_or(false);
                 let secureon = record.meta.secureon.is_some();
+                let idle = record.meta.idle;
                 self.index.saw(record.uuid, &record.meta.tokens);
                 let tokens = record.meta.tokens;
                 DomainInfo {
@@ -584,6 +588,7 @@ impl Host {
                     managed_save,
                     tokens,
                     secureon,
+                    idle,
                 }
             })
             .collect())

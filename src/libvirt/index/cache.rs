@@ -621,7 +621,7 @@ mod tests {
     #[test]
     fn the_index_survives_in_its_file_for_the_next_process() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let source = super::super::file::CacheDirSource::Flag(dir.path().to_path_buf());
+        let source = crate::store::CacheDirSource::Flag(dir.path().to_path_buf());
         let open = || IndexFile::open(&source, "fake:///").expect("index file");
         let hv = Domains::with(vec![record(1, &[mac(1)], Vec::new())]);
         let first = cache();

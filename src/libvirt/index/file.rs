@@ -16,19 +16,18 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::MacIndex;
 use crate::model::Mac;
 use crate::model::Uuid;
+use crate::store::{CacheDirSource, DirError, file_name, write_atomically};
 
 /// First line of every index file; a different one means another format.
 const HEADER: &str = "wol-libvirt-gateway mac-index 3";
-/// Directory name under the XDG cache directory.
-const APP_DIR: &str = "wol-libvirt-gateway";
 /// `xx:xx:xx:xx:xx:xx` + space + canonical UUID + newline.
 const MAC_LEN: usize = 17;
 const UUID_LEN: usize = 36;
@@ -64,96 +63,6 @@ pub enum FileError {
     BadRecord(usize),
 }
 
-/// Why the cache directory cannot hold index files.
-#[derive(Debug, thiserror::Error)]
-pub enum DirError {
-    /// Our own XDG directory could not be created.
-    #[error("cannot create {dir}: {source}")]
-    Create {
-        /// The directory.
-        dir: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// The named path is not a directory.
-    #[error("{0} is not a directory")]
-    NotADirectory(PathBuf),
-    /// The named directory cannot be examined (missing, no permission).
-    #[error("{dir}: {source}")]
-    Unusable {
-        /// The directory.
-        dir: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// Someone else may write into the directory: they could plant a link
-    /// where the index is written, or an index that names the wrong domain.
-    #[error(
-        "{dir} can be written by other users (mode {mode:04o}, owner uid {owner}): use a \
-         directory only this user (uid {me}) can write, e.g. chmod go-w {dir}"
-    )]
-    WritableByOthers {
-        /// The directory.
-        dir: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-        /// Its owner.
-        owner: u32,
-        /// This process's user.
-        me: u32,
-    },
-}
-
-/// Where the cache directory comes from, in order of precedence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CacheDirSource {
-    /// `$CACHE_DIRECTORY`, set by systemd's `CacheDirectory=`.
-    Systemd(PathBuf),
-    /// `--cache-dir`.
-    Flag(PathBuf),
-    /// `$XDG_CACHE_HOME/wol-libvirt-gateway` or `~/.cache/wol-libvirt-gateway`.
-    Xdg(PathBuf),
-}
-
-impl CacheDirSource {
-    /// Picks the directory: `$CACHE_DIRECTORY` (its first entry), else
-    /// `flag`, else the XDG cache directory. `None` when there is no home.
-    pub(crate) fn choose(
-        cache_directory: Option<&str>,
-        flag: Option<&Path>,
-        xdg_cache_home: Option<&str>,
-        home: Option<&str>,
-    ) -> Option<CacheDirSource> {
-        let non_empty = |s: &&str| !s.is_empty();
-        if let Some(dir) = cache_directory
-            .and_then(|dirs| dirs.split(':').next())
-            .filter(non_empty)
-        {
-            return Some(CacheDirSource::Systemd(PathBuf::from(dir)));
-        }
-        if let Some(dir) = flag {
-            return Some(CacheDirSource::Flag(dir.to_owned()));
-        }
-        let base = match (xdg_cache_home.filter(non_empty), home.filter(non_empty)) {
-            (Some(xdg), _) => PathBuf::from(xdg),
-            (None, Some(home)) => Path::new(home).join(".cache"),
-            (None, None) => return None,
-        };
-        Some(CacheDirSource::Xdg(base.join(APP_DIR)))
-    }
-
-    /// Reads the process environment.
-    pub(crate) fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
-        let var = |name| std::env::var(name).ok();
-        CacheDirSource::choose(
-            var("CACHE_DIRECTORY").as_deref(),
-            flag,
-            var("XDG_CACHE_HOME").as_deref(),
-            var("HOME").as_deref(),
-        )
-    }
-}
-
 /// The index file for one libvirt URI.
 #[derive(Debug, Clone)]
 pub struct IndexFile {
@@ -172,46 +81,9 @@ impl IndexFile {
     /// directory is created if missing; a directory named by systemd or
     /// `--cache-dir` must exist.
     pub fn open(source: &CacheDirSource, uri: &str) -> Result<IndexFile, DirError> {
-        let dir = match source {
-            CacheDirSource::Systemd(dir) | CacheDirSource::Flag(dir) => dir,
-            CacheDirSource::Xdg(dir) => {
-                // Ours alone, whatever the umask (see the check below).
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|source| DirError::Create {
-                        dir: dir.clone(),
-                        source,
-                    })?;
-                dir
-            }
-        };
-        let meta = match fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => meta,
-            Ok(_) => return Err(DirError::NotADirectory(dir.clone())),
-            Err(source) => {
-                return Err(DirError::Unusable {
-                    dir: dir.clone(),
-                    source,
-                });
-            }
-        };
-        // Only this user (or root, who can do anything anyway) may write
-        // there: group- or world-writable (sticky /tmp included: a planted
-        // symlink needs no deleting) or someone else's directory is refused.
-        let me = rustix::process::geteuid().as_raw();
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
-            return Err(DirError::WritableByOthers {
-                dir: dir.clone(),
-                mode,
-                owner: meta.uid(),
-                me,
-            });
-        }
+        let dir = source.checked()?;
         Ok(IndexFile {
-            path: dir.join(file_name(uri)),
+            path: dir.join(file_name("mac-index", uri)),
             uri: uri.to_owned(),
         })
     }
@@ -340,21 +212,9 @@ impl IndexFile {
         let scan = scanned
             .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or_else(|| "never".to_owned(), |age| age.as_secs().to_string());
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp.{:016x}", u64::from_ne_bytes(random)));
         // No fsync: after a crash a truncated file is only a corrupt hint,
         // which is ignored and rebuilt; the wake path should not wait on disk.
-        let created = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .mode(0o644)
-            .open(&tmp);
-        let written = created.and_then(|file| {
-            let mut out = io::BufWriter::new(file);
+        write_atomically(&self.path, |out| {
             write!(
                 out,
                 "{HEADER}\nuri {}\nfull-scan {scan}\n",
@@ -363,16 +223,8 @@ impl IndexFile {
             for (mac, uuid) in &records {
                 writeln!(out, "{mac} {uuid}")?;
             }
-            out.into_inner().map_err(io::IntoInnerError::into_error)?;
             Ok(())
-        });
-        match written.and_then(|()| fs::rename(&tmp, &self.path)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        })
     }
 }
 
@@ -400,17 +252,6 @@ fn parse_record(record: &[u8]) -> Option<(Mac, Uuid)> {
     Some((mac.parse().ok()?, uuid.parse().ok()?))
 }
 
-/// One file per URI, named by a hash of it (URIs hold `/` and `:`); the URI
-/// inside the file guards against collisions.
-fn file_name(uri: &str) -> String {
-    // FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in uri.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("mac-index-{hash:016x}")
-}
-
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
@@ -418,35 +259,6 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn directory_precedence_systemd_then_flag_then_xdg() {
-        let flag = Path::new("/flag");
-        assert_eq!(
-            CacheDirSource::choose(
-                Some("/var/cache/a:/var/cache/b"),
-                Some(flag),
-                None,
-                Some("/root")
-            ),
-            Some(CacheDirSource::Systemd("/var/cache/a".into()))
-        );
-        assert_eq!(
-            CacheDirSource::choose(None, Some(flag), Some("/xdg"), Some("/root")),
-            Some(CacheDirSource::Flag("/flag".into()))
-        );
-        assert_eq!(
-            CacheDirSource::choose(None, None, Some("/xdg"), Some("/root")),
-            Some(CacheDirSource::Xdg("/xdg/wol-libvirt-gateway".into()))
-        );
-        assert_eq!(
-            CacheDirSource::choose(Some(""), None, Some(""), Some("/home/u")),
-            Some(CacheDirSource::Xdg(
-                "/home/u/.cache/wol-libvirt-gateway".into()
-            ))
-        );
-        assert_eq!(CacheDirSource::choose(None, None, None, None), None);
-    }
 
     fn uuid(n: u128) -> Uuid {
         Uuid(n)
@@ -580,14 +392,9 @@ mod tests {
     fn our_own_cache_directory_is_made_for_this_user_alone() {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().expect("tempdir");
-        let dir = home.path().join("cache").join(APP_DIR);
+        let dir = home.path().join("cache").join(crate::store::APP_DIR);
         IndexFile::open(&CacheDirSource::Xdg(dir.clone()), "x").expect("made and usable");
         let mode = fs::metadata(&dir).expect("made").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-    }
-
-    #[test]
-    fn different_uris_get_different_files() {
-        assert_ne!(file_name("qemu:///system"), file_name("qemu:///session"));
     }
 }

@@ -1,0 +1,225 @@
+//! The idle check end to end, through libvirtd with real QEMU/KVM guests:
+//! `idle set` writes the policy into the guest's metadata, the real binary's
+//! `idle check` runs again and again as the timer would (a second apart
+//! instead of a minute, with policies of seconds), and the guest's state in
+//! libvirt says what happened.
+//!
+//! These need root, libvirtd and QEMU, so `cargo test` skips them:
+//!
+//! ```sh
+//! sudo tests/e2e/setup-host.sh
+//! sudo cargo test -- --ignored e2e_idle
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, terminate, virsh_ok, wakeonlan};
+use crate::util::{bin, libvirtd_exclusive, summary_count, systemd_socket};
+
+/// Runs `wol-libvirt-gateway --libvirt-uri qemu:///system idle ARGS`;
+/// panics with its output unless it succeeds.
+fn idle(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["--libvirt-uri", URI, "idle"])
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("run the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "idle {args:?} failed:\n{text}");
+    text
+}
+
+/// The timer, a second apart: runs `idle check` with its samples in
+/// `cache` until `done` holds for the checks' summary lines so far (see
+/// [`count`]), or `within` passes; returns the summaries.
+fn checks_until(
+    cache: &Path,
+    within: Duration,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    let cache = cache.to_string_lossy();
+    let deadline = Instant::now() + within;
+    let mut outputs = Vec::new();
+    loop {
+        let tick = Instant::now();
+        let output = idle(&["check", "--cache-dir", &cache]);
+        let summaries: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains("idle check on"))
+            .collect();
+        assert_eq!(summaries.len(), 1, "one summary a check:\n{output}");
+        outputs.push(summaries[0].to_owned());
+        if done(&outputs) {
+            return outputs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done within {within:?}; the checks said:\n{}",
+            outputs.join("\n---\n")
+        );
+        // The timer's next tick, not a guess at when something is ready.
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
+}
+
+/// The count before `what` in a check's summary line.
+fn count(summary: &str, what: &str) -> u64 {
+    summary_count(summary, what)
+}
+
+/// The sum of `what` over the checks' summaries.
+fn total(checks: &[String], what: &str) -> u64 {
+    checks.iter().map(|c| count(c, what)).sum()
+}
+
+/// A raw disk image that QEMU can open (not in a 0700 temporary directory),
+/// removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    /// A 512-byte boot sector that spins: `jmp $` (`EB FE`) and the `55 AA`
+    /// signature. The BIOS boots it, and it keeps one vCPU at 100 %.
+    fn spinning(test: &str) -> Image {
+        let path = PathBuf::from(format!(
+            "/var/tmp/wolgw-e2e-{test}-{}.img",
+            std::process::id()
+        ));
+        let mut sector = [0u8; 512];
+        sector[..2].copy_from_slice(&[0xEB, 0xFE]);
+        sector[510..].copy_from_slice(&[0x55, 0xAA]);
+        std::fs::write(&path, sector).expect("write the boot sector");
+        Image(path)
+    }
+
+    fn disk(&self) -> String {
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{}'/><target dev='hda' bus='ide'/></disk>",
+            self.0.display()
+        )
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_idle"]
+fn e2e_idle_an_idle_guest_is_managed_saved_and_the_next_packet_restores_it() {
+    // Alone: a check looks at every guest with a policy, other tests' too.
+    let _libvirtd = libvirtd_exclusive();
+    let guest = Guest::define("idle-save", "52:54:00:e2:10:01");
+    guest.start();
+    idle(&[
+        "set",
+        &guest.name,
+        "--after",
+        "3s",
+        "--action",
+        "managedsave",
+    ]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let checks = checks_until(cache.path(), SLOW_DEADLINE, |_| {
+        guest.state().starts_with("shut off")
+    });
+    // Seen, busy a moment while its firmware looks for something to boot,
+    // then idle for at least the policy's 3 s without a gap, then put to
+    // sleep, once.
+    assert_eq!(total(&checks, "put to sleep"), 1, "{checks:#?}");
+    let last_busy = checks.iter().rposition(|c| count(c, "busy") > 0);
+    let idle_after = checks[last_busy.map_or(0, |at| at + 1)..].iter();
+    assert!(idle_after.filter(|c| count(c, "idle") == 1).count() >= 2, "{checks:#?}");
+    assert!(guest.state().contains("saved"), "{}", guest.state());
+    let info = virsh_ok(&["dominfo", &guest.name]);
+    assert!(info.contains("Managed save:   yes"), "{info}");
+
+    // The next magic packet restores it, as any managed save.
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = activate(&socket, &[]);
+    guest.wait_state_within("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("restored {}", guest.name));
+    terminate(&mut gateway);
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_idle"]
+fn e2e_idle_a_busy_guest_stays_up() {
+    // Alone: a check looks at every guest with a policy, other tests' too.
+    let _libvirtd = libvirtd_exclusive();
+    let image = Image::spinning("idle-busy");
+    let guest = Guest::define_with("idle-busy", "52:54:00:e2:10:02", &image.disk());
+    guest.start();
+    idle(&[
+        "set",
+        &guest.name,
+        "--after",
+        "2s",
+        "--action",
+        "managedsave",
+    ]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    // Ten checks, five times the policy: after the first sight, each finds
+    // the vCPU busy.
+    let checks = checks_until(cache.path(), SLOW_DEADLINE, |checks| checks.len() == 10);
+    assert!(guest.state().starts_with("running"), "{}", guest.state());
+    assert_eq!(total(&checks, "busy"), 9, "{checks:#?}");
+    assert_eq!(total(&checks, "put to sleep"), 0, "{checks:#?}");
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_idle"]
+fn e2e_idle_a_shutdown_the_guest_ignores_is_said_once_and_never_forced() {
+    // Alone: a check looks at every guest with a policy, other tests' too.
+    let _libvirtd = libvirtd_exclusive();
+    // No OS: the ACPI power button is pressed for nobody.
+    let guest = Guest::define("idle-acpi", "52:54:00:e2:10:03");
+    guest.start();
+    idle(&["set", &guest.name, "--after", "2s", "--action", "shutdown"]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    // Asked once the window is full, then found still running: said once,
+    // and three more checks neither say it again nor ask again.
+    let checks = checks_until(cache.path(), SLOW_DEADLINE, |checks| {
+        let said = checks
+            .iter()
+            .position(|c| count(c, "ignoring a shutdown") == 1);
+        said.is_some_and(|at| checks.len() >= at + 4)
+    });
+    assert_eq!(total(&checks, "ignoring a shutdown"), 1, "{checks:#?}");
+    assert_eq!(total(&checks, "put to sleep"), 1, "asked once: {checks:#?}");
+    assert!(
+        guest.state().starts_with("running"),
+        "never forced: {}",
+        guest.state()
+    );
+}
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_idle"]
+fn e2e_idle_a_suspended_guest_is_resumed_by_the_next_packet() {
+    // Alone: a check looks at every guest with a policy, other tests' too.
+    let _libvirtd = libvirtd_exclusive();
+    let guest = Guest::define("idle-pause", "52:54:00:e2:10:04");
+    guest.start();
+    idle(&["set", &guest.name, "--after", "2s", "--action", "suspend"]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    checks_until(cache.path(), SLOW_DEADLINE, |_| {
+        guest.state().starts_with("paused")
+    });
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = activate(&socket, &[]);
+    guest.wait_state_within("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("resumed {}", guest.name));
+    terminate(&mut gateway);
+}
