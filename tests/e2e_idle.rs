@@ -138,7 +138,10 @@ fn e2e_idle_an_idle_guest_is_managed_saved_and_the_next_packet_restores_it() {
     assert_eq!(total(&checks, "put to sleep"), 1, "{checks:#?}");
     let last_busy = checks.iter().rposition(|c| count(c, "busy") > 0);
     let idle_after = checks[last_busy.map_or(0, |at| at + 1)..].iter();
-    assert!(idle_after.filter(|c| count(c, "idle") == 1).count() >= 2, "{checks:#?}");
+    assert!(
+        idle_after.filter(|c| count(c, "idle") == 1).count() >= 2,
+        "{checks:#?}"
+    );
     assert!(guest.state().contains("saved"), "{}", guest.state());
     let info = virsh_ok(&["dominfo", &guest.name]);
     assert!(info.contains("Managed save:   yes"), "{info}");
