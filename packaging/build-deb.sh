@@ -27,7 +27,7 @@ packaging/stage-assets.sh >/dev/null
 mkdir -p "$assets/debian"
 # Services before sockets, as the maintainer scripts have always listed them.
 units=()
-for unit in "$assets"/units/*.service "$assets"/units/*.socket; do units+=("$(basename "$unit")"); done
+for unit in "$assets"/units/*.service "$assets"/units/*.socket "$assets"/units/*.timer; do units+=("$(basename "$unit")"); done
 
 # Maintainer scripts, with the unit list filled in.
 for script in packaging/debian/*; do

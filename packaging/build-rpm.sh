@@ -66,7 +66,7 @@ done
 # Sockets before services, so that preun.sh stops a socket before the
 # service it would otherwise start again.
 units=()
-for unit in "$assets"/units/*.socket "$assets"/units/*.service; do units+=("$(basename "$unit")"); done
+for unit in "$assets"/units/*.socket "$assets"/units/*.service "$assets"/units/*.timer; do units+=("$(basename "$unit")"); done
 for script in packaging/rpm/*.sh; do
     dst="$assets/rpm/$(basename "$script")"
     sed "s|@UNITS@|${units[*]}|g" "$script" >"$dst"

@@ -155,8 +155,8 @@ pub(crate) enum IdleCommand {
     Set {
         /// The domain's name.
         domain: String,
-        /// How long it must stay idle, e.g. 30m or 2h.
-        #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+        /// How long it must stay idle, e.g. 30m or 2h (whole seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_idle_after)]
         after: Duration,
         /// managedsave (its RAM to disk; the next wake restores it),
         /// shutdown (an ACPI request to the guest OS, never forced) or
@@ -265,14 +265,14 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 /// most 100 %.
 fn parse_percent(s: &str) -> Result<u32, String> {
     let bad = || format!("'{s}' is not a share: use a per cent from 0.1 to 100, e.g. 5% or 0.5%");
-    let number = s.trim().trim_end_matches('%').trim();
-    let (whole, tenths) = match number.split_once('.') {
-        Some((whole, tenths)) if tenths.len() == 1 => (whole, tenths),
-        Some(_) => return Err(bad()),
-        None => (number, "0"),
+    let number = s.trim();
+    let number = number.strip_suffix('%').unwrap_or(number).trim();
+    let (whole, tenths) = number.split_once('.').unwrap_or((number, "0"));
+    let digits = |d: &str, most: usize| {
+        (1..=most).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
     };
-    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !digits(tenths) {
+    // At most 100.0: three digits and one, so nothing overflows.
+    if !digits(whole, 3) || !digits(tenths, 1) {
         return Err(bad());
     }
     let permille =
@@ -284,24 +284,40 @@ fn parse_percent(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Bytes a second: a number, optionally with K, M or G (powers of 1024;
-/// `KiB`, `/s` accepted too).
+/// Bytes a second, more than 0: a number, optionally with K, M or G
+/// (powers of 1024, also written KB, KiB, ...) and `/s`.
 fn parse_rate(s: &str) -> Result<u64, String> {
-    let bad = || format!("'{s}' is not a rate: use bytes a second, e.g. 8K, 1M or 500");
-    let text = s.trim().trim_end_matches("/s");
+    let bad = || format!("'{s}' is not a rate: use bytes a second above 0, e.g. 8K, 1M or 500");
+    let text = s.trim();
+    let text = text.strip_suffix("/s").unwrap_or(text);
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
-        "" => 1,
-        "K" | "k" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KB" | "kB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
         _ => return Err(bad()),
     };
-    n.checked_mul(scale).ok_or_else(bad)
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(rate) => Ok(rate),
+    }
+}
+
+/// A policy's idle time: whole seconds (the metadata keeps seconds), more
+/// than 0.
+fn parse_idle_after(s: &str) -> Result<Duration, String> {
+    let after = parse_positive_duration(s)?;
+    if after.subsec_nanos() != 0 || after.as_secs() == 0 {
+        return Err(format!(
+            "'{s}' is not whole seconds: use e.g. 30m, 2h or 90s"
+        ));
+    }
+    Ok(after)
 }
 
 #[cfg(test)]
@@ -313,14 +329,31 @@ mod tests {
         assert_eq!(parse_percent("5%"), Ok(50));
         assert_eq!(parse_percent("0.5"), Ok(5));
         assert_eq!(parse_percent("100%"), Ok(1_000));
-        for bad in ["0", "0%", "101%", "0.05%", "-1", "five", "", "1.%"] {
+        for bad in [
+            "0",
+            "0%",
+            "101%",
+            "0.05%",
+            "-1",
+            "five",
+            "",
+            "1.%",
+            "5%%",
+            "429496730",
+            "1000",
+        ] {
             assert!(parse_percent(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(parse_rate("8K"), Ok(8_192));
         assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
         assert_eq!(parse_rate("500"), Ok(500));
-        for bad in ["", "K", "1T", "-1", "99999999999G"] {
+        assert_eq!(parse_rate("64 KiB/s"), Ok(65_536));
+        for bad in ["", "K", "1T", "-1", "99999999999G", "1iB", "0", "0K"] {
             assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_idle_after("30m"), Ok(Duration::from_secs(1800)));
+        for bad in ["0", "500ms", "1500ms"] {
+            assert!(parse_idle_after(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::{Args, Command, IdleCommand, SecureonCommand, TokenCommand};
 use crate::commands::{idle, list, secureon, token};
@@ -386,27 +386,16 @@ fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
     }
 }
 
-/// A connection to every `--libvirt-uri` (with the URI as shown), or
-/// `None` after saying which one cannot be reached.
 fn idle(args: &Args, command: &IdleCommand) -> i32 {
-    let Some(hosts) = open_all(args) else {
-        return 1;
-    };
-    let domain = match command {
-        IdleCommand::Check { dry_run } => return idle_check(args, &hosts, *dry_run),
-        IdleCommand::Set { domain, .. } | IdleCommand::Clear { domain } => domain,
-    };
-    let Some((uri, hv)) = host_of(domain, &hosts) else {
-        return 1;
-    };
-    let outcome = match command {
+    let (domain, change) = match command {
+        IdleCommand::Check { dry_run } => return idle_check(args, *dry_run),
         IdleCommand::Set {
+            domain,
             after,
             action,
             cpu,
             net,
             disk,
-            ..
         } => {
             let defaults = IdlePolicy::new(*after, *action);
             let policy = IdlePolicy {
@@ -415,20 +404,29 @@ fn idle(args: &Args, command: &IdleCommand) -> i32 {
                 disk_bps: disk.unwrap_or(defaults.disk_bps),
                 ..defaults
             };
-            idle::set(hv, domain, policy).map(|()| {
-                eprintln!("{domain}: {}", report::idle::policy_words(&policy));
-            })
+            (domain, Some(policy))
         }
-        IdleCommand::Clear { .. } => idle::clear(hv, domain).map(|had| {
+        IdleCommand::Clear { domain } => (domain, None),
+    };
+    let Some(hosts) = open_all(args) else {
+        return 1;
+    };
+    let Some((uri, hv)) = host_of(domain, &hosts) else {
+        return 1;
+    };
+    let done = match change {
+        Some(policy) => idle::set(hv, domain, policy).map(|()| {
+            eprintln!("{domain}: {}", report::idle::policy_words(&policy));
+        }),
+        None => idle::clear(hv, domain).map(|had| {
             if had {
                 eprintln!("{domain}: no idle policy any more; it is never put to sleep");
             } else {
                 eprintln!("{domain} had no idle policy");
             }
         }),
-        IdleCommand::Check { .. } => Ok(()),
     };
-    match outcome {
+    match done {
         Ok(()) => 0,
         Err(e) => {
             error!("{uri}: {e}");
@@ -437,29 +435,45 @@ fn idle(args: &Args, command: &IdleCommand) -> i32 {
     }
 }
 
-/// One idle check on every host; 1 if a host could not be looked at.
-fn idle_check(args: &Args, hosts: &[(String, Libvirt)], dry_run: bool) -> i32 {
+/// One idle check on every host, each reached on its own (one that cannot
+/// be reached stops none of the others); 1 if a host could not be looked
+/// at. Under a lock in the cache directory: a check started while another
+/// runs does nothing, so no domain is acted on twice.
+fn idle_check(args: &Args, dry_run: bool) -> i32 {
     let cache_dir = CacheDirSource::from_env(args.cache_dir.as_deref());
+    let lock = match cache_dir.as_ref().map(idle::CheckLock::take) {
+        Some(Ok(Some(lock))) => Some(lock),
+        Some(Ok(None)) => {
+            info!("another idle check is running; this one does nothing");
+            return 0;
+        }
+        Some(Err(e)) => {
+            warn!("{e}; without kept samples no domain is ever idle long enough");
+            None
+        }
+        None => {
+            warn!(
+                "no cache directory (no $CACHE_DIRECTORY, --cache-dir or home): without kept \
+                 samples no domain is ever idle long enough"
+            );
+            None
+        }
+    };
     let mut status = 0;
-    for ((uri, hv), given) in hosts.iter().zip(&args.libvirt_uri) {
-        let samples = match cache_dir
-            .as_ref()
-            .map(|dir| idle::Samples::open(dir, given))
-        {
-            Some(Ok(samples)) => Some(samples),
-            Some(Err(e)) => {
-                warn!("{e}; without kept samples no domain is ever idle long enough");
-                None
-            }
-            None => {
-                warn!(
-                    "no cache directory (no $CACHE_DIRECTORY, --cache-dir or home): without kept samples no domain is ever idle long enough"
-                );
-                None
+    for given in &args.libvirt_uri {
+        let uri = uri::shown(given);
+        let hv = match Libvirt::open(given) {
+            Ok(hv) => hv,
+            Err(e) => {
+                error!("idle check: cannot reach libvirt at {uri}: {e}");
+                status = 1;
+                continue;
             }
         };
-        match idle::check(hv, uri, samples.as_ref(), dry_run) {
-            Ok(checked) => info!("{}", report::idle::summary(uri, &checked)),
+        let samples = (lock.as_ref()).map(|lock| idle::Samples::open(lock.dir(), given));
+        match idle::check(&hv, &uri, samples.as_ref(), dry_run) {
+            Ok(checked) if checked.news() => info!("{}", report::idle::summary(&uri, &checked)),
+            Ok(checked) => debug!("{}", report::idle::summary(&uri, &checked)),
             Err(e) => {
                 error!("idle check on {uri}: {e}");
                 status = 1;
@@ -469,6 +483,8 @@ fn idle_check(args: &Args, hosts: &[(String, Libvirt)], dry_run: bool) -> i32 {
     status
 }
 
+/// A connection to every `--libvirt-uri` (with the URI as shown), or
+/// `None` after saying which one cannot be reached.
 fn open_all(args: &Args) -> Option<Vec<(String, Libvirt)>> {
     let mut hosts = Vec::new();
     for given in &args.libvirt_uri {

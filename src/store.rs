@@ -63,45 +63,6 @@ pub enum CacheDirSource {
 }
 
 impl CacheDirSource {
-    /// Picks the directory: `$CACHE_DIRECTORY` (its first entry), else
-    /// `flag`, else the XDG cache directory. `None` when there is no home.
-    pub(crate) fn choose(
-        cache_directory: Option<&str>,
-        flag: Option<&Path>,
-        xdg_cache_home: Option<&str>,
-        home: Option<&str>,
-    ) -> Option<CacheDirSource> {
-        let non_empty = |s: &&str| !s.is_empty();
-        if let Some(dir) = cache_directory
-            .and_then(|dirs| dirs.split(':').next())
-            .filter(non_empty)
-        {
-            return Some(CacheDirSource::Systemd(PathBuf::from(dir)));
-        }
-        if let Some(dir) = flag {
-            return Some(CacheDirSource::Flag(dir.to_owned()));
-        }
-        let base = match (xdg_cache_home.filter(non_empty), home.filter(non_empty)) {
-            (Some(xdg), _) => PathBuf::from(xdg),
-            (None, Some(home)) => Path::new(home).join(".cache"),
-            (None, None) => return None,
-        };
-        Some(CacheDirSource::Xdg(base.join(APP_DIR)))
-    }
-
-    /// Reads the process environment.
-    pub(crate) fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
-        let var = |name| std::env::var(name).ok();
-        CacheDirSource::choose(
-            var("CACHE_DIRECTORY").as_deref(),
-            flag,
-            var("XDG_CACHE_HOME").as_deref(),
-            var("HOME").as_deref(),
-        )
-    }
-}
-
-impl CacheDirSource {
     /// The directory, checked: ours alone. Our own XDG directory is created
     /// if missing; a directory named by systemd or `--cache-dir` must exist.
     pub(crate) fn checked(&self) -> Result<PathBuf, DirError> {
@@ -144,6 +105,42 @@ impl CacheDirSource {
             });
         }
         Ok(dir.clone())
+    }
+    /// Picks the directory: `$CACHE_DIRECTORY` (its first entry), else
+    /// `flag`, else the XDG cache directory. `None` when there is no home.
+    pub(crate) fn choose(
+        cache_directory: Option<&str>,
+        flag: Option<&Path>,
+        xdg_cache_home: Option<&str>,
+        home: Option<&str>,
+    ) -> Option<CacheDirSource> {
+        let non_empty = |s: &&str| !s.is_empty();
+        if let Some(dir) = cache_directory
+            .and_then(|dirs| dirs.split(':').next())
+            .filter(non_empty)
+        {
+            return Some(CacheDirSource::Systemd(PathBuf::from(dir)));
+        }
+        if let Some(dir) = flag {
+            return Some(CacheDirSource::Flag(dir.to_owned()));
+        }
+        let base = match (xdg_cache_home.filter(non_empty), home.filter(non_empty)) {
+            (Some(xdg), _) => PathBuf::from(xdg),
+            (None, Some(home)) => Path::new(home).join(".cache"),
+            (None, None) => return None,
+        };
+        Some(CacheDirSource::Xdg(base.join(APP_DIR)))
+    }
+
+    /// Reads the process environment.
+    pub(crate) fn from_env(flag: Option<&Path>) -> Option<CacheDirSource> {
+        let var = |name| std::env::var(name).ok();
+        CacheDirSource::choose(
+            var("CACHE_DIRECTORY").as_deref(),
+            flag,
+            var("XDG_CACHE_HOME").as_deref(),
+            var("HOME").as_deref(),
+        )
     }
 }
 

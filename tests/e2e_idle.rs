@@ -226,3 +226,34 @@ fn e2e_idle_a_suspended_guest_is_resumed_by_the_next_packet() {
     gateway.wait_for_log(&format!("resumed {}", guest.name));
     terminate(&mut gateway);
 }
+
+#[test]
+#[ignore = "needs root, libvirtd and QEMU: sudo tests/e2e/setup-host.sh && sudo cargo test -- --ignored e2e_idle"]
+fn e2e_idle_a_policy_cleared_while_the_guest_slept_does_not_come_back_with_its_image() {
+    // Alone: a check looks at every guest with a policy, other tests' too.
+    let _libvirtd = libvirtd_exclusive();
+    let guest = Guest::define("idle-cleared", "52:54:00:e2:10:05");
+    guest.start();
+    idle(&[
+        "set",
+        &guest.name,
+        "--after",
+        "2s",
+        "--action",
+        "managedsave",
+    ]);
+    virsh_ok(&["managedsave", &guest.name]);
+    idle(&["clear", &guest.name]);
+    // The image holds the definition as it was, policy included.
+    guest.start();
+    let live = virsh_ok(&["dumpxml", &guest.name]);
+    assert!(live.contains("<wol:idle "), "the image brought the policy back: {live}");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let checks = checks_until(cache.path(), SLOW_DEADLINE, |checks| checks.len() == 6);
+    assert_eq!(
+        total(&checks, "running domain(s) with a policy"),
+        0,
+        "{checks:#?}"
+    );
+    assert!(guest.state().starts_with("running"), "{}", guest.state());
+}

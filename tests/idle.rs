@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use assert_cmd::Command;
-use wol_libvirt_gateway::commands::idle::{self, Samples};
+use wol_libvirt_gateway::commands::idle::{self, CheckLock, Samples};
 use wol_libvirt_gateway::decide::idle::{IdlePolicy, Sleep};
 use wol_libvirt_gateway::libvirt::hypervisor::Libvirt;
 use wol_libvirt_gateway::store::CacheDirSource;
@@ -52,8 +52,13 @@ fn checks_keep_their_samples_and_a_foreign_file_means_first_sight() {
     )
     .expect("set");
     let cache = tempfile::tempdir().expect("tempdir");
-    let samples = Samples::open(&CacheDirSource::Flag(cache.path().into()), &node.uri())
-        .expect("a cache directory of our own");
+    let lock = CheckLock::take(&CacheDirSource::Flag(cache.path().into()))
+        .expect("a cache directory of our own")
+        .expect("no other check");
+    let samples = Samples::open(lock.dir(), &node.uri());
+    // A second check meanwhile does nothing.
+    let second = CheckLock::take(&CacheDirSource::Flag(cache.path().into())).expect("usable");
+    assert!(second.is_none(), "the lock is held");
 
     // The first look never acts: only web01 has a policy.
     let first = idle::check(&hv, "test", Some(&samples), false).expect("check");
@@ -67,7 +72,13 @@ fn checks_keep_their_samples_and_a_foreign_file_means_first_sight() {
 
     // A file that is not ours: every window starts again.
     for entry in std::fs::read_dir(cache.path()).expect("ls").flatten() {
-        std::fs::write(entry.path(), b"{\"format\": \"something else\"}").expect("overwrite");
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("idle-samples")
+        {
+            std::fs::write(entry.path(), b"{\"format\": \"something else\"}").expect("overwrite");
+        }
     }
     let third = idle::check(&hv, "test", Some(&samples), false).expect("check");
     assert_eq!((third.looked, third.busy, third.idle), (1, 0, 0));

@@ -5,12 +5,12 @@
 //! touched. The rules are [`crate::decide::idle`]'s; this is their edge:
 //! the looks, the samples file, the actions and their lines.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::decide::idle::{
-    Acted, Checked, IdlePolicy, Kept, Rates, Rules, Sleep, Verdict, after_action, judge,
+    Acted, Checked, IdlePolicy, Kept, Rules, Sleep, Verdict, after_action, judge,
 };
 use crate::decide::policy::WakeMeta;
 use crate::libvirt::hypervisor::{IdleLook, Libvirt};
@@ -52,27 +52,32 @@ pub fn check(
     dry_run: bool,
 ) -> Result<Checked, HvError> {
     let rules = Rules::default();
-    let kept = samples.map(Samples::load).unwrap_or_default();
-    let looks = hv.idle_looks(&wall_ms)?;
+    let before = samples.map(Samples::load).unwrap_or_default();
+    let looks = hv.idle_looks(&clock_ms)?;
     let mut checked = Checked {
         looked: looks.found.len(),
         unreadable: looks.failed.len(),
         ..Checked::default()
     };
-    for (domain, error) in &looks.failed {
-        report::idle::cannot_look(host, domain, error);
+    let mut after = Memory::default();
+    for (domain, uuid, error) in &looks.failed {
+        // Said once until a look works again; what was kept stays.
+        let said = uuid.is_some_and(|u| before.unreadable.contains(&u));
+        if !said {
+            report::idle::cannot_look(host, domain, error);
+        }
+        if let Some(uuid) = uuid {
+            after.unreadable.insert(*uuid);
+            if let Some(kept) = before.domains.get(uuid) {
+                after.domains.insert(*uuid, kept.clone());
+            }
+        }
     }
-    // Only the domains running now are kept: one that stopped, or sleeps,
-    // is at first sight when it runs again, which never acts.
-    let mut next = HashMap::new();
+    // Only the domains running now are kept besides: one that stopped, or
+    // sleeps, is at first sight when it runs again, which never acts.
     for look in looks.found {
-        let (keep, verdict) = judge(
-            kept.get(&look.uuid),
-            look.sample,
-            &look.policy,
-            look.job,
-            &rules,
-        );
+        let kept = before.domains.get(&look.uuid);
+        let (keep, verdict) = judge(kept, look.sample, &look.policy, look.job, &rules);
         let keep = match verdict {
             Verdict::Act {
                 action,
@@ -90,13 +95,18 @@ pub fn check(
                 checked.refused += usize::from(acted == Acted::Refused);
                 keep
             }
-            Verdict::Ignored { ago, first: true } => {
+            Verdict::Ignored {
+                ago,
+                first: true,
+                idle_for,
+                rates,
+            } => {
                 checked.ignoring += 1;
                 let idle = Idle {
                     host,
                     domain: &look.name,
-                    idle_for: Duration::ZERO,
-                    rates: Rates::default(),
+                    idle_for,
+                    rates,
                 };
                 report::idle::ignored(&idle, ago);
                 keep
@@ -108,10 +118,10 @@ pub fn check(
                 keep
             }
         };
-        next.insert(look.uuid, keep);
+        after.domains.insert(look.uuid, keep);
     }
     if let Some(samples) = samples {
-        samples.store(&next);
+        samples.store(&after);
     }
     Ok(checked)
 }
@@ -127,31 +137,95 @@ fn act(
     dry_run: bool,
     rules: &Rules,
 ) -> (Acted, Kept) {
-    let at = wall_ms();
+    let at = clock_ms();
     let result = if dry_run {
         Ok(Acted::DryRun)
     } else {
         hv.sleep(look.uuid, action).map(|()| Acted::Done)
     };
     let acted = *result.as_ref().unwrap_or(&Acted::Refused);
-    let keep = after_action(&keep, action, acted, at, rules);
+    let next = after_action(&keep, action, acted, at, rules);
     match &result {
         Ok(Acted::DryRun) => report::idle::slept(idle, action, Slept::DryRun),
         Ok(_) => report::idle::slept(idle, action, Slept::Done),
         Err(error) => {
-            let retry_ms = keep.refused.map_or(at, |r| r.retry_ms);
+            let retry_ms = next.refused.map_or(at, |r| r.retry_ms);
             let retry = Duration::from_millis(retry_ms.saturating_sub(at));
-            report::idle::slept(idle, action, Slept::Refused(error, retry));
+            // Said in full the first time; the retries' refusals quietly.
+            let first = keep.refused.is_none();
+            report::idle::slept(idle, action, Slept::Refused(error, retry, first));
         }
     }
-    (acted, keep)
+    (acted, next)
 }
 
-/// Now, in milliseconds since the Unix epoch (the samples outlive the
-/// process, so they hold wall-clock time).
-fn wall_ms() -> u64 {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Now on the clock the samples are kept in: milliseconds since boot,
+/// counting suspend (`CLOCK_BOOTTIME`). It never steps, unlike the wall
+/// clock, and a suspended host shows as a gap; the samples name the boot
+/// they were taken in.
+fn clock_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ms = u64::try_from(now.tv_sec).unwrap_or(0).saturating_mul(1_000);
+    ms.saturating_add(u64::try_from(now.tv_nsec / 1_000_000).unwrap_or(0))
+}
+
+/// This boot's ID (`/proc/sys/kernel/random/boot_id`): samples of another
+/// boot are on another clock.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// What one check keeps for the next.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Per domain.
+    domains: HashMap<Uuid, Kept>,
+    /// Domains whose look failed, said already.
+    unreadable: HashSet<Uuid>,
+}
+
+/// The lock an idle check holds for its whole run, in the cache directory:
+/// two checks at once (the timer's and one by hand) would act twice and
+/// keep each other's samples only half.
+#[derive(Debug)]
+pub struct CheckLock {
+    dir: PathBuf,
+    _held: std::fs::File,
+}
+
+impl CheckLock {
+    /// Checks the cache directory (this user's alone) and takes the lock;
+    /// `Ok(None)`: another check holds it.
+    pub fn take(source: &CacheDirSource) -> Result<Option<CheckLock>, DirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let dir = source.checked()?;
+        let unusable = |source| DirError::Unusable {
+            dir: dir.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o600)
+            .open(dir.join("idle-check.lock"))
+            .map_err(unusable)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(CheckLock { dir, _held: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(unusable(e.into())),
+        }
+    }
+
+    /// The cache directory, checked.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 /// First field of every samples file; another means another format.
@@ -169,7 +243,11 @@ pub struct Samples {
 struct OnDisk {
     format: String,
     uri: String,
+    /// The boot the samples' clock belongs to.
+    boot: String,
     domains: BTreeMap<String, Kept>,
+    /// Domains whose look failed, said already.
+    unreadable: Vec<String>,
 }
 
 /// Why a samples file was not used.
@@ -181,53 +259,64 @@ enum Unusable {
     Format(#[from] serde_json::Error),
     #[error("another format, or another URI's")]
     Foreign,
+    #[error("taken before the last boot")]
+    OtherBoot,
 }
 
 impl Samples {
-    /// The samples file for `uri` in the chosen directory (checked as the
-    /// index's is: this user's alone).
-    pub fn open(source: &CacheDirSource, uri: &str) -> Result<Samples, DirError> {
-        let dir = source.checked()?;
-        Ok(Samples {
+    /// The samples file for `uri` in `dir`, a cache directory checked to
+    /// be this user's alone ([`CheckLock::take`] does).
+    pub fn open(dir: &Path, uri: &str) -> Samples {
+        Samples {
             path: dir.join(file_name("idle-samples", uri)),
             uri: uri.to_owned(),
-        })
+        }
     }
 
     /// What the last check kept; a missing file is nothing kept, and a
-    /// foreign or broken one too (said once): first sight never acts.
-    fn load(&self) -> HashMap<Uuid, Kept> {
+    /// foreign or broken one too (said once): first sight never acts. The
+    /// last boot's samples are on another clock: nothing kept either.
+    fn load(&self) -> Memory {
         match self.read() {
             Ok(kept) => kept,
-            Err(Unusable::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(Unusable::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Memory::default(),
+            Err(Unusable::OtherBoot) => Memory::default(),
             Err(reason) => {
                 report::idle::samples_ignored(&self.path, &reason);
-                HashMap::new()
+                Memory::default()
             }
         }
     }
 
-    fn read(&self) -> Result<HashMap<Uuid, Kept>, Unusable> {
+    fn read(&self) -> Result<Memory, Unusable> {
         let text = std::fs::read(&self.path)?;
         let file: OnDisk = serde_json::from_slice(&text)?;
         if file.format != FORMAT || file.uri != self.uri {
             return Err(Unusable::Foreign);
         }
-        let parsed = file.domains.into_iter();
-        Ok(parsed
-            .filter_map(|(uuid, kept)| Some((uuid.parse().ok()?, kept)))
-            .collect())
+        if file.boot != boot_id() {
+            return Err(Unusable::OtherBoot);
+        }
+        let uuid = |text: &str| text.parse::<Uuid>().ok();
+        let domains = file.domains.into_iter();
+        Ok(Memory {
+            domains: domains
+                .filter_map(|(u, kept)| Some((uuid(&u)?, kept)))
+                .collect(),
+            unreadable: file.unreadable.iter().filter_map(|u| uuid(u)).collect(),
+        })
     }
 
     /// Keeps `kept` for the next check, replacing the file whole.
-    fn store(&self, kept: &HashMap<Uuid, Kept>) {
+    fn store(&self, kept: &Memory) {
         let file = OnDisk {
             format: FORMAT.to_owned(),
             uri: self.uri.clone(),
-            domains: kept
-                .iter()
-                .map(|(uuid, k)| (uuid.to_string(), *k))
+            boot: boot_id(),
+            domains: (kept.domains.iter())
+                .map(|(uuid, k)| (uuid.to_string(), k.clone()))
                 .collect(),
+            unreadable: kept.unreadable.iter().map(Uuid::to_string).collect(),
         };
         let written = write_atomically(&self.path, |out| {
             serde_json::to_writer(&mut *out, &file).map_err(std::io::Error::other)?;

@@ -93,6 +93,18 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl IdlePolicy {
+    /// The policy in a few characters, to tell a changed one.
+    pub(crate) fn key(&self) -> String {
+        format!(
+            "{}s {} {} {} {}",
+            self.after.as_secs(),
+            self.action,
+            self.cpu_permille,
+            self.net_bps,
+            self.disk_bps
+        )
+    }
+
     /// `action` after `after` idle, with the default thresholds.
     pub fn new(after: Duration, action: Sleep) -> Self {
         IdlePolicy {
@@ -107,9 +119,10 @@ impl IdlePolicy {
 
 /// One look at a running domain: cumulative counters, as libvirt gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    /// Wall-clock time of the look, in milliseconds since the Unix epoch
-    /// (kept from one check process to the next).
+pub(crate) struct Sample {
+    /// When the look was taken, in milliseconds on a clock that never
+    /// steps and that every check process shares (since boot, counting
+    /// suspend: see `crate::commands::idle`).
     pub at_ms: u64,
     /// The domain's ID: a new one means it was started or restored since.
     pub id: u32,
@@ -126,7 +139,7 @@ pub struct Sample {
 
 /// A refused action: when, and how often in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Refused {
+pub(crate) struct Refused {
     /// When the next try may be made (ms since the epoch).
     pub retry_ms: u64,
     /// Refusals in a row.
@@ -134,8 +147,8 @@ pub struct Refused {
 }
 
 /// What one check leaves for the next about a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Kept {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Kept {
     /// The last look.
     pub last: Sample,
     /// Since when every rate has stayed below its threshold (ms since the
@@ -149,11 +162,14 @@ pub struct Kept {
     pub refused: Option<Refused>,
     /// It was suspended then: running again (the ID stays) means woken.
     pub slept_ms: Option<u64>,
+    /// The policy the window was counted under ([`IdlePolicy::key`]): a
+    /// changed policy starts it again.
+    pub policy: String,
 }
 
 /// Rates between two looks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Rates {
+pub(crate) struct Rates {
     /// vCPU use, in thousandths of its vCPUs.
     pub cpu_permille: u64,
     /// Network bytes a second, if it has counters.
@@ -173,7 +189,7 @@ impl Rates {
 
 /// Why the idle window starts again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restart {
+pub(crate) enum Restart {
     /// No earlier look (or the file was missing or foreign).
     FirstSight,
     /// A new domain ID: started, restored or woken since.
@@ -186,11 +202,23 @@ pub enum Restart {
     ClockBack,
     /// It was put to sleep and runs again: woken.
     Woken,
+    /// Its policy changed: the window counted under the old one is void.
+    PolicyChanged,
+}
+
+impl Restart {
+    /// A new run of the domain (or a new policy): what was asked of the
+    /// old one, and its refusals, no longer count. A gap or a clock that
+    /// went back loses only the window: a guest that ignored a shutdown
+    /// before the host slept still ignores it.
+    fn new_run(self) -> bool {
+        !matches!(self, Restart::Gap(_) | Restart::ClockBack)
+    }
 }
 
 /// What a check makes of a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The window starts (again) at this look.
     Watching(Restart),
     /// A rate is above its threshold.
@@ -208,6 +236,9 @@ pub enum Verdict {
     },
     /// A libvirt job (a migration, a save) runs: left alone.
     Job,
+    /// A shutdown was asked this long ago; the guest has that long again
+    /// to finish before it counts as ignored.
+    ShuttingDown(Duration),
     /// A shutdown was asked this long ago and it still runs; `first`: not
     /// said before (it is said once).
     Ignored {
@@ -215,6 +246,10 @@ pub enum Verdict {
         ago: Duration,
         /// First time seen ignored.
         first: bool,
+        /// Idle since this long.
+        idle_for: Duration,
+        /// The last rates.
+        rates: Rates,
     },
     /// libvirt refused the last try; the next may be made this much later.
     Refused(Duration),
@@ -222,13 +257,16 @@ pub enum Verdict {
 
 /// The rules' settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// Looks further apart than this start the window again.
     pub max_gap: Duration,
     /// The first wait after a refusal; it doubles up to `max_refused`.
     pub first_refused: Duration,
     /// The longest wait after refusals.
     pub max_refused: Duration,
+    /// The longest a guest gets to shut down before its shutdown counts as
+    /// ignored (a guest also gets no longer than its policy's `after`).
+    pub max_shutdown: Duration,
 }
 
 impl Default for Rules {
@@ -239,6 +277,7 @@ impl Default for Rules {
             max_gap: Duration::from_secs(5 * 60),
             first_refused: Duration::from_secs(10 * 60),
             max_refused: Duration::from_secs(6 * 60 * 60),
+            max_shutdown: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -254,34 +293,41 @@ fn since(from_ms: u64, to_ms: u64) -> Duration {
 /// Judges a look at a running domain against what the last check kept;
 /// returns what to keep now and the verdict. `job`: a libvirt job runs on
 /// the domain.
-pub fn judge(
+pub(crate) fn judge(
     kept: Option<&Kept>,
     sample: Sample,
     policy: &IdlePolicy,
     job: bool,
     rules: &Rules,
 ) -> (Kept, Verdict) {
-    let fresh = |restart| {
-        let kept = Kept {
+    let policy_key = policy.key();
+    let fresh = |restart: Restart, kept: Option<&Kept>| {
+        let mut next = Kept {
             last: sample,
             idle_since_ms: None,
             asked_ms: None,
             said_ignored: false,
             refused: None,
             slept_ms: None,
+            policy: policy_key.clone(),
         };
-        (kept, Verdict::Watching(restart))
+        if let Some(kept) = kept.filter(|_| !restart.new_run()) {
+            next.asked_ms = kept.asked_ms;
+            next.said_ignored = kept.said_ignored;
+            next.refused = kept.refused;
+        }
+        (next, Verdict::Watching(restart))
     };
     let Some(kept) = kept else {
-        return fresh(Restart::FirstSight);
+        return fresh(Restart::FirstSight, None);
     };
     let last = kept.last;
-    if let Some(restart) = restart(kept, &sample, rules) {
-        return fresh(restart);
+    if let Some(restart) = restart(kept, &sample, &policy_key, rules) {
+        return fresh(restart, Some(kept));
     }
     let mut next = Kept {
         last: sample,
-        ..*kept
+        ..kept.clone()
     };
     if job {
         // A migration or a save in progress is the daemon's business.
@@ -301,10 +347,20 @@ pub fn judge(
     let idle_since = *next.idle_since_ms.get_or_insert(last.at_ms);
     let idle_for = since(idle_since, sample.at_ms);
     if let Some(asked) = kept.asked_ms {
+        let ago = since(asked, sample.at_ms);
+        let grace = policy.after.min(rules.max_shutdown);
+        if ago < grace {
+            return (next, Verdict::ShuttingDown(grace - ago));
+        }
         let first = !kept.said_ignored;
         next.said_ignored = true;
-        let ago = since(asked, sample.at_ms);
-        return (next, Verdict::Ignored { ago, first });
+        let ignored = Verdict::Ignored {
+            ago,
+            first,
+            idle_for,
+            rates,
+        };
+        return (next, ignored);
     }
     if idle_for < policy.after {
         return (next, Verdict::Idle(idle_for, rates));
@@ -324,10 +380,13 @@ pub fn judge(
 }
 
 /// Why what was kept no longer describes this run of the domain.
-fn restart(kept: &Kept, sample: &Sample, rules: &Rules) -> Option<Restart> {
+fn restart(kept: &Kept, sample: &Sample, policy: &str, rules: &Rules) -> Option<Restart> {
     let last = &kept.last;
     if sample.id != last.id {
         return Some(Restart::NewId);
+    }
+    if kept.policy != policy {
+        return Some(Restart::PolicyChanged);
     }
     if kept.slept_ms.is_some() {
         return Some(Restart::Woken);
@@ -369,7 +428,7 @@ fn rates(last: &Sample, now: &Sample) -> Rates {
 
 /// What came of an action, for what the next check keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acted {
+pub(crate) enum Acted {
     /// Done (a managed save or a suspend), or a shutdown asked.
     Done,
     /// libvirt refused it.
@@ -379,10 +438,17 @@ pub enum Acted {
 }
 
 /// What to keep after acting on a domain at `at_ms`.
-pub fn after_action(kept: &Kept, action: Sleep, acted: Acted, at_ms: u64, rules: &Rules) -> Kept {
-    let mut next = *kept;
+pub(crate) fn after_action(
+    kept: &Kept,
+    action: Sleep,
+    acted: Acted,
+    at_ms: u64,
+    rules: &Rules,
+) -> Kept {
+    let mut next = kept.clone();
     match (acted, action) {
-        (Acted::DryRun, _) => {}
+        // Said once a window, as an action would be done once.
+        (Acted::DryRun, _) => next.idle_since_ms = Some(at_ms),
         (Acted::Done, Sleep::Shutdown) => {
             next.asked_ms = Some(at_ms);
             next.said_ignored = false;
@@ -421,6 +487,16 @@ pub struct Checked {
     pub refused: usize,
     /// Domains that could not be looked at.
     pub unreadable: usize,
+}
+
+impl Checked {
+    /// Something worth a line at the default level: an action, a refusal,
+    /// an ignored shutdown, a domain that could not be looked at. A check
+    /// that only watched says so at debug level: the timer runs it 1,440
+    /// times a day.
+    pub fn news(&self) -> bool {
+        self.acted + self.refused + self.ignoring + self.unreadable > 0
+    }
 }
 
 #[cfg(test)]
@@ -472,13 +548,19 @@ mod tests {
     struct Checks {
         kept: Option<Kept>,
         rules: Rules,
+        policy: IdlePolicy,
     }
 
     impl Checks {
         fn new() -> Checks {
+            Checks::with(policy())
+        }
+
+        fn with(policy: IdlePolicy) -> Checks {
             Checks {
                 kept: None,
                 rules: Rules::default(),
+                policy,
             }
         }
 
@@ -487,7 +569,7 @@ mod tests {
         }
 
         fn look_with(&mut self, sample: Sample, job: bool) -> Verdict {
-            let (kept, verdict) = judge(self.kept.as_ref(), sample, &policy(), job, &self.rules);
+            let (kept, verdict) = judge(self.kept.as_ref(), sample, &self.policy, job, &self.rules);
             self.kept = Some(kept);
             verdict
         }
@@ -650,28 +732,32 @@ mod tests {
 
     #[test]
     fn an_ignored_shutdown_is_said_once_and_asked_again_only_after_the_guest_was_busy() {
-        let (mut guest, mut checks) = (Guest::new(), Checks::new());
+        let (mut guest, mut checks) = (
+            Guest::new(),
+            Checks::with(IdlePolicy::new(5 * MINUTE, Sleep::Shutdown)),
+        );
         checks.look(guest.0);
         for _ in 0..5 {
             checks.look(guest.quiet());
         }
         checks.acted(Acted::Done, Sleep::Shutdown);
+        // As long to shut down as it had to be idle (at most 5 min).
+        for left in (1..5).rev() {
+            assert_eq!(
+                checks.look(guest.quiet()),
+                Verdict::ShuttingDown(left * MINUTE)
+            );
+        }
         let said = checks.look(guest.quiet());
-        assert_eq!(
-            said,
-            Verdict::Ignored {
-                ago: MINUTE,
-                first: true
-            }
-        );
+        let ignored = |ago, first, idle_for| Verdict::Ignored {
+            ago,
+            first,
+            idle_for,
+            rates: QUIET,
+        };
+        assert_eq!(said, ignored(5 * MINUTE, true, 10 * MINUTE));
         let again = checks.look(guest.quiet());
-        assert_eq!(
-            again,
-            Verdict::Ignored {
-                ago: 2 * MINUTE,
-                first: false
-            }
-        );
+        assert_eq!(again, ignored(6 * MINUTE, false, 11 * MINUTE));
         // Busy in between: a later idle window may ask again.
         assert!(matches!(
             checks.look(guest.after(MINUTE, 500, 0, 0)),
@@ -679,6 +765,60 @@ mod tests {
         ));
         for _ in 1..5 {
             checks.look(guest.quiet());
+        }
+        assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
+    }
+
+    #[test]
+    fn a_gap_keeps_what_was_asked_and_refused_but_a_new_policy_does_not() {
+        let (mut guest, mut checks) = (
+            Guest::new(),
+            Checks::with(IdlePolicy::new(5 * MINUTE, Sleep::Shutdown)),
+        );
+        checks.look(guest.0);
+        for _ in 0..5 {
+            checks.look(guest.quiet());
+        }
+        checks.acted(Acted::Done, Sleep::Shutdown);
+        // The host slept 10 minutes: the window starts again, but the
+        // guest still ignores the request it had: never asked again.
+        let gap = guest.after(10 * MINUTE, 5, 100, 1_000);
+        assert_eq!(
+            checks.look(gap),
+            Verdict::Watching(Restart::Gap(10 * MINUTE))
+        );
+        assert!(matches!(
+            checks.look(guest.quiet()),
+            Verdict::Ignored { first: true, .. }
+        ));
+        // A new policy is a new start.
+        checks.policy = IdlePolicy::new(5 * MINUTE, Sleep::ManagedSave);
+        assert_eq!(
+            checks.look(guest.quiet()),
+            Verdict::Watching(Restart::PolicyChanged)
+        );
+        for minute in 1..5 {
+            assert_eq!(
+                checks.look(guest.quiet()),
+                Verdict::Idle(minute * MINUTE, QUIET)
+            );
+        }
+        assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
+    }
+
+    #[test]
+    fn a_dry_run_says_it_once_a_window() {
+        let (mut guest, mut checks) = (Guest::new(), Checks::new());
+        checks.look(guest.0);
+        for _ in 0..5 {
+            checks.look(guest.quiet());
+        }
+        checks.acted(Acted::DryRun, Sleep::ManagedSave);
+        for minute in 1..5 {
+            assert_eq!(
+                checks.look(guest.quiet()),
+                Verdict::Idle(minute * MINUTE, QUIET)
+            );
         }
         assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
     }

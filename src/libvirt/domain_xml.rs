@@ -226,9 +226,12 @@ fn idle_policy(idle: roxmltree::Node<'_, '_>) -> Option<IdlePolicy> {
     Some(IdlePolicy {
         after,
         action: idle.attribute("action")?.parse::<Sleep>().ok()?,
-        cpu_permille: u32::try_from(number("cpu-permille")?).ok()?,
-        net_bps: number("net-bps")?,
-        disk_bps: number("disk-bps")?,
+        // As `idle set` takes it: 0.1 % to 100 %.
+        cpu_permille: u32::try_from(number("cpu-permille")?)
+            .ok()
+            .filter(|p| (1..=1_000).contains(p))?,
+        net_bps: number("net-bps").filter(|&r| r > 0)?,
+        disk_bps: number("disk-bps").filter(|&r| r > 0)?,
     })
 }
 

@@ -251,6 +251,9 @@ impl Connector for LibvirtConnector {
 const SCAN_THREADS: usize = 5;
 /// Below this many domains per thread, threads cost more than they save.
 const DOMAINS_PER_THREAD: usize = 32;
+/// An idle check's running domains per thread, at least (a look is a few
+/// calls, a scan's read one).
+const LOOKS_PER_THREAD: usize = 8;
 
 /// Handles kept from individual lookups (the domains woken lately); past
 /// this many the cache starts afresh, so memory stays flat however many
@@ -339,19 +342,63 @@ impl Libvirt {
     /// written on each disk), whether a libvirt job runs on it; `wall_ms`
     /// gives the time of each look. A domain that cannot be looked at is
     /// named with the reason, and never acted on.
-    pub(crate) fn idle_looks(&self, wall_ms: &dyn Fn() -> u64) -> Result<IdleLooks, HvError> {
-        let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
+    pub(crate) fn idle_looks(
+        &self,
+        wall_ms: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<IdleLooks, HvError> {
+        let running = self
+            .conn
+            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
+        // A look is a few calls (the XML, the info, each interface's and
+        // each disk's counters, the job): spread over a few threads, as a
+        // scan is, since libvirtd answers calls on one connection at once.
+        let look_all = |domains: &[Domain]| {
+            let looks = domains.iter().map(|domain| {
+                // Both kept in the handle: no call to libvirtd.
+                let name = domain.name().unwrap_or_else(|_| "?".to_owned());
+                let uuid = domain
+                    .uuid_string()
+                    .ok()
+                    .and_then(|u| Uuid::from_str(&u).ok());
+                (name, uuid, idle_look(domain, wall_ms))
+            });
+            looks.collect::<Vec<_>>()
+        };
+        let threads = (running.len() / LOOKS_PER_THREAD).clamp(1, SCAN_THREADS);
+        let chunk = running.len().div_ceil(threads).max(1);
         let mut looks = IdleLooks::default();
-        for domain in self.conn.list_all_domains(flags)? {
-            let name = domain.name().unwrap_or_else(|_| "?".to_owned());
-            match idle_look(&domain, wall_ms) {
-                Ok(Some(look)) => looks.found.push(look),
-                Ok(None) => {}
-                // Gone between the listing and the look: nothing to do.
-                Err(e) if e.kind == HvErrorKind::NoDomain => {}
-                Err(e) => looks.failed.push((name, e)),
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = running
+                .chunks(chunk)
+                .map(|part| (part, scope.spawn(move || look_all(part))))
+                .collect();
+            for (part, worker) in workers {
+                // A look that panicked is no look: those domains are left
+                // alone, and named.
+                let Ok(results) = worker.join() else {
+                    for domain in part {
+                        let name = domain.name().unwrap_or_else(|_| "?".to_owned());
+                        let uuid = domain
+                            .uuid_string()
+                            .ok()
+                            .and_then(|u| Uuid::from_str(&u).ok());
+                        looks
+                            .failed
+                            .push((name, uuid, HvError::other("internal error (a panic)")));
+                    }
+                    continue;
+                };
+                for (name, uuid, result) in results {
+                    match result {
+                        Ok(Some(look)) => looks.found.push(look),
+                        Ok(None) => {}
+                        // Gone between the listing and the look.
+                        Err(e) if e.kind == HvErrorKind::NoDomain => {}
+                        Err(e) => looks.failed.push((name, uuid, e)),
+                    }
+                }
             }
-        }
+        });
         Ok(looks)
     }
 
@@ -361,7 +408,11 @@ impl Libvirt {
         let domain = self.conn.lookup_domain_by_uuid_string(&uuid.to_string())?;
         match how {
             Sleep::ManagedSave => domain.managed_save(0)?,
-            Sleep::Shutdown => domain.shutdown()?,
+            // The power button, never the guest agent: the docs promise
+            // an ACPI request, which a guest OS may decline.
+            Sleep::Shutdown => {
+                domain.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)?
+            }
             Sleep::Suspend => domain.suspend()?,
         }
         Ok(())
@@ -567,8 +618,9 @@ impl Hypervisor for Libvirt {
 pub(crate) struct IdleLooks {
     /// Running domains with an idle policy.
     pub(crate) found: Vec<IdleLook>,
-    /// Domains that could not be looked at, and why.
-    pub(crate) failed: Vec<(String, HvError)>,
+    /// Domains with a policy, or perhaps one, that could not be looked at:
+    /// name, UUID if known, and why.
+    pub(crate) failed: Vec<(String, Option<Uuid>, HvError)>,
 }
 
 /// One running domain with an idle policy, as a look found it.
@@ -588,10 +640,29 @@ pub(crate) struct IdleLook {
 
 /// Looks at one running domain; `None`: it has no idle policy, or is not
 /// running (paused: asleep already; shutting down: on its way).
-fn idle_look(domain: &Domain, wall_ms: &dyn Fn() -> u64) -> Result<Option<IdleLook>, HvError> {
+fn idle_look(
+    domain: &Domain,
+    wall_ms: &(dyn Fn() -> u64 + Sync),
+) -> Result<Option<IdleLook>, HvError> {
     let xml = domain.xml_desc(0)?;
-    let read = domain_xml::read(&xml).map_err(|e| HvError::other(e.to_string()))?;
-    let Some(policy) = read.meta.idle else {
+    // XML that cannot be read tells no policy: never acted on, and not a
+    // domain to warn about every minute (the gateway's own scans say it).
+    let Ok(read) = domain_xml::read(&xml) else {
+        return Ok(None);
+    };
+    if read.meta.idle.is_none() {
+        return Ok(None);
+    }
+    // The owner's wish is the persistent definition's: a policy cleared
+    // while the domain slept must not come back with the definition a
+    // managed-save image restores.
+    let policy = if domain.is_persistent()? {
+        let inactive = domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?;
+        domain_xml::read(&inactive).ok().and_then(|r| r.meta.idle)
+    } else {
+        read.meta.idle
+    };
+    let Some(policy) = policy else {
         return Ok(None);
     };
     let info = domain.info()?;
@@ -612,8 +683,13 @@ fn idle_look(domain: &Domain, wall_ms: &dyn Fn() -> u64) -> Result<Option<IdleLo
         Some(counter(stats.rd_bytes)?.saturating_add(counter(stats.wr_bytes)?))
     });
     let disk_bytes = disk.reduce(u64::saturating_add);
-    // VIR_DOMAIN_JOB_NONE is 0; a driver without job info has none.
-    let job = domain.job_info().is_ok_and(|job| job.r#type != 0);
+    // VIR_DOMAIN_JOB_NONE is 0. A driver without job info has no jobs;
+    // any other failure to ask is a failed look: left alone.
+    let job = match domain.job_info() {
+        Ok(job) => job.r#type != 0,
+        Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoSupport)) => false,
+        Err(e) => return Err(e.into()),
+    };
     let sample = Sample {
         at_ms: wall_ms(),
         id: domain.id().unwrap_or(0),

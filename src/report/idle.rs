@@ -18,8 +18,9 @@ pub(crate) enum Slept<'a> {
     Done,
     /// `--dry-run`: only said.
     DryRun,
-    /// libvirt refused it, with its message; tried again after `retry`.
-    Refused(&'a HvError, Duration),
+    /// libvirt refused it, with its message; tried again after `retry`;
+    /// `first`: not refused before (the retries' refusals are debug lines).
+    Refused(&'a HvError, Duration, bool),
 }
 
 /// What an action's line is about.
@@ -118,13 +119,21 @@ pub(crate) fn slept(idle: &Idle<'_>, action: Sleep, how: Slept<'_>) {
             "dry-run",
             "dry run: would put {domain} to sleep ({action}) after {idle_for} idle ({rates})"
         ),
-        (Slept::Refused(error, retry), _) => idle_event!(
+        (Slept::Refused(error, retry, true), _) => idle_event!(
             warn,
             idle,
             action,
             "failed",
             "cannot put {domain} to sleep ({action}) after {idle_for} idle: {error}; \
-             tried again in {}",
+             tried again in {}, then less often",
+            minutes(retry)
+        ),
+        (Slept::Refused(error, retry, false), _) => idle_event!(
+            debug,
+            idle,
+            action,
+            "failed",
+            "still cannot put {domain} to sleep ({action}): {error}; tried again in {}",
             minutes(retry)
         ),
     }
