@@ -247,7 +247,10 @@ fn e2e_idle_a_policy_cleared_while_the_guest_slept_does_not_come_back_with_its_i
     // The image holds the definition as it was, policy included.
     guest.start();
     let live = virsh_ok(&["dumpxml", &guest.name]);
-    assert!(live.contains("<wol:idle "), "the image brought the policy back: {live}");
+    assert!(
+        live.contains("<wol:idle "),
+        "the image brought the policy back: {live}"
+    );
     let cache = tempfile::tempdir().expect("tempdir");
     let checks = checks_until(cache.path(), SLOW_DEADLINE, |checks| checks.len() == 6);
     assert_eq!(
