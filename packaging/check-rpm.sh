@@ -503,9 +503,9 @@ stage "rpm -U (release 2) with systemd: try-restart, nothing stopped" check_upgr
 
 check_erase_systemd() {
     check_erase "systemd running"
-    # Every socket and service stopped (a template's instances by pattern),
-    # all sockets before any service.
-    local unit want last_socket first_service
+    # Every socket, timer and service stopped (a template's instances by
+    # pattern), all sockets and timers before any service.
+    local unit want last_socket last_timer first_service
     for unit in "${units[@]}"; do
         case "$unit" in
         *@.*) want="systemctl stop ${unit%%@*}@*.${unit##*.}" ;;
@@ -516,6 +516,8 @@ check_erase_systemd() {
     last_socket=$(grep -n '^systemctl stop .*\.socket$' "$root/stub-calls.log" | tail -n 1 | cut -d: -f1)
     first_service=$(grep -n '^systemctl stop .*\.service$' "$root/stub-calls.log" | head -n 1 | cut -d: -f1)
     [ "$last_socket" -lt "$first_service" ] || fail "erase stopped a service before a socket"
+    last_timer=$(grep -n '^systemctl stop .*\.timer$' "$root/stub-calls.log" | tail -n 1 | cut -d: -f1)
+    [ "$last_timer" -lt "$first_service" ] || fail "erase stopped a service before a timer"
     [ "$(tail -n 1 "$root/stub-calls.log")" = "systemctl daemon-reload" ] ||
         fail "erase did not end with daemon-reload"
     rmdir "$root/run/systemd/system" "$root/run/systemd"

@@ -6,9 +6,10 @@
 # keep running (post.sh restarts services).
 #
 # On erase:
-# - stop the units and every instance of a template (raw@br0…), sockets first
-#   so that none re-activates a service stopped a moment before, so that no
-#   process keeps running the deleted binary and systemd releases the ports;
+# - stop the units and every instance of a template (raw@br0…), sockets and
+#   timers first so that none re-activates a service stopped a moment before,
+#   so that no process keeps running the deleted binary and systemd releases
+#   the ports;
 # - disable them, as Fedora's %systemd_preun does (`disable --now`): RPM has
 #   no "purge" after the erase that could remove an admin's enablement links
 #   later, as dpkg's does, so left here they would dangle forever. Disabling a
@@ -19,7 +20,7 @@ UNITS="@UNITS@"
 
 if [ "${1:-0}" -eq 0 ]; then
     if [ -d /run/systemd/system ]; then
-        for kind in socket service; do
+        for kind in socket timer service; do
             for unit in $UNITS; do
                 case "$unit" in
                 *@."$kind") systemctl stop "${unit%%@*}@*.$kind" >/dev/null 2>&1 || : ;;

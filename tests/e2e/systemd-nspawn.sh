@@ -18,8 +18,10 @@
 #  4. Checks socket activation, guest start, STATUS=, idle exit,
 #     re-activation, the journal fields, then the same over the HTTP socket
 #     (a token made by `token add`, curl from the host with ?wait=, idle exit
-#     and re-activation over TCP, VIA=http in the journal), and the security
-#     score; then, with host B up (tests/e2e/host-b.sh: a libvirtd in a
+#     and re-activation over TCP, VIA=http in the journal), the security
+#     score, the idle check its timer starts (a guest managed-saved, its
+#     VIA=idle journal entry, the next packet restoring it, the idle
+#     service's score); then, with host B up (tests/e2e/host-b.sh: a libvirtd in a
 #     network namespace of its own) and the shipped remote-hosts drop-in
 #     installed (only its address replaced), a packet wakes a KVM guest on B
 #     over qemu+ssh://, the journal's HOST= names B without the URI's
@@ -76,6 +78,10 @@ install -D -m 0644 systemd/$name.service "$root/etc/systemd/system/$name.service
 install -D -m 0644 systemd/$name.socket "$root/etc/systemd/system/$name.socket"
 install -D -m 0644 systemd/$name-http.socket "$root/etc/systemd/system/$name-http.socket"
 install -D -m 0644 systemd/$name.sysusers "$root/usr/lib/sysusers.d/$name.conf"
+install -D -m 0644 systemd/$name-idle.service "$root/etc/systemd/system/$name-idle.service"
+install -D -m 0644 systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
+cmp systemd/$name-idle.service "$root/etc/systemd/system/$name-idle.service"
+cmp systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
 cmp "$bin" "$root/usr/local/bin/$name"
 cmp systemd/$name.service "$root/etc/systemd/system/$name.service"
 cmp systemd/$name.socket "$root/etc/systemd/system/$name.socket"
@@ -263,6 +269,41 @@ offline=$(systemd-analyze security --offline=yes --root=/ "$cache/unit-alone/$na
 log "exposure: online (in the container) $online, offline (repo file) $offline; limit $max_exposure"
 awk -v a="$online" -v b="$offline" -v m="$max_exposure" 'BEGIN { exit !(a <= m && b <= m) }' ||
     errors+=("exposure above $max_exposure (online $online, offline $offline)")
+
+# ---------------------------------------------------------------- idle
+# The shipped idle check and its timer: the guest, given a policy of a few
+# seconds, is managed-saved by the check the timer starts (the timer made
+# to fire every 5 s by a drop-in instead of every minute), the journal has
+# the VIA=idle line, and the next packet restores the guest.
+phase "idle check: the timer puts an idle guest to sleep"
+wait_for "guest $domain running" 30 guest_running
+ct /usr/local/bin/$name idle set $domain --after 5s --action managedsave 2>&1 | sed 's/^/    /'
+ct mkdir -p /etc/systemd/system/$name-idle.timer.d
+ct sh -c "printf '[Timer]\nOnCalendar=\nOnCalendar=*:*:0/5\nAccuracySec=1s\n' >/etc/systemd/system/$name-idle.timer.d/every-5s.conf"
+ct systemctl daemon-reload
+ct systemctl start $name-idle.timer
+idle_saved() { [[ $(ct virsh -q -c qemu:///system domstate $domain --reason 2>/dev/null) == "shut off (saved)" ]]; }
+wait_for "guest $domain managed-saved by the timer's check" 90 idle_saved
+ct systemctl stop $name-idle.timer
+ct systemctl is-failed -q $name-idle.service && fail "$name-idle.service failed (journal below)"
+idle_entry=""
+idle_journal() {
+    # shellcheck disable=SC2016
+    idle_entry=$(ct sh -c 'journalctl -b -u "$1-idle.service" -o json | jq -c --arg dom "$2" "
+        select(.VIA == \"idle\" and .DOMAIN == \$dom and .ACTION == \"managedsave\" and .RESULT == \"ok\")
+        | {DOMAIN, HOST, ACTION, RESULT, VIA, IDLE_FOR_S, CPU_PERMILLE, PRIORITY}"' sh $name $domain | tail -n 1)
+    [[ -n $idle_entry ]]
+}
+wait_for "a VIA=idle ACTION=managedsave RESULT=ok journal entry for $domain" 10 idle_journal
+log "$idle_entry"
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "guest $domain restored by the next packet" 30 guest_running
+ct /usr/local/bin/$name idle clear $domain 2>&1 | sed 's/^/    /'
+idle_online=$(ct systemd-analyze security $name-idle.service 2>/dev/null | exposure || true)
+[[ -n $idle_online ]] || fail "no score for $name-idle.service inside the container"
+log "exposure of $name-idle.service: online $idle_online; limit $max_exposure"
+awk -v a="$idle_online" -v m="$max_exposure" 'BEGIN { exit !(a <= m) }' ||
+    errors+=("exposure of $name-idle.service above $max_exposure (online $idle_online)")
 
 # ---------------------------------------------------------------- remote
 # The shipped drop-in for remote URIs, byte for byte but for the address:
