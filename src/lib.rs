@@ -33,6 +33,7 @@ pub mod decide;
 pub mod gateway;
 pub mod ingress;
 pub mod libvirt;
+pub(crate) mod lock;
 pub mod model;
 pub mod report;
 pub mod secret;
@@ -64,15 +65,6 @@ use crate::report::Reporter;
 use crate::report::logging;
 use crate::report::notify::Notifier;
 use crate::store::CacheDirSource;
-
-/// Locks a mutex whose data stays consistent even if a holder panicked:
-/// every critical section in this crate is a few assignments, inserts or
-/// removals, so the data is usable after a panic elsewhere.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Idle timeout when systemd passed the socket and none was given.
 pub(crate) const DEFAULT_ACTIVATED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -48,12 +48,13 @@ fn imports(file: &Path, modules: &BTreeSet<String>) -> BTreeSet<String> {
                 .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
             let parts: Vec<&str> = path.split("::").filter(|p| !p.is_empty()).collect();
-            // The longest prefix that is a module.
+            // The longest prefix that is a module; none: an item of the
+            // crate's root, lib.rs.
             let named = (1..=parts.len())
                 .rev()
                 .map(|n| parts[..n].join("::"))
                 .find(|m| modules.contains(m));
-            found.extend(named);
+            found.insert(named.unwrap_or_else(|| "lib".to_owned()));
         }
     }
     found

@@ -56,7 +56,6 @@ pub fn check(
     let looks = hv.idle_looks(&clock_ms)?;
     let mut checked = Checked {
         looked: looks.found.len(),
-        unreadable: looks.failed.len(),
         ..Checked::default()
     };
     let mut after = Memory::default();
@@ -64,6 +63,7 @@ pub fn check(
         // Said once until a look works again; what was kept stays.
         let said = uuid.is_some_and(|u| before.unreadable.contains(&u));
         if !said {
+            checked.unreadable += 1;
             report::idle::cannot_look(host, domain, error);
         }
         if let Some(uuid) = uuid {

@@ -485,7 +485,8 @@ pub struct Checked {
     pub ignoring: usize,
     /// Actions libvirt refused.
     pub refused: usize,
-    /// Domains that could not be looked at.
+    /// Domains that could not be looked at, and were not the last time
+    /// (a lasting failure is said once).
     pub unreadable: usize,
 }
 

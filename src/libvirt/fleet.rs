@@ -718,7 +718,7 @@ mod tests {
         fn connect(&self) -> Result<Arc<dyn crate::libvirt::hypervisor::Hypervisor>, HvError> {
             if let Some(held) = &self.held {
                 // Until the sender is dropped (the end of the test).
-                let _ = crate::lock(held).recv_timeout(Duration::from_secs(60));
+                let _ = crate::lock::lock(held).recv_timeout(Duration::from_secs(60));
                 return Err(HvError::other("Connection timed out"));
             }
             Ok(Arc::new(One {

@@ -22,7 +22,7 @@ use virt::error::ErrorNumber;
 use crate::decide::idle::{IdlePolicy, Sample, Sleep};
 use crate::decide::policy::WakeMeta;
 use crate::libvirt::domain_xml::{self, Agent, DomainXmlError};
-use crate::lock;
+use crate::lock::lock;
 use crate::model::{Action, DomainState, HvError, HvErrorKind, Mac, StopReason, Uuid};
 
 impl From<virt::error::Error> for HvError {

@@ -39,7 +39,7 @@ pub(crate) struct Idle<'a> {
 /// A policy in words, e.g. for `idle set`'s answer and `list`.
 pub(crate) fn policy_words(policy: &crate::decide::idle::IdlePolicy) -> String {
     format!(
-        "{} after {} idle (vCPU below {}.{} %, network below {} B/s, disk below {} B/s)",
+        "{} after {} idle (CPU below {}.{} % of its vCPUs, network below {} B/s, disk below {} B/s)",
         policy.action,
         minutes(policy.after),
         policy.cpu_permille / 10,
@@ -59,7 +59,7 @@ fn rates_words(rates: &Rates) -> String {
     let bytes =
         |rate: Option<u64>| rate.map_or_else(|| "no counters".to_owned(), |r| format!("{r} B/s"));
     format!(
-        "vCPU {}.{} %, network {}, disk {}",
+        "CPU {}.{} % of its vCPUs, network {}, disk {}",
         rates.cpu_permille / 10,
         rates.cpu_permille % 10,
         bytes(rates.net_bps),

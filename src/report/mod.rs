@@ -630,7 +630,7 @@ impl Reporter {
         ]
         .into_iter()
         .filter_map(RateLimiter::summary_due)
-        .chain(crate::lock(&WORKER_LINES).summary_due())
+        .chain(crate::lock::lock(&WORKER_LINES).summary_due())
         .min()
     }
 
@@ -792,7 +792,7 @@ fn pass_worker_line(
 ) {
     // The lock is let go before logging: a slow journal must not hold up
     // the other workers' counting.
-    let admitted = crate::lock(lines).admit(topic, now);
+    let admitted = crate::lock::lock(lines).admit(topic, now);
     for held in &admitted.held {
         out(&held_record(held));
     }
@@ -841,7 +841,7 @@ fn held_record(held: &Held) -> Record {
 /// Logs the summaries of the worker lines' windows that closed at `now`
 /// (every one with `force`).
 fn close_worker_windows(now: Instant, force: bool) {
-    let held = crate::lock(&WORKER_LINES).close(now, force);
+    let held = crate::lock::lock(&WORKER_LINES).close(now, force);
     for held in &held {
         emit(&held_record(held));
     }

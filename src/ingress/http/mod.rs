@@ -53,7 +53,7 @@ use crate::gateway::{Submission, Submitter};
 use crate::libvirt::domain_xml::Agent;
 use crate::libvirt::fleet::Fleet;
 use crate::libvirt::host::{Host, HostError};
-use crate::lock;
+use crate::lock::lock;
 use crate::model::{DomainState, Source, StopReason};
 use crate::report;
 use crate::secret::{Hash, token_hash};

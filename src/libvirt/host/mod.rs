@@ -33,7 +33,7 @@ use crate::libvirt::hypervisor::{Connector, Heartbeat, Hypervisor, Inspection, U
 use crate::libvirt::index::Rescan;
 use crate::libvirt::index::cache::{Cache, Checked, Peek};
 use crate::libvirt::index::file::IndexFile;
-use crate::lock;
+use crate::lock::lock;
 use crate::model::{Action, DomainState, HvError, HvErrorKind, Mac, StopReason, Uuid};
 use crate::report;
 use crate::secret::Hash;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::libvirt::hypervisor::{Connector, Heartbeat, Hypervisor};
-use crate::lock;
+use crate::lock::lock;
 use crate::model::HvError;
 
 /// Idle action connections kept for the next actions (see [`Lane`]); more

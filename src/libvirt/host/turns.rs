@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use crate::lock;
+use crate::lock::lock;
 use crate::model::Uuid;
 
 /// Domains being acted on.

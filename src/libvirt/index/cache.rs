@@ -17,7 +17,7 @@ use tracing::debug;
 use super::file::IndexFile;
 use super::{Freshness, MacIndex, Refresh, Rescan, refresh_for};
 use crate::libvirt::hypervisor::{DomainRecord, Heartbeat, Hypervisor, Inspection, Listed};
-use crate::lock;
+use crate::lock::lock;
 use crate::model::Uuid;
 use crate::model::{HvError, HvErrorKind, Mac};
 use crate::report;
