@@ -79,6 +79,18 @@ fn total(checks: &[String], what: &str) -> u64 {
     checks.iter().map(|c| count(c, what)).sum()
 }
 
+/// A magic packet for `guest` to the socket-activated gateway brings it
+/// back to running, and the gateway says it `did` so (`restored`,
+/// `resumed`).
+fn woken_by_a_packet(guest: &Guest, did: &str) {
+    let (socket, addr) = systemd_socket();
+    wakeonlan(addr, &guest.mac);
+    let mut gateway = activate(&socket, &[]);
+    guest.wait_state_within("running", SLOW_DEADLINE);
+    gateway.wait_for_log(&format!("{did} {}", guest.name));
+    terminate(&mut gateway);
+}
+
 /// A raw disk image that QEMU can open (not in a 0700 temporary directory),
 /// removed on drop.
 struct Image(PathBuf);
@@ -147,12 +159,7 @@ fn e2e_idle_an_idle_guest_is_managed_saved_and_the_next_packet_restores_it() {
     assert!(info.contains("Managed save:   yes"), "{info}");
 
     // The next magic packet restores it, as any managed save.
-    let (socket, addr) = systemd_socket();
-    wakeonlan(addr, &guest.mac);
-    let mut gateway = activate(&socket, &[]);
-    guest.wait_state_within("running", SLOW_DEADLINE);
-    gateway.wait_for_log(&format!("restored {}", guest.name));
-    terminate(&mut gateway);
+    woken_by_a_packet(&guest, "restored");
 }
 
 #[test]
@@ -219,12 +226,7 @@ fn e2e_idle_a_suspended_guest_is_resumed_by_the_next_packet() {
     checks_until(cache.path(), SLOW_DEADLINE, |_| {
         guest.state().starts_with("paused")
     });
-    let (socket, addr) = systemd_socket();
-    wakeonlan(addr, &guest.mac);
-    let mut gateway = activate(&socket, &[]);
-    guest.wait_state_within("running", SLOW_DEADLINE);
-    gateway.wait_for_log(&format!("resumed {}", guest.name));
-    terminate(&mut gateway);
+    woken_by_a_packet(&guest, "resumed");
 }
 
 #[test]

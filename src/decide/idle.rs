@@ -569,6 +569,16 @@ mod tests {
             self.look_with(sample, false)
         }
 
+        /// The first look at `guest`, then `minutes` quiet ones a minute
+        /// apart; the last verdict.
+        fn quiet_for(&mut self, guest: &mut Guest, minutes: usize) -> Verdict {
+            let mut verdict = self.look(guest.0);
+            for _ in 0..minutes {
+                verdict = self.look(guest.quiet());
+            }
+            verdict
+        }
+
         fn look_with(&mut self, sample: Sample, job: bool) -> Verdict {
             let (kept, verdict) = judge(self.kept.as_ref(), sample, &self.policy, job, &self.rules);
             self.kept = Some(kept);
@@ -611,10 +621,7 @@ mod tests {
         // vCPU at 6 % of two, 9 KiB/s on the network, 70 KB/s on disk.
         for (cpu, net, disk) in [(60, 100, 1_000), (5, 9_000, 1_000), (5, 100, 70_000)] {
             let (mut guest, mut checks) = (Guest::new(), Checks::new());
-            checks.look(guest.0);
-            for _ in 0..4 {
-                checks.look(guest.quiet());
-            }
+            checks.quiet_for(&mut guest, 4);
             let busy = checks.look(guest.after(MINUTE, cpu, net, disk));
             assert!(matches!(busy, Verdict::Busy(_)), "{busy:?}");
             for minute in 1..5 {
@@ -681,10 +688,7 @@ mod tests {
         ];
         for (case, next, restart) in cases {
             let (mut guest, mut checks) = (Guest::new(), Checks::new());
-            checks.look(guest.0);
-            for _ in 0..4 {
-                checks.look(guest.quiet());
-            }
+            checks.quiet_for(&mut guest, 4);
             assert_eq!(
                 checks.look(next(&mut guest)),
                 Verdict::Watching(restart),
@@ -707,10 +711,7 @@ mod tests {
     #[test]
     fn a_running_job_leaves_the_domain_alone() {
         let (mut guest, mut checks) = (Guest::new(), Checks::new());
-        checks.look(guest.0);
-        for _ in 0..4 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 4);
         assert_eq!(checks.look_with(guest.quiet(), true), Verdict::Job);
         assert_eq!(checks.look(guest.quiet()), Verdict::Idle(MINUTE, QUIET));
     }
@@ -718,10 +719,7 @@ mod tests {
     #[test]
     fn a_suspended_domain_running_again_was_woken_and_starts_over() {
         let (mut guest, mut checks) = (Guest::new(), Checks::new());
-        checks.look(guest.0);
-        for _ in 0..5 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::Done, Sleep::Suspend);
         // Resumed by a magic packet: the same ID, and its counters went on.
         assert_eq!(
@@ -737,10 +735,7 @@ mod tests {
             Guest::new(),
             Checks::with(IdlePolicy::new(5 * MINUTE, Sleep::Shutdown)),
         );
-        checks.look(guest.0);
-        for _ in 0..5 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::Done, Sleep::Shutdown);
         // As long to shut down as it had to be idle (at most 5 min).
         for left in (1..5).rev() {
@@ -776,10 +771,7 @@ mod tests {
             Guest::new(),
             Checks::with(IdlePolicy::new(5 * MINUTE, Sleep::Shutdown)),
         );
-        checks.look(guest.0);
-        for _ in 0..5 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::Done, Sleep::Shutdown);
         // The host slept 10 minutes: the window starts again, but the
         // guest still ignores the request it had: never asked again.
@@ -810,10 +802,7 @@ mod tests {
     #[test]
     fn a_dry_run_says_it_once_a_window() {
         let (mut guest, mut checks) = (Guest::new(), Checks::new());
-        checks.look(guest.0);
-        for _ in 0..5 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::DryRun, Sleep::ManagedSave);
         for minute in 1..5 {
             assert_eq!(
@@ -827,10 +816,7 @@ mod tests {
     #[test]
     fn a_refused_action_is_tried_again_after_a_backoff_that_doubles() {
         let (mut guest, mut checks) = (Guest::new(), Checks::new());
-        checks.look(guest.0);
-        for _ in 0..5 {
-            checks.look(guest.quiet());
-        }
+        checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::Refused, Sleep::ManagedSave);
         // Ten minutes: nine more looks wait, the tenth tries.
         for left in (1..10).rev() {

@@ -126,8 +126,12 @@ pub(crate) fn macs(xml: &str) -> Result<Vec<Mac>, DomainXmlError> {
     read(xml).map(|nics| nics.macs)
 }
 
-/// Reads the MACs and the wake opt-in from a domain's XML.
-pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
+/// A domain's XML, parsed once, for the readers below.
+pub(crate) struct Parsed<'a>(roxmltree::Document<'a>);
+
+/// Parses a domain's XML after the checks that keep an implausible one
+/// from the tree parser (size, nesting).
+pub(crate) fn parse(xml: &str) -> Result<Parsed<'_>, DomainXmlError> {
     if xml.len() > MAX_XML_BYTES {
         return Err(DomainXmlError::TooLarge(xml.len()));
     }
@@ -136,7 +140,17 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
     }
     let document =
         roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
-    let domain = document.root_element();
+    Ok(Parsed(document))
+}
+
+/// Reads the MACs and the wake opt-in from a domain's XML.
+pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
+    read_parsed(&parse(xml)?)
+}
+
+/// [`read`], of XML parsed already.
+pub(crate) fn read_parsed(parsed: &Parsed<'_>) -> Result<DomainNics, DomainXmlError> {
+    let domain = parsed.0.root_element();
     if domain.tag_name().name() != "domain" {
         return Err(DomainXmlError::NotADomain(
             domain.tag_name().name().to_owned(),
@@ -178,22 +192,13 @@ pub fn read(xml: &str) -> Result<DomainNics, DomainXmlError> {
 /// The target names of a domain's disks (`vda`, `hdc`), for their byte
 /// counters; a disk without a target is left out (libvirt gives every
 /// defined disk one).
-pub(crate) fn disk_targets(xml: &str) -> Result<Vec<String>, DomainXmlError> {
-    if xml.len() > MAX_XML_BYTES {
-        return Err(DomainXmlError::TooLarge(xml.len()));
-    }
-    if nesting_exceeds(xml.as_bytes(), MAX_DEPTH) {
-        return Err(DomainXmlError::TooDeep);
-    }
-    let document =
-        roxmltree::Document::parse(xml).map_err(|e| DomainXmlError::NotXml(e.to_string()))?;
-    let targets = children(document.root_element(), "devices")
+pub(crate) fn disk_targets(parsed: &Parsed<'_>) -> Vec<String> {
+    children(parsed.0.root_element(), "devices")
         .flat_map(|devices| children(devices, "disk"))
         .flat_map(|disk| children(disk, "target"))
         .filter_map(|target| target.attribute("dev"))
         .map(str::to_owned)
-        .collect();
-    Ok(targets)
+        .collect()
 }
 
 /// Reads our `<wake>` element. Its children carry no namespace of their
@@ -468,11 +473,12 @@ mod tests {
             <disk type='file' device='cdrom'><target dev='hdc'/></disk>\
             <disk type='file'/></devices>\
             <metadata><disk><target dev='not-me'/></disk></metadata></domain>";
+        let parsed = parse(xml).expect("well-formed");
         assert_eq!(
-            disk_targets(xml),
-            Ok(vec!["vda".to_owned(), "hdc".to_owned()])
+            disk_targets(&parsed),
+            vec!["vda".to_owned(), "hdc".to_owned()]
         );
-        assert!(disk_targets("<domain").is_err());
+        assert!(parse("<domain").is_err());
     }
 
     #[test]

@@ -647,7 +647,10 @@ fn idle_look(
     let xml = domain.xml_desc(0)?;
     // XML that cannot be read tells no policy: never acted on, and not a
     // domain to warn about every minute (the gateway's own scans say it).
-    let Ok(read) = domain_xml::read(&xml) else {
+    let Ok(parsed) = domain_xml::parse(&xml) else {
+        return Ok(None);
+    };
+    let Ok(read) = domain_xml::read_parsed(&parsed) else {
         return Ok(None);
     };
     if read.meta.idle.is_none() {
@@ -677,7 +680,8 @@ fn idle_look(
         Some(counter(stats.rx_bytes)?.saturating_add(counter(stats.tx_bytes)?))
     });
     let net_bytes = net.reduce(u64::saturating_add);
-    let disks = domain_xml::disk_targets(&xml).map_err(|e| HvError::other(e.to_string()))?;
+    // The same parse: the XML was read once.
+    let disks = domain_xml::disk_targets(&parsed);
     let disk = disks.iter().filter_map(|target| {
         let stats = domain.block_stats(target).ok()?;
         Some(counter(stats.rd_bytes)?.saturating_add(counter(stats.wr_bytes)?))
