@@ -66,8 +66,9 @@ pub struct Args {
     )]
     pub(crate) libvirt_uri: Vec<String>,
 
-    /// Log what a magic packet would do, and do nothing.
-    #[arg(long)]
+    /// Log what a magic packet (or `wake`, `sleep`, `idle check`) would do,
+    /// and do nothing.
+    #[arg(long, global = true)]
     pub(crate) dry_run: bool,
 
     /// Also listen for raw Ethernet Wake-on-LAN frames (ethertype 0x0842, as
@@ -144,6 +145,30 @@ pub(crate) enum Command {
     /// wol-libvirt-gateway-idle.timer runs every minute.
     #[command(subcommand)]
     Idle(IdleCommand),
+    /// Wake TARGET (a domain name or a MAC) as a magic packet would, with
+    /// the same rules (--allow, --require-opt-in, the ambiguity rule) and
+    /// the same journal line (VIA=cli); for scripts and OnCalendar= timers.
+    /// Exits 0 when it is up (or already was), 1 otherwise.
+    Wake {
+        /// The domain's name, or a MAC.
+        target: crate::decide::ask::Target,
+        /// Also wait until it runs (as the HTTP wake's ?wait= does) for at
+        /// most this long, e.g. 60s; 1 if it is not up by then.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
+    /// Put TARGET (a domain name or a MAC) to sleep with its idle policy's
+    /// action (managedsave, shutdown or suspend), or an ACPI shutdown request
+    /// without one; never forced. Exits 0 when it sleeps (or is on its way,
+    /// or already was), 1 otherwise.
+    Sleep {
+        /// The domain's name, or a MAC.
+        target: crate::decide::ask::Target,
+        /// Also wait until it no longer runs (a guest OS takes a while to
+        /// shut down) for at most this long; 1 if it still runs by then.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
 }
 
 /// `idle` commands.
@@ -182,12 +207,9 @@ pub(crate) enum IdleCommand {
         domain: String,
     },
     /// Look once at every running domain that has a policy and put those
-    /// idle long enough to sleep (what the timer runs).
-    Check {
-        /// Say what would be done, and do nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    /// idle long enough to sleep (what the timer runs). With --dry-run, say
+    /// what would be done and do nothing.
+    Check,
 }
 
 /// `secureon` commands.
@@ -209,6 +231,15 @@ pub(crate) enum SecureonCommand {
     },
 }
 
+/// What a token's holder may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Right {
+    /// Wake the domain (every token may).
+    Wake,
+    /// Also put it to sleep.
+    Sleep,
+}
+
 /// `token` commands.
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum TokenCommand {
@@ -216,6 +247,11 @@ pub(crate) enum TokenCommand {
     Add {
         /// The domain's name.
         domain: String,
+        /// What its holder may do: wake (always), and with `--may sleep`
+        /// also put the domain to sleep (POST /v1/sleep, the power switch)
+        /// with its idle policy's action, or an ACPI shutdown without one.
+        #[arg(long, value_name = "RIGHT")]
+        may: Vec<Right>,
     },
     /// Show which domains have tokens (a hash prefix each, never a token).
     List,

@@ -121,6 +121,8 @@ enum Message {
     /// An HTTP request was answered; `authenticated`: its token opened a
     /// domain, which makes it activity for the idle timeout.
     HttpDone { authenticated: bool },
+    /// A request to put a domain to sleep ended.
+    Slept,
     /// The look after a start came back.
     Looked(Check, Looked),
 }
@@ -134,6 +136,7 @@ impl From<Message> for Event<oneshot::Sender<Reply>> {
             Message::Host(HostEvent::Refreshed) => Event::Refreshed,
             Message::Http(Submission { ask, source, reply }) => Event::Http(ask, source, reply),
             Message::HttpDone { authenticated } => Event::HttpDone { authenticated },
+            Message::Slept => Event::Slept,
             Message::Looked(check, looked) => Event::Looked(check, looked),
         }
     }
@@ -194,6 +197,7 @@ impl Submitter {
         Busy {
             submitter: self.clone(),
             authenticated: false,
+            sleep: false,
         }
     }
 }
@@ -202,9 +206,18 @@ impl Submitter {
 pub(crate) struct Busy {
     submitter: Submitter,
     authenticated: bool,
+    sleep: bool,
 }
 
 impl Busy {
+    /// It carries a request to put a domain to sleep: when it ends, the
+    /// loop forgets which wakes brought a domain up (see
+    /// [`crate::decide::book::Book::forget_wakes`]).
+    pub(crate) fn sleeping(mut self) -> Self {
+        self.sleep = true;
+        self
+    }
+
     /// The request's token opened a domain.
     pub(crate) fn authenticated(&mut self) {
         self.authenticated = true;
@@ -216,6 +229,9 @@ impl Drop for Busy {
         // Told before the count drops: once the loop sees no request being
         // answered, the activity is already in its mailbox.
         let authenticated = self.authenticated;
+        if self.sleep {
+            self.submitter.mailbox.send(Message::Slept);
+        }
         self.submitter
             .mailbox
             .send(Message::HttpDone { authenticated });

@@ -47,7 +47,7 @@ use clap::error::ErrorKind;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::{Args, Command, IdleCommand, SecureonCommand, TokenCommand};
-use crate::commands::{idle, list, secureon, token};
+use crate::commands::{idle, list, power, secureon, token};
 use crate::decide::book::Rules;
 use crate::decide::control::Config;
 use crate::decide::idle::IdlePolicy;
@@ -127,6 +127,14 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
         Some(Command::Idle(command)) => {
             logging::init();
             return idle(&args, command);
+        }
+        Some(Command::Wake { target, wait }) => {
+            logging::init();
+            return power::wake(&fleet(&args), target.clone(), *wait);
+        }
+        Some(Command::Sleep { target, wait }) => {
+            logging::init();
+            return power::sleep(&fleet(&args), target.clone(), *wait);
         }
         None => {}
     }
@@ -288,10 +296,29 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
 
 /// `list`: the table (or JSON) on stdout, unreachable hosts on stderr
 /// (status 1).
+/// The hosts as the gateway sees them, for `wake` and `sleep`.
+fn fleet(args: &Args) -> Fleet {
+    let policy = policy(args);
+    Fleet::new(
+        hosts(args, &policy),
+        args.dry_run,
+        Timing::with_deadline(args.libvirt_timeout),
+    )
+}
+
 fn list(args: &Args, json: bool) -> i32 {
     let policy = policy(args);
     let hosts = hosts(args, &policy);
-    let (entries, problems) = list::entries(&hosts);
+    let (mut entries, problems) = list::entries(&hosts);
+    // Which signals the idle checks judged each domain on, where they keep
+    // their samples (read only: a list changes nothing).
+    let cache_dir = CacheDirSource::from_env(args.cache_dir.as_deref());
+    if let Some(dir) = cache_dir.as_ref().map(CacheDirSource::path) {
+        for (i, given) in args.libvirt_uri.iter().enumerate() {
+            let signals = idle::Samples::open(dir, given).signals();
+            list::add_signals(&mut entries, i, &signals);
+        }
+    }
     if json {
         println!("{}", list::json(&hosts, &entries, &policy));
     } else {
@@ -312,7 +339,7 @@ fn token(args: &Args, command: &TokenCommand) -> i32 {
     };
     let domain = match command {
         TokenCommand::List => return token_list(&hosts),
-        TokenCommand::Add { domain } | TokenCommand::Revoke { domain, .. } => domain,
+        TokenCommand::Add { domain, .. } | TokenCommand::Revoke { domain, .. } => domain,
     };
     let Some((uri, hv)) = host_of(domain, &hosts) else {
         return 1;
@@ -327,13 +354,22 @@ fn token(args: &Args, command: &TokenCommand) -> i32 {
                 }
             })
         }
-        _ => token::add(hv, domain).map(|token| {
-            println!("{}", token.reveal());
-            eprintln!(
-                "{domain}: token {} added; it is shown only this once: give it to one client",
-                token.hash().prefix()
-            );
-        }),
+        TokenCommand::Add { may, .. } => {
+            let sleep = may.contains(&cli::Right::Sleep);
+            token::add(hv, domain, sleep).map(|token| {
+                println!("{}", token.reveal());
+                eprintln!(
+                    "{domain}: token {} added{}; it is shown only this once: give it to one client",
+                    token.hash().prefix(),
+                    if sleep {
+                        " (it may wake and put the domain to sleep)"
+                    } else {
+                        " (it may wake the domain)"
+                    }
+                );
+            })
+        }
+        TokenCommand::List => return token_list(&hosts),
     };
     match outcome {
         Ok(()) => 0,
@@ -380,7 +416,7 @@ fn secureon(args: &Args, command: &SecureonCommand) -> i32 {
 
 fn idle(args: &Args, command: &IdleCommand) -> i32 {
     let (domain, change) = match command {
-        IdleCommand::Check { dry_run } => return idle_check(args, *dry_run),
+        IdleCommand::Check => return idle_check(args, args.dry_run),
         IdleCommand::Set {
             domain,
             after,

@@ -318,15 +318,19 @@ pub enum Source {
     Raw(RawSource),
     /// An HTTP wake request's peer.
     Http(SocketAddr),
+    /// The command line (`wake`, `sleep`).
+    Cli,
 }
 
 impl Source {
-    /// How it arrived, for the `VIA` journal field: `udp`, `raw` or `http`.
+    /// How it arrived, for the `VIA` journal field: `udp`, `raw`, `http`
+    /// or `cli`.
     pub(crate) fn via(&self) -> &'static str {
         match self {
             Source::Udp(_) => "udp",
             Source::Raw(_) => "raw",
             Source::Http(_) => "http",
+            Source::Cli => "cli",
         }
     }
 }
@@ -337,6 +341,7 @@ impl fmt::Display for Source {
             Source::Udp(addr) => addr.fmt(f),
             Source::Raw(raw) => raw.fmt(f),
             Source::Http(addr) => write!(f, "{addr} (HTTP)"),
+            Source::Cli => f.write_str("the command line"),
         }
     }
 }

@@ -63,6 +63,16 @@ pub enum CacheDirSource {
 }
 
 impl CacheDirSource {
+    /// The directory, unchecked: for reading what is shown, never acted on
+    /// (`list` run by an admin reads the service's directory, not its own).
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            CacheDirSource::Systemd(dir) | CacheDirSource::Flag(dir) | CacheDirSource::Xdg(dir) => {
+                dir
+            }
+        }
+    }
+
     /// The directory, checked: ours alone. Our own XDG directory is created
     /// if missing; a directory named by systemd or `--cache-dir` must exist.
     pub(crate) fn checked(&self) -> Result<PathBuf, DirError> {

@@ -185,6 +185,22 @@ fn e2e_idle_a_busy_guest_stays_up() {
     assert!(guest.state().starts_with("running"), "{}", guest.state());
     assert_eq!(total(&checks, "busy"), 9, "{checks:#?}");
     assert_eq!(total(&checks, "put to sleep"), 0, "{checks:#?}");
+    // Judged on its vCPU and its IDE disk: user-mode networking has no tap
+    // device, so no network counters, and `list` says so.
+    let out = Command::new(bin())
+        .args(["--libvirt-uri", URI, "list", "--json", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("list");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
+    let this = (listed.as_array().expect("an array").iter())
+        .find(|d| d["domain"] == guest.name.as_str())
+        .expect("listed");
+    assert_eq!(
+        this["idle_signals"],
+        serde_json::json!(["cpu", "disk"]),
+        "{this}"
+    );
 }
 
 #[test]

@@ -16,13 +16,13 @@ use crate::util::{
     http_exchange, http_get, summary_count, systemd_socket, wait_until, wake,
 };
 
-const WEB: &str = "52:54:00:80:00:01";
-const DB: &str = "52:54:00:80:00:02";
-const WEB_TOKEN: &str = "web01-token-Zq3xV9kLm2Pw8RtY6uHs4Jd";
-const DB_TOKEN: &str = "db01-token-Nc7bQ1fGa5Ke3Wz0Xy9Lp2M";
+pub(crate) const WEB: &str = "52:54:00:80:00:01";
+pub(crate) const DB: &str = "52:54:00:80:00:02";
+pub(crate) const WEB_TOKEN: &str = "web01-token-Zq3xV9kLm2Pw8RtY6uHs4Jd";
+pub(crate) const DB_TOKEN: &str = "db01-token-Nc7bQ1fGa5Ke3Wz0Xy9Lp2M";
 
 /// The metadata element `token add` writes, for these tokens.
-fn tokens(tokens: &[&str]) -> String {
+pub(crate) fn tokens(tokens: &[&str]) -> String {
     let hashes: String = tokens
         .iter()
         .map(|t| format!("<token sha256='{}'/>", token_hash(t)))
@@ -41,14 +41,14 @@ fn db01(state: RunState) -> DomainSpec {
 }
 
 /// A gateway serving HTTP (and UDP) on passed sockets.
-struct Served {
-    gateway: Gateway,
-    http: SocketAddr,
+pub(crate) struct Served {
+    pub(crate) gateway: Gateway,
+    pub(crate) http: SocketAddr,
     udp: SocketAddr,
-    _node: NodeFile,
+    pub(crate) _node: NodeFile,
 }
 
-fn serve(node: NodeFile, args: &[&str]) -> Served {
+pub(crate) fn serve(node: NodeFile, args: &[&str]) -> Served {
     serve_on(TcpListener::bind("127.0.0.1:0").expect("tcp"), node, args)
 }
 
@@ -75,10 +75,10 @@ fn serve_on(tcp: TcpListener, node: NodeFile, args: &[&str]) -> Served {
 
 /// An answer: status, JSON body, `Retry-After`.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<String>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) retry_after: Option<String>,
 }
 
 fn agent() -> ureq::Agent {
@@ -111,7 +111,7 @@ impl Served {
         format!("http://{}{path}", self.http)
     }
 
-    fn get(&self, path: &str, token: Option<&str>) -> Answer {
+    pub(crate) fn get(&self, path: &str, token: Option<&str>) -> Answer {
         let mut request = agent().get(&self.url(path));
         if let Some(token) = token {
             request = request.header("Authorization", &format!("Bearer {token}"));
@@ -119,7 +119,7 @@ impl Served {
         answer(request.call())
     }
 
-    fn post(&self, path: &str, token: &str, content_type: &str, body: &str) -> Answer {
+    pub(crate) fn post(&self, path: &str, token: &str, content_type: &str, body: &str) -> Answer {
         answer(
             agent()
                 .post(&self.url(path))
@@ -130,7 +130,7 @@ impl Served {
     }
 }
 
-fn error_of(answer: &Answer) -> &str {
+pub(crate) fn error_of(answer: &Answer) -> &str {
     answer.body["error"]
         .as_str()
         .unwrap_or_else(|| panic!("no error: {answer:?}"))

@@ -30,7 +30,7 @@ fn a_token_is_stored_only_as_its_hash_in_both_definitions() {
         domain("db01", "52:54:00:70:00:02", RunState::ShutOff),
     ]);
     let hv = Libvirt::from_connection(conn.clone());
-    let token = token::add(&hv, "web01").expect("add");
+    let token = token::add(&hv, "web01", false).expect("add");
 
     // The persistent definition has the hash, and not the token.
     let inactive = lookup(&conn, "web01")
@@ -55,25 +55,25 @@ fn tokens_are_listed_by_prefix_and_revoked_one_or_all() {
         domain("ci", "52:54:00:70:00:13", RunState::ShutOff),
     ]);
     let hv = Libvirt::from_connection(conn);
-    let phone = token::add(&hv, "web01").expect("add").hash();
-    let laptop = token::add(&hv, "web01").expect("add").hash();
-    let db = token::add(&hv, "db01").expect("add").hash();
+    let phone = token::add(&hv, "web01", false).expect("add").hash();
+    // The laptop's may also put web01 to sleep (`--may sleep`).
+    let laptop = token::add(&hv, "web01", true).expect("add").hash();
+    let db = token::add(&hv, "db01", false).expect("add").hash();
+    let listed = token::list(&hv).expect("list");
     assert_eq!(
-        token::list(&hv).expect("list"),
+        listed,
         vec![
-            ("db01".to_owned(), vec![db]),
-            ("web01".to_owned(), vec![phone, laptop]),
+            ("db01".to_owned(), vec![(db, false)]),
+            ("web01".to_owned(), vec![(phone, false), (laptop, true)]),
         ]
     );
+    assert_eq!(stored(&hv, "web01").sleepers, vec![laptop]);
 
-    let table = token::table(&[
-        (None, "db01".into(), vec![db]),
-        (None, "web01".into(), vec![phone, laptop]),
-    ]);
+    let rows: Vec<_> = listed.into_iter().map(|(n, h)| (None, n, h)).collect();
     assert_eq!(
-        table,
+        token::table(&rows),
         format!(
-            "db01   {}\nweb01  {} {}\n",
+            "db01   {}\nweb01  {} {}+sleep\n",
             db.prefix(),
             phone.prefix(),
             laptop.prefix()
@@ -114,7 +114,7 @@ fn a_prefix_shared_by_two_tokens_removes_neither() {
     let hv = Libvirt::from_connection(conn);
     // Seventeen tokens: two of them share a first hex digit.
     let hashes: Vec<_> = (0..17)
-        .map(|_| token::add(&hv, "web01").expect("add").hash())
+        .map(|_| token::add(&hv, "web01", false).expect("add").hash())
         .collect();
     let digit = hashes
         .iter()
@@ -141,7 +141,7 @@ fn the_opt_in_survives_token_changes() {
         )
         .expect("opt in as docs/access.md says");
     let hv = Libvirt::from_connection(conn);
-    let token = token::add(&hv, "web01").expect("add");
+    let token = token::add(&hv, "web01", false).expect("add");
     assert!(stored(&hv, "web01").opt_in);
     token::revoke(&hv, "web01", None).expect("revoke");
     let meta = stored(&hv, "web01");
@@ -163,7 +163,8 @@ fn the_cli_prints_the_token_once_on_stdout() {
     assert_eq!(
         stderr,
         format!(
-            "test: token {} added; it is shown only this once: give it to one client\n",
+            "test: token {} added (it may wake the domain); it is shown only this once: give it \
+             to one client\n",
             token_hash(token).prefix()
         )
     );

@@ -1034,8 +1034,19 @@ pub fn http_get(mut stream: std::net::TcpStream, path: &str, token: Option<&str>
 /// answer: its status and whether it says `Connection: close`. `None` when
 /// the connection closed (or stalled past [`DEADLINE`]) before an answer.
 pub fn http_exchange(stream: &mut std::net::TcpStream, request: &str) -> Option<(u16, bool)> {
+    let (status, head, _) = http_round(stream, request.as_bytes())?;
+    Some((status, head.contains("connection: close")))
+}
+
+/// Sends `request` (whole HTTP/1.1 request bytes) on `stream` and reads one
+/// answer: its status, its head in lower case, and its body (by
+/// `Content-Length`). `None` when the connection closed first.
+pub fn http_round(
+    stream: &mut std::net::TcpStream,
+    request: &[u8],
+) -> Option<(u16, String, Vec<u8>)> {
     use std::io::{Read, Write};
-    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(request).ok()?;
     stream.set_read_timeout(Some(DEADLINE)).ok()?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -1061,5 +1072,6 @@ pub fn http_exchange(stream: &mut std::net::TcpStream, request: &str) -> Option<
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    Some((status, head.contains("connection: close")))
+    let body = got[end..end + length].to_vec();
+    Some((status, head, body))
 }

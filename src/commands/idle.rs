@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::decide::idle::{
-    Acted, Checked, IdlePolicy, Kept, Rules, Sleep, Verdict, after_action, judge,
+    Acted, Checked, IdlePolicy, Kept, Rules, Signals, Sleep, Verdict, after_action, judge,
 };
 use crate::decide::policy::WakeMeta;
-use crate::libvirt::hypervisor::{IdleLook, Libvirt};
+use crate::libvirt::hypervisor::{Hypervisor, IdleLook, Libvirt};
 use crate::model::{HvError, Uuid};
 use crate::report;
 use crate::report::idle::{Idle, Slept};
@@ -305,6 +305,20 @@ impl Samples {
                 .collect(),
             unreadable: file.unreadable.iter().filter_map(|u| uuid(u)).collect(),
         })
+    }
+
+    /// The signals each domain was judged on at the last check (for `list`),
+    /// whatever the boot; nothing from a missing, foreign or broken file.
+    pub(crate) fn signals(&self) -> HashMap<Uuid, Signals> {
+        let Ok(file) = std::fs::read(&self.path) else {
+            return HashMap::new();
+        };
+        match serde_json::from_slice::<OnDisk>(&file) {
+            Ok(file) if file.format == FORMAT && file.uri == self.uri => (file.domains.iter())
+                .filter_map(|(uuid, kept)| Some((uuid.parse().ok()?, kept.last.signals())))
+                .collect(),
+            _ => HashMap::new(),
+        }
     }
 
     /// Keeps `kept` for the next check, replacing the file whole.

@@ -6,12 +6,15 @@
 use std::borrow::Borrow;
 use std::fmt::Write as _;
 
-use crate::decide::idle::IdlePolicy;
+use std::collections::HashMap;
+
+use crate::decide::idle::{IdlePolicy, Signals};
 use crate::decide::outcome::Verb;
 use crate::decide::plan::{Candidate, Plan, plan};
 use crate::decide::policy::Policy;
 use crate::libvirt::host::{DomainInfo, Host};
 use crate::model::Mac;
+use crate::model::Uuid;
 use crate::report::{self, Effect};
 
 /// One domain as the listing sees it.
@@ -21,6 +24,9 @@ pub(crate) struct Entry {
     pub(crate) host: usize,
     /// What the host told about it.
     pub(crate) info: DomainInfo,
+    /// The signals the last idle check judged it on (`None`: no check has
+    /// looked at it, or `list` was not told where the checks keep them).
+    pub(crate) signals: Option<Signals>,
 }
 
 /// What a magic packet for `mac` would do to `entry` now, among all
@@ -62,6 +68,14 @@ pub(crate) fn on_wake(entry: &Entry, mac: Mac, entries: &[Entry], policy: &Polic
     }
 }
 
+/// Tells `entries` of host `host` which signals the last idle check judged
+/// each on.
+pub(crate) fn add_signals(entries: &mut [Entry], host: usize, signals: &HashMap<Uuid, Signals>) {
+    for entry in entries.iter_mut().filter(|e| e.host == host) {
+        entry.signals = signals.get(&entry.info.domain.uuid).copied();
+    }
+}
+
 /// Every host's domains, sorted by host and name, and one line per host
 /// that could not be listed.
 pub(crate) fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>) {
@@ -70,7 +84,11 @@ pub(crate) fn entries<H: Borrow<Host>>(hosts: &[H]) -> (Vec<Entry>, Vec<String>)
     for (i, host) in hosts.iter().enumerate() {
         let host = host.borrow();
         match host.inventory() {
-            Ok(found) => entries.extend(found.into_iter().map(|info| Entry { host: i, info })),
+            Ok(found) => entries.extend(found.into_iter().map(|info| Entry {
+                host: i,
+                info,
+                signals: None,
+            })),
             Err(e) => problems.push(report::cannot_list(host.uri(), &e)),
         }
     }
@@ -99,6 +117,10 @@ pub(crate) struct DomainView {
     pub(crate) secureon: bool,
     /// When it is put back to sleep (`idle set`); `null`: never.
     pub(crate) idle: Option<IdlePolicy>,
+    /// What the last idle check judged it on (`cpu`, `net`, `disk`);
+    /// absent before a check has looked at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) idle_signals: Option<Vec<&'static str>>,
     /// Its MACs and what a wake for each would do now; empty when it has no
     /// NIC or they could not be read (then `unreadable` says why).
     pub(crate) macs: Vec<MacView>,
@@ -177,6 +199,9 @@ pub(crate) fn view_showing<H: Borrow<Host>>(
         tokens: entry.info.tokens.len(),
         secureon: entry.info.secureon,
         idle: entry.info.idle,
+        idle_signals: (entry.signals)
+            .filter(|_| entry.info.idle.is_some())
+            .map(|signals| report::idle::signal_names(&signals)),
         macs,
         unreadable,
     }
@@ -209,11 +234,15 @@ pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Po
     for entry in entries {
         let uri = hosts[entry.host].borrow().uri().to_string();
         let state = entry.info.state.map_or("?", |s| s.as_str()).to_owned();
-        let idle = entry
-            .info
-            .idle
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), report::idle::short_words);
+        let idle = match (&entry.info.idle, &entry.signals) {
+            (None, _) => "-".to_owned(),
+            (Some(policy), None) => report::idle::short_words(policy),
+            (Some(policy), Some(signals)) => format!(
+                "{} ({})",
+                report::idle::short_words(policy),
+                report::idle::signal_names(signals).join(", ")
+            ),
+        };
         let row = |mac: String, effect: String| {
             [
                 uri.clone(),
@@ -280,6 +309,7 @@ mod tests {
                 secureon: false,
                 idle: None,
             },
+            signals: None,
         }
     }
 

@@ -50,24 +50,37 @@ pub enum TokenError {
     },
 }
 
-/// Gives `domain` a new token; returns it (to print once) and its hash.
-pub fn add(hv: &Libvirt, domain: &str) -> Result<Token, TokenError> {
+/// Gives `domain` a new token, which may also put it to sleep if `sleep`;
+/// returns it (to print once).
+pub fn add(hv: &Libvirt, domain: &str, sleep: bool) -> Result<Token, TokenError> {
     let mut meta = hv.wake_meta(domain)?;
     if meta.tokens.len() >= MAX_TOKENS {
         return Err(TokenError::Full(domain.to_owned()));
     }
     let token = Token::generate().map_err(TokenError::Random)?;
     meta.tokens.push(token.hash());
+    if sleep {
+        meta.sleepers.push(token.hash());
+    }
     store(hv, domain, &meta)?;
     Ok(token)
 }
 
-/// Every domain that has tokens, with their hashes, by name.
-pub fn list(hv: &Libvirt) -> Result<Vec<(String, Vec<Hash>)>, TokenError> {
+/// A token's hash, and whether it may also put its domain to sleep.
+pub type Held = (Hash, bool);
+
+/// Every domain that has tokens, with their hashes and whether each may
+/// put it to sleep, by name.
+pub fn list(hv: &Libvirt) -> Result<Vec<(String, Vec<Held>)>, TokenError> {
     let mut found = Vec::new();
     for name in hv.domain_names()? {
         match hv.wake_meta(&name) {
-            Ok(meta) if !meta.tokens.is_empty() => found.push((name, meta.tokens)),
+            Ok(meta) if !meta.tokens.is_empty() => {
+                let rights = (meta.tokens.iter())
+                    .map(|hash| (*hash, meta.sleepers.contains(hash)))
+                    .collect();
+                found.push((name, rights));
+            }
             Ok(_) => {}
             // Undefined since the listing: it has no tokens any more.
             Err(e) if e.kind == crate::model::HvErrorKind::NoDomain => {}
@@ -115,6 +128,7 @@ pub fn revoke(hv: &Libvirt, domain: &str, prefix: Option<&str>) -> Result<Vec<Ha
             matching
         }
     };
+    meta.sleepers.retain(|hash| meta.tokens.contains(hash));
     if !removed.is_empty() {
         store(hv, domain, &meta)?;
     }
@@ -125,8 +139,9 @@ fn store(hv: &Libvirt, domain: &str, meta: &WakeMeta) -> Result<(), TokenError> 
     Ok(hv.set_wake_meta(domain, meta.render().as_deref())?)
 }
 
-/// `token list`'s table: one line per domain, its tokens' prefixes.
-pub fn table(rows: &[(Option<&str>, String, Vec<Hash>)]) -> String {
+/// `token list`'s table: one line per domain, its tokens' prefixes (`+sleep`
+/// after one that may also put it to sleep).
+pub fn table(rows: &[(Option<&str>, String, Vec<Held>)]) -> String {
     let width = rows
         .iter()
         .map(|(_, name, _)| name.len())
@@ -134,7 +149,9 @@ pub fn table(rows: &[(Option<&str>, String, Vec<Hash>)]) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     for (uri, name, hashes) in rows {
-        let prefixes: Vec<String> = hashes.iter().map(Hash::prefix).collect();
+        let prefixes: Vec<String> = (hashes.iter())
+            .map(|(hash, sleep)| format!("{}{}", hash.prefix(), if *sleep { "+sleep" } else { "" }))
+            .collect();
         if let Some(uri) = uri {
             let _ = write!(out, "{uri}  ");
         }

@@ -29,6 +29,22 @@ impl Target {
     }
 }
 
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    /// A MAC if it parses as one, otherwise a domain name (as the command
+    /// line and an HTTP path name a domain).
+    fn from_str(s: &str) -> Result<Target, String> {
+        if s.is_empty() || s.chars().any(char::is_control) {
+            return Err("expected a domain name or a MAC".into());
+        }
+        Ok(match s.parse::<Mac>() {
+            Ok(mac) => Target::Mac(mac),
+            Err(_) => Target::Domain(Arc::from(s)),
+        })
+    }
+}
+
 impl fmt::Display for Target {
     /// A MAC, or a domain name as a client gave it, escaped: it is written
     /// into log lines and the journal, where a line separator, a bidi
@@ -68,6 +84,9 @@ pub(crate) enum Credential {
     SecureOn(Password),
     /// The hash of an HTTP wake token (the token itself is never kept).
     Token(Hash),
+    /// The command line (`wake`, `sleep`): the caller's own libvirt
+    /// connection, which could act on the domain without us.
+    Operator,
 }
 
 /// A wake request's target and credential.
@@ -89,7 +108,7 @@ impl Ask {
     pub(crate) fn dedup_key(&self) -> Ask {
         match self.credential {
             Credential::Token(_) => self.clone(),
-            Credential::None | Credential::SecureOn(_) => Ask {
+            Credential::None | Credential::SecureOn(_) | Credential::Operator => Ask {
                 target: self.target.clone(),
                 credential: Credential::None,
             },

@@ -251,7 +251,7 @@ impl Book {
         }
         let client = match &source {
             Source::Http(peer) => Some(Client::of(peer.ip())),
-            Source::Udp(_) | Source::Raw(_) => None,
+            Source::Udp(_) | Source::Raw(_) | Source::Cli => None,
         };
         if let Some(client) = client {
             let of_client = self.http.get(&client).copied().unwrap_or(0);
@@ -508,6 +508,14 @@ impl Book {
         }
     }
 
+    /// A domain was put to sleep: what was brought up may be down now, so
+    /// no later request is a duplicate of an earlier wake. (Every domain's,
+    /// not only that one's: a request names a MAC or a name, not the
+    /// domain it found; the others' next repeat costs one lookup.)
+    pub(crate) fn forget_wakes(&mut self) {
+        self.recent.retain(|_, recent| !recent.brought_up);
+    }
+
     /// Requests waiting or being handled.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -617,6 +625,17 @@ mod tests {
         );
         assert_eq!(book.offer(mac(1), source(), secs(t0, 11.0)), Offer::Queued);
         assert_eq!(book.next_due(secs(t0, 11.0)).map(|r| r.ask), Some(mac(1)));
+    }
+
+    #[test]
+    fn after_a_sleep_the_next_wake_is_no_duplicate() {
+        // Home Assistant's switch: on, off and on again within the window.
+        let (mut book, t0) = book();
+        book.offer(mac(1), source(), t0);
+        book.next_due(t0);
+        book.settle(&mac(1), true, secs(t0, 1.0));
+        book.forget_wakes();
+        assert_eq!(book.offer(mac(1), source(), secs(t0, 3.0)), Offer::Queued);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub(crate) enum Event<W> {
         /// The token opened a domain.
         authenticated: bool,
     },
+    /// A request to put a domain to sleep ended: no later wake request is
+    /// a duplicate of an earlier one.
+    Slept,
     /// A worker decided a request.
     Decided(Ask, Decision),
     /// A worker could not decide: the request waits for these hosts.
@@ -375,6 +378,7 @@ impl<W> Control<W> {
                     self.last_activity = now;
                 }
             }
+            Event::Slept => self.book.forget_wakes(),
             Event::Decided(ask, decision) => {
                 self.concluded(&ask);
                 self.decided(&ask, decision, now, &mut out);
@@ -736,7 +740,7 @@ impl<W> Control<W> {
 fn waiting_reply(ask: &Ask, waiting: WaitFor, hosts: &dyn Hosts) -> Reply {
     let vouched = match ask.credential {
         Credential::Token(token) => hosts.vouches(&token),
-        Credential::None | Credential::SecureOn(_) => false,
+        Credential::None | Credential::SecureOn(_) | Credential::Operator => false,
     };
     Reply::Waiting { waiting, vouched }
 }

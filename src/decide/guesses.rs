@@ -25,6 +25,7 @@ pub(crate) use crate::decide::failures::{MAX_FAILURES, WINDOW};
 enum Sender {
     Ip(Client),
     Frame(Mac),
+    Operator,
 }
 
 impl Sender {
@@ -32,6 +33,7 @@ impl Sender {
         match source {
             Source::Udp(addr) | Source::Http(addr) => Sender::Ip(Client::of(addr.ip())),
             Source::Raw(raw) => Sender::Frame(raw.mac),
+            Source::Cli => Sender::Operator,
         }
     }
 }

@@ -137,6 +137,27 @@ pub(crate) struct Sample {
     pub disk_bytes: Option<u64>,
 }
 
+/// Which signals a domain is judged on: its vCPU time always, its network
+/// and disk traffic where it has counters (a domain with user-mode
+/// networking has no tap device to count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Signals {
+    /// Its interfaces give byte counters.
+    pub(crate) net: bool,
+    /// Its disks give byte counters.
+    pub(crate) disk: bool,
+}
+
+impl Sample {
+    /// The signals this look had.
+    pub(crate) fn signals(&self) -> Signals {
+        Signals {
+            net: self.net_bytes.is_some(),
+            disk: self.disk_bytes.is_some(),
+        }
+    }
+}
+
 /// A refused action: when, and how often in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Refused {

@@ -1,5 +1,6 @@
 //! The pure decisions: what a request asks, the request book, who may wake
-//! what, the plan for a MAC, and what came of it; limits per client and
+//! what, the plan for a MAC, and what came of it; when to put a domain
+//! back to sleep, and a request to; limits per client and
 //! throttles. No I/O and no libvirt: the clock is passed in, every rule is a
 //! unit test on made-up instants.
 
@@ -14,3 +15,4 @@ pub mod idle;
 pub mod outcome;
 pub(crate) mod plan;
 pub mod policy;
+pub(crate) mod sleep;

@@ -16,6 +16,7 @@ use crate::secret::{Hash, Sealed};
 /// ```xml
 /// <wol:wake xmlns:wol="https://wol-libvirt-gateway/xmlns/1" opt-in="no">
 ///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
+///   <token sha256="…" may="wake sleep"/>   <!-- `token add --may sleep` -->
 ///   <secureon salt="…" sha256="…"/>   <!-- `secureon set` -->
 /// </wol:wake>
 /// ```
@@ -29,6 +30,9 @@ pub struct WakeMeta {
     pub opt_in: bool,
     /// SHA-256 hashes of the domain's HTTP wake tokens.
     pub tokens: Vec<Hash>,
+    /// Those of [`WakeMeta::tokens`] that may also put the domain to sleep
+    /// (`POST /v1/sleep`); the others may only wake it.
+    pub sleepers: Vec<Hash>,
     /// Its SecureOn password, sealed: magic packets without it are refused.
     pub secureon: Option<Sealed>,
     /// When it is put back to sleep (`idle set`); `None`: never.
@@ -117,7 +121,18 @@ pub(crate) fn check_credential(meta: &WakeMeta, credential: &Credential) -> Resu
         }
         Credential::SecureOn(password) => check_secureon(meta.secureon.as_ref(), Some(password)),
         Credential::None => check_secureon(meta.secureon.as_ref(), None),
+        // The command line runs on the caller's own libvirt connection,
+        // which could start or stop the domain itself.
+        Credential::Operator => Ok(()),
     }
+}
+
+/// Whether the token hashed `token` may put `meta`'s domain to sleep (it
+/// must also open it: [`check_credential`]). Compared as tokens are.
+pub(crate) fn may_sleep(meta: &WakeMeta, token: &Hash) -> bool {
+    meta.sleepers
+        .iter()
+        .fold(false, |found, stored| found | stored.matches(token))
 }
 
 /// Whether a magic packet's SecureOn password (if any) opens a domain that

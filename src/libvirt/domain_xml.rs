@@ -93,7 +93,12 @@ impl WakeMeta {
         }
         xml.push('>');
         for token in &self.tokens {
-            xml.push_str(&format!("<token sha256=\"{token}\"/>"));
+            let may = if self.sleepers.contains(token) {
+                " may=\"wake sleep\""
+            } else {
+                ""
+            };
+            xml.push_str(&format!("<token sha256=\"{token}\"{may}/>"));
         }
         if let Some(sealed) = &self.secureon {
             xml.push_str(&format!(
@@ -208,6 +213,17 @@ fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
     WakeMeta {
         opt_in: wake.attribute("opt-in") != Some("no"),
         tokens: children(wake, "token")
+            .filter_map(|token| token.attribute("sha256").and_then(Hash::from_hex))
+            .collect(),
+        // Rights are words; one this version does not know grants nothing.
+        sleepers: children(wake, "token")
+            .filter(|token| {
+                (token
+                    .attribute("may")
+                    .unwrap_or("wake")
+                    .split_ascii_whitespace())
+                .any(|right| right == "sleep")
+            })
             .filter_map(|token| token.attribute("sha256").and_then(Hash::from_hex))
             .collect(),
         secureon: children(wake, "secureon").next().map(|element| {
@@ -427,6 +443,7 @@ mod tests {
         let meta = WakeMeta {
             opt_in: false,
             tokens: vec![a, b],
+            sleepers: vec![b],
             secureon: Some(Sealed::seal(&"01:02:03:04".parse().unwrap()).unwrap()),
             idle: Some(IdlePolicy {
                 cpu_permille: 20,
@@ -448,6 +465,10 @@ mod tests {
         // A malformed hash is skipped, not an error.
         let odd = xml.replace(&a.to_string(), "not-a-hash");
         assert_eq!(read(&odd).unwrap().meta.tokens, vec![b]);
+        // A right this version does not know grants nothing; wake is implied.
+        let unknown = xml.replace("may=\"wake sleep\"", "may=\"wake reboot\"");
+        assert_eq!(read(&unknown).unwrap().meta.sleepers, vec![]);
+        assert!(xml.contains(&format!("<token sha256=\"{b}\" may=\"wake sleep\"/>")));
         // A malformed SecureOn element refuses every password.
         let broken = xml.replace("salt=\"", "salt=\"zz");
         let sealed = read(&broken)

@@ -54,6 +54,18 @@ pub(crate) fn short_words(policy: &crate::decide::idle::IdlePolicy) -> String {
     format!("{} {}", policy.action, minutes(policy.after))
 }
 
+/// The signals a domain is judged on, for `list`: `cpu`, `net`, `disk`.
+pub(crate) fn signal_names(signals: &crate::decide::idle::Signals) -> Vec<&'static str> {
+    let mut names = vec!["cpu"];
+    if signals.net {
+        names.push("net");
+    }
+    if signals.disk {
+        names.push("disk");
+    }
+    names
+}
+
 /// `0.4 %`, `120 B/s`, `no counters`.
 fn rates_words(rates: &Rates) -> String {
     let bytes =

@@ -14,6 +14,7 @@ pub(crate) mod idle;
 pub(crate) mod logging;
 pub mod notify;
 pub(crate) mod ratelimit;
+pub(crate) mod sleep;
 mod workers;
 
 use std::fmt::Write as _;
@@ -762,7 +763,7 @@ fn plain_names(domains: &[Named]) -> String {
 }
 
 /// "libvirt at URI was not reachable: ERROR" for each host waited for.
-fn waiting_words(waiting: &WaitFor) -> String {
+pub(crate) fn waiting_words(waiting: &WaitFor) -> String {
     let parts: Vec<String> = waiting
         .hosts
         .iter()
@@ -825,6 +826,13 @@ fn held_record(held: &Held) -> Record {
             format!(
                 "held back {n} more lines about MAC index files in the last {window} s \
                  (RUST_LOG=debug shows each)"
+            ),
+        ),
+        About::Sleep => (
+            Level::WARN,
+            format!(
+                "held back {n} more lines about requests to put domains to sleep in the last \
+                 {window} s (RUST_LOG=debug shows each)"
             ),
         ),
     };

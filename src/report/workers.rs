@@ -28,6 +28,8 @@ pub(crate) enum Topic<'a> {
     Domains,
     /// The MAC index file ignored or not written.
     IndexFile,
+    /// Requests to put a domain to sleep.
+    Sleep,
 }
 
 /// The lines a closed window held back.
@@ -48,6 +50,8 @@ pub(crate) enum About {
     Domains,
     /// [`Topic::IndexFile`].
     IndexFile,
+    /// [`Topic::Sleep`].
+    Sleep,
 }
 
 /// A worker line's fate.
@@ -67,6 +71,7 @@ pub(crate) struct WorkerLines {
     hosts: Vec<(String, RateLimiter)>,
     domains: RateLimiter,
     index_file: RateLimiter,
+    sleep: RateLimiter,
 }
 
 impl WorkerLines {
@@ -76,6 +81,7 @@ impl WorkerLines {
             hosts: Vec::new(),
             domains: RateLimiter::new(LOG_WINDOW, LOG_BURST),
             index_file: RateLimiter::new(LOG_WINDOW, LOG_BURST),
+            sleep: RateLimiter::new(LOG_WINDOW, LOG_BURST),
         }
     }
 
@@ -97,6 +103,7 @@ impl WorkerLines {
             }
             Topic::Domains => &mut self.domains,
             Topic::IndexFile => &mut self.index_file,
+            Topic::Sleep => &mut self.sleep,
         };
         Admitted {
             shown: limiter.allow(now),
@@ -117,6 +124,7 @@ impl WorkerLines {
         let others = [
             (About::Domains, &mut self.domains),
             (About::IndexFile, &mut self.index_file),
+            (About::Sleep, &mut self.sleep),
         ];
         for (about, limiter) in others {
             if let Some(count) = limiter.close_window(now, force) {
@@ -130,7 +138,7 @@ impl WorkerLines {
     /// When the next summary is due, if a window holds lines back.
     pub(crate) fn summary_due(&self) -> Option<Instant> {
         (self.hosts.iter().map(|(_, limiter)| limiter))
-            .chain([&self.domains, &self.index_file])
+            .chain([&self.domains, &self.index_file, &self.sleep])
             .filter_map(RateLimiter::summary_due)
             .min()
     }

@@ -21,6 +21,7 @@
 //! token, token hash or `?token=` value is ever logged.
 
 mod answer;
+mod power;
 pub(crate) mod route;
 mod slots;
 pub(crate) mod tls;
@@ -385,6 +386,25 @@ async fn answer_request(
                 Err(refused) => (refusal(&refused), false),
             }
         }
+        Endpoint::Sleep { target } => {
+            let target = match target {
+                Some(target) => Ok(target),
+                None => read_target(request).await,
+            };
+            match target {
+                Ok(target) => power::sleep(context, peer, target, token).await,
+                Err(refused) => (refusal(&refused), false),
+            }
+        }
+        Endpoint::Power { target, set: false } => power::state(context, peer, target, token).await,
+        Endpoint::Power { target, set: true } => match read_body(request).await {
+            Ok((kind, body)) => match route::power_body(kind.as_deref(), &body) {
+                Ok(true) => wake(context, peer, target, token, Duration::ZERO).await,
+                Ok(false) => power::sleep(context, peer, target, token).await,
+                Err(refused) => (refusal(&refused), false),
+            },
+            Err(refused) => (refusal(&refused), false),
+        },
     };
     if proven {
         busy.authenticated();
@@ -449,6 +469,19 @@ impl KnownTokens {
     }
 }
 
+/// The answer for a target the token does not open, counted as a failed
+/// authentication: a token that opens no domain at all is a bad token
+/// (401); one that opens some other domain gets the 404 that a missing
+/// domain gets, so it reveals no other domain.
+async fn hidden(context: &Context, peer: SocketAddr, token: Hash) -> Response<Full<Bytes>> {
+    failed(context, peer.ip());
+    if context.tokens.known(&context.fleet, token).await {
+        error(StatusCode::NOT_FOUND, answer::NOT_FOUND)
+    } else {
+        unauthorized("the token opens no domain")
+    }
+}
+
 fn failed(context: &Context, address: IpAddr) {
     lock(&context.failures).record(Client::of(address), Instant::now());
 }
@@ -456,6 +489,13 @@ fn failed(context: &Context, address: IpAddr) {
 /// The target of a POST, from a body of bounded size read within a
 /// deadline.
 async fn read_target(request: Request<Incoming>) -> Result<Target, Refusal> {
+    let (content_type, body) = read_body(request).await?;
+    route::body_target(content_type.as_deref(), &body)
+}
+
+/// A request's `Content-Type` and body, of bounded size, read within a
+/// deadline.
+async fn read_body(request: Request<Incoming>) -> Result<(Option<String>, Bytes), Refusal> {
     let too_large = || {
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -494,7 +534,7 @@ async fn read_target(request: Request<Incoming>) -> Result<Target, Refusal> {
                 Refusal::new(StatusCode::BAD_REQUEST, "the body could not be read")
             }
         })?;
-    route::body_target(content_type.as_deref(), &collected.to_bytes())
+    Ok((content_type, collected.to_bytes()))
 }
 
 /// A wake request; the answer, and whether the token opened the domain.
@@ -543,16 +583,11 @@ async fn wake(
             failed_auth,
             retry_after,
         } => {
+            if failed_auth && status == StatusCode::NOT_FOUND {
+                return (hidden(context, peer, token).await, false);
+            }
             if failed_auth {
                 failed(context, peer.ip());
-                // A token that opens no domain at all is a bad token (401);
-                // one that opens some other domain gets the 404 that a
-                // missing domain gets, so it reveals no other domain.
-                if status == StatusCode::NOT_FOUND
-                    && !context.tokens.known(&context.fleet, token).await
-                {
-                    return (unauthorized("the token opens no domain"), false);
-                }
             }
             let mut response = error(status, &message);
             if let Some(seconds) = retry_after {

@@ -28,6 +28,21 @@ pub(crate) enum Endpoint {
         /// `?wait=SECONDS`, capped at [`MAX_WAIT`].
         wait: Duration,
     },
+    /// `POST /v1/sleep` (the target in the body) or `POST
+    /// /v1/sleep/{domain|mac}`: needs a token that may put it to sleep.
+    Sleep {
+        /// The target, when the path names it.
+        target: Option<Target>,
+    },
+    /// `/v1/power/{domain|mac}`, a switch: `GET` answers `ON` or `OFF`,
+    /// `POST` with `ON` wakes, with `OFF` puts to sleep (Home Assistant's
+    /// `rest` switch, as it comes).
+    Power {
+        /// The domain.
+        target: Target,
+        /// `POST`: set it; `GET`: read it.
+        set: bool,
+    },
 }
 
 /// A request refused before it reaches the gateway: the status and a
@@ -97,11 +112,26 @@ pub(crate) fn endpoint(
                 })
             }),
         ),
+        ["v1", "sleep"] => ("POST", Ok(Endpoint::Sleep { target: None })),
+        ["v1", "sleep", name] => (
+            "POST",
+            target(name).map(|target| Endpoint::Sleep {
+                target: Some(target),
+            }),
+        ),
+        ["v1", "power", name] => (
+            "GET, POST",
+            target(name).map(|target| Endpoint::Power {
+                target,
+                set: method == Method::POST,
+            }),
+        ),
         _ => {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no endpoint {path}: use POST /v1/wake, GET /v1/wake/DOMAIN, \
+                     POST /v1/sleep/DOMAIN, GET or POST /v1/power/DOMAIN, \
                      GET /v1/domains or GET /v1/health"
                 ),
             ));
@@ -160,6 +190,35 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
+}
+
+/// A power switch's `POST` body: `ON` or `OFF` (any letter case, around
+/// it blanks), as Home Assistant's `rest` switch sends by default, with no
+/// `Content-Type` (httpx) or `application/octet-stream` (aiohttp).
+pub(crate) fn power_body(content_type: Option<&str>, body: &[u8]) -> Result<bool, Refusal> {
+    let kind = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    match kind.as_deref() {
+        None | Some("text/plain" | "application/octet-stream") => {}
+        Some(other) => {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type {other} is not taken: send ON or OFF as plain text"),
+            ));
+        }
+    }
+    let text = std::str::from_utf8(body).unwrap_or_default().trim();
+    if text.eq_ignore_ascii_case("on") {
+        Ok(true)
+    } else if text.eq_ignore_ascii_case("off") {
+        Ok(false)
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be ON (wake the domain) or OFF (put it to sleep)",
+        ))
+    }
 }
 
 /// The token of a request: `Authorization: Bearer TOKEN`, or `?token=`
@@ -307,6 +366,66 @@ mod tests {
         assert_eq!(
             get("/v1/wake/%ff", None).unwrap_err().status,
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn sleep_and_the_power_switch() {
+        let web01 = Target::Domain(Arc::from("web01"));
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/sleep/web01", None),
+            Ok(Endpoint::Sleep {
+                target: Some(web01.clone())
+            })
+        );
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/sleep", None),
+            Ok(Endpoint::Sleep { target: None })
+        );
+        assert_eq!(
+            get("/v1/sleep/web01", None).unwrap_err().allow,
+            Some("POST")
+        );
+        assert_eq!(
+            get("/v1/power/web01", None),
+            Ok(Endpoint::Power {
+                target: web01.clone(),
+                set: false
+            })
+        );
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/power/web01", None),
+            Ok(Endpoint::Power {
+                target: web01,
+                set: true
+            })
+        );
+        assert_eq!(
+            endpoint(&Method::PUT, "/v1/power/web01", None)
+                .unwrap_err()
+                .status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(power_body(None, b"ON"), Ok(true));
+        assert_eq!(
+            power_body(Some("application/octet-stream"), b"OFF"),
+            Ok(false)
+        );
+        assert_eq!(
+            power_body(Some("text/plain; charset=utf-8"), b" on\n"),
+            Ok(true)
+        );
+        for bad in [&b""[..], b"1", b"toggle", b"\xff"] {
+            assert_eq!(
+                power_body(None, bad).unwrap_err().status,
+                StatusCode::BAD_REQUEST
+            );
+        }
+        assert_eq!(
+            power_body(Some("application/json"), b"ON")
+                .unwrap_err()
+                .status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }
 

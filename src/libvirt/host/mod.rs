@@ -24,10 +24,11 @@ use tracing::debug;
 
 use crate::decide::ask::{Ask, Target};
 use crate::decide::control::Route;
-use crate::decide::idle::IdlePolicy;
+use crate::decide::idle::{IdlePolicy, Sleep};
 use crate::decide::outcome::Verb;
 use crate::decide::plan::{Candidate, action_for};
 use crate::decide::policy::{self, DomainRef, Policy, Refusal};
+use crate::decide::sleep;
 use crate::libvirt::domain_xml::Agent;
 use crate::libvirt::hypervisor::{Connector, Heartbeat, Hypervisor, Inspection, Unreadable};
 use crate::libvirt::index::Rescan;
@@ -79,6 +80,19 @@ pub(crate) enum Acted {
     Failed(Verb, HvError),
     /// Another request brought the domain up while this one waited its turn.
     AlreadyUp(DomainState),
+}
+
+/// What a sleep request came to on the host (see [`Host::sleep`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// Done (or, in a dry run, would be), from this state.
+    Done(Sleep, DomainState),
+    /// libvirt refused, from this state.
+    Failed(Sleep, DomainState, HvError),
+    /// Not up (any more): nothing to do.
+    AlreadyDown(DomainState),
+    /// The token may only wake it.
+    Forbidden,
 }
 
 /// One domain as `list` shows it.
@@ -522,6 +536,54 @@ impl Host {
             Ok(()) => Ok(Acted::Done(verb)),
             Err(e) => match sort(e) {
                 HostError::Failed(e) => Ok(Acted::Failed(verb, e)),
+                unreachable => Err(unreachable),
+            },
+        }
+    }
+
+    /// Puts `domain` to sleep on request, with its idle policy's action or
+    /// a shutdown request; with `token`, only if the domain's current XML
+    /// gives that token the right. Waits while another request acts on the
+    /// same domain, and reads its state afresh first: a repeat finds it
+    /// asleep.
+    pub(crate) fn sleep(
+        &self,
+        domain: &Candidate,
+        token: Option<Hash>,
+        dry_run: bool,
+    ) -> Result<Put, HostError> {
+        let result = self.sleep_once(domain, token, dry_run);
+        self.note(&result);
+        result
+    }
+
+    fn sleep_once(
+        &self,
+        domain: &Candidate,
+        token: Option<Hash>,
+        dry_run: bool,
+    ) -> Result<Put, HostError> {
+        let hv = self.pool.connection().map_err(HostError::Unreachable)?;
+        let sort = |e| HostError::from(self.failure(&hv, e));
+        let _turn = self.turns.take(domain.uuid);
+        let record = hv.domain(domain.uuid).map_err(sort)?;
+        if token.is_some_and(|token| !policy::may_sleep(&record.meta, &token)) {
+            return Ok(Put::Forbidden);
+        }
+        let how = sleep::action(record.meta.idle.map(|policy| policy.action));
+        let state = hv.state(domain.uuid).map_err(sort)?;
+        if !sleep::is_up(state) {
+            return Ok(Put::AlreadyDown(state));
+        }
+        if dry_run {
+            return Ok(Put::Done(how, state));
+        }
+        let result = hv.sleep(domain.uuid, how);
+        self.actions_done.fetch_add(1, Ordering::SeqCst);
+        match result {
+            Ok(()) => Ok(Put::Done(how, state)),
+            Err(e) => match sort(e) {
+                HostError::Failed(e) => Ok(Put::Failed(how, state, e)),
                 unreachable => Err(unreachable),
             },
         }

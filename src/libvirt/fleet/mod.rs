@@ -10,6 +10,10 @@
 //! [`plan`] over the candidates of all hosts (so the ambiguity rule spans
 //! hosts) and, if it says so, one action.
 
+mod sleep;
+
+pub(crate) use self::sleep::Seen;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
