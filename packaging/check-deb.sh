@@ -108,7 +108,7 @@ for f in systemd/*.d/*.conf; do
         fail "$f exists but is not packaged as an example"
 done
 shopt -u nullglob
-for unit in $pkg.socket $pkg-http.socket $pkg.service $pkg-idle.service $pkg-idle.timer; do
+for unit in $pkg.socket $pkg-http.socket $pkg.service $pkg-idle.service $pkg-idle.timer $pkg-wake@.service $pkg-sleep@.service; do
     [[ " ${expected[*]} " == *" /usr/lib/systemd/system/$unit "* ]] || fail "build-deb.sh did not stage $unit"
 done
 [[ " ${expected[*]} " == *" /usr/share/man/man1/$pkg.1.gz "* ]] || fail "no man page $pkg.1"

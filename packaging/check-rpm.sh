@@ -185,7 +185,7 @@ for f in systemd/*.d/*.conf; do
         fail "$f exists but is not staged as an example"
 done
 shopt -u nullglob
-for unit in $pkg.socket $pkg-http.socket $pkg.service $pkg-idle.service $pkg-idle.timer; do
+for unit in $pkg.socket $pkg-http.socket $pkg.service $pkg-idle.service $pkg-idle.timer $pkg-wake@.service $pkg-sleep@.service; do
     [[ " ${expected[*]} " == *" $units_dir/$unit "* ]] || fail "stage-assets.sh did not stage $unit"
 done
 if [ -f "systemd/$pkg-raw@.service" ]; then

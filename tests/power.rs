@@ -283,34 +283,46 @@ fn the_command_line_wakes_and_puts_to_sleep_with_the_gateways_rules() {
         domain("twin-a", "52:54:00:80:00:09", RunState::Running),
         domain("twin-b", "52:54:00:80:00:09", RunState::Running),
     ]);
-    let (code, said) = run(&node, &["wake", "web01", "--wait", "30s"]);
-    assert_eq!(code, 0, "{said}");
-    assert!(said.contains("started web01"), "{said}");
-    let (code, said) = run(&node, &["wake", DB]);
-    assert_eq!(code, 0, "{said}");
-    assert!(said.contains("db01 is already up"), "{said}");
-    // The policy's action; without one a shutdown, waited for.
-    let (code, said) = run(&node, &["sleep", "build01"]);
-    assert_eq!(code, 0, "{said}");
-    assert!(said.contains("put build01 to sleep (suspend"), "{said}");
-    let (code, said) = run(&node, &["sleep", "db01", "--wait", "30s"]);
-    assert_eq!(code, 0, "{said}");
-    assert!(said.contains("asked db01 to shut down"), "{said}");
-    assert!(said.contains("db01 is shut off"), "{said}");
-    // Never a guess, never past the operator's policy, nothing in a dry run.
-    let (code, said) = run(&node, &["sleep", "52:54:00:80:00:09"]);
-    assert_eq!(code, 1, "{said}");
-    assert!(said.contains("several domains are up"), "{said}");
-    let (code, said) = run(&node, &["--allow", "db01", "wake", "web01"]);
-    assert_eq!(code, 1, "{said}");
-    assert!(said.contains("refused to wake web01"), "{said}");
-    let (code, said) = run(&node, &["sleep", "build01", "--dry-run"]);
-    assert_eq!(code, 0, "{said}");
-    assert!(
-        said.contains("dry run: would put build01 to sleep"),
-        "{said}"
-    );
-    let (code, said) = run(&node, &["wake", "no-such-vm"]);
-    assert_eq!(code, 1, "{said}");
-    assert_eq!(said.lines().count(), 1, "{said}");
+    // What is run, its exit status, and what it says (in order).
+    let cases: [(&[&str], i32, &[&str]); 8] = [
+        (
+            &["wake", "web01", "--wait", "30s"],
+            0,
+            &["started web01", "web01 runs"],
+        ),
+        (&["wake", DB], 0, &["db01 is already up"]),
+        // The policy's action; without one a shutdown, waited for.
+        (&["sleep", "build01"], 0, &["put build01 to sleep (suspend"]),
+        (
+            &["sleep", "db01", "--wait", "30s"],
+            0,
+            &["asked db01 to shut down", "db01 is shut off"],
+        ),
+        // Never a guess, never past the operator's policy, nothing in a
+        // dry run, and one line for a name no domain has.
+        (
+            &["sleep", "52:54:00:80:00:09"],
+            1,
+            &["several domains are up"],
+        ),
+        (
+            &["--allow", "db01", "wake", "web01"],
+            1,
+            &["refused to wake web01"],
+        ),
+        (
+            &["sleep", "build01", "--dry-run"],
+            0,
+            &["dry run: would put build01 to sleep"],
+        ),
+        (&["wake", "no-such-vm"], 1, &["no-such-vm"]),
+    ];
+    for (args, code, says) in cases {
+        let (status, said) = run(&node, args);
+        assert_eq!(status, code, "{args:?}: {said}");
+        assert_eq!(said.lines().count(), says.len(), "{args:?}: {said}");
+        for (line, expected) in said.lines().zip(says) {
+            assert!(line.contains(expected), "{args:?}: {said}");
+        }
+    }
 }

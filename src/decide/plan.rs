@@ -77,10 +77,9 @@ pub(crate) fn plan(candidates: &[Candidate]) -> Plan<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn candidate(n: u128, state: DomainState) -> Candidate {
+impl Candidate {
+    /// A domain `vmN` on the first host, for the decisions' tests.
+    pub(crate) fn made_up(n: u128, state: DomainState) -> Candidate {
         Candidate {
             name: format!("vm{n}"),
             uuid: Uuid(n),
@@ -89,6 +88,15 @@ mod tests {
             host: 0,
             epoch: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(n: u128, state: DomainState) -> Candidate {
+        Candidate::made_up(n, state)
     }
 
     #[test]

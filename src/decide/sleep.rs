@@ -197,17 +197,9 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Uuid;
 
     fn domain(n: u128, state: DomainState) -> Candidate {
-        Candidate {
-            name: format!("vm{n}"),
-            uuid: Uuid(n),
-            state,
-            managed_save: false,
-            host: 0,
-            epoch: 0,
-        }
+        Candidate::made_up(n, state)
     }
 
     #[test]

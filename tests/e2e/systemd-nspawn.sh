@@ -80,6 +80,8 @@ install -D -m 0644 systemd/$name-http.socket "$root/etc/systemd/system/$name-htt
 install -D -m 0644 systemd/$name.sysusers "$root/usr/lib/sysusers.d/$name.conf"
 install -D -m 0644 systemd/$name-idle.service "$root/etc/systemd/system/$name-idle.service"
 install -D -m 0644 systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
+install -D -m 0644 systemd/$name-wake@.service "$root/etc/systemd/system/$name-wake@.service"
+install -D -m 0644 systemd/$name-sleep@.service "$root/etc/systemd/system/$name-sleep@.service"
 cmp systemd/$name-idle.service "$root/etc/systemd/system/$name-idle.service"
 cmp systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
 cmp "$bin" "$root/usr/local/bin/$name"
@@ -304,6 +306,48 @@ idle_online=$(ct systemd-analyze security $name-idle.service 2>/dev/null | expos
 log "exposure of $name-idle.service: online $idle_online; limit $max_exposure"
 awk -v a="$idle_online" -v m="$max_exposure" 'BEGIN { exit !(a <= m) }' ||
     errors+=("exposure of $name-idle.service above $max_exposure (online $idle_online)")
+
+# ---------------------------------------------------------------- schedules
+# docs/power.md's timer, as written there, for the shipped sleep@ and wake@
+# templates, its calendar made to fire every 5 s by a drop-in: the sleep
+# timer managed-saves the guest (its policy's action), the wake timer
+# restores it, and the journal has both VIA=cli lines.
+phase "schedules: the docs' timer sleeps and wakes a guest"
+timer_text=$(awk '/^# \/etc\/systemd\/system\/wol-libvirt-gateway-wake@build01.timer$/ { f = 1; next }
+    f && /^```/ { exit } f' docs/power.md)
+grep -qx 'OnCalendar=Mon..Fri 06:30' <<<"$timer_text" || fail "no timer found in docs/power.md"
+ct /usr/local/bin/$name idle set $domain --after 1h --action managedsave 2>&1 | sed 's/^/    /'
+for verb in sleep wake; do
+    printf '%s\n' "$timer_text" >"$root/etc/systemd/system/$name-$verb@$domain.timer"
+    mkdir -p "$root/etc/systemd/system/$name-$verb@$domain.timer.d"
+    printf '[Timer]\nOnCalendar=\nOnCalendar=*:*:0/5\nAccuracySec=1s\nPersistent=false\n' \
+        >"$root/etc/systemd/system/$name-$verb@$domain.timer.d/soon.conf"
+done
+ct systemctl daemon-reload
+cli_entry=""
+cli_journal() {
+    # shellcheck disable=SC2016
+    cli_entry=$(ct sh -c 'journalctl -b -u "$1-$2@$3.service" -o json | jq -c --arg dom "$3" --arg act "$4" "
+        select(.VIA == \"cli\" and .DOMAIN == \$dom and .ACTION == \$act and .RESULT == \"ok\")
+        | {DOMAIN, HOST, ACTION, RESULT, VIA, STATE}"' sh $name "$1" $domain "$2" | tail -n 1)
+    [[ -n $cli_entry ]]
+}
+ct systemctl start $name-sleep@$domain.timer
+wait_for "guest $domain managed-saved by the sleep timer" 60 idle_saved
+ct systemctl stop $name-sleep@$domain.timer
+wait_for "a VIA=cli ACTION=managedsave RESULT=ok journal entry" 10 cli_journal sleep managedsave
+log "$cli_entry"
+ct systemctl start $name-wake@$domain.timer
+wait_for "guest $domain restored by the wake timer" 60 guest_running
+ct systemctl stop $name-wake@$domain.timer
+wait_for "a VIA=cli ACTION=restore RESULT=ok journal entry" 10 cli_journal wake restore
+log "$cli_entry"
+for verb in sleep wake; do
+    ! ct systemctl is-failed -q $name-$verb@$domain.service || fail "$name-$verb@$domain.service failed"
+    rm -rf "$root/etc/systemd/system/$name-$verb@$domain.timer" "$root/etc/systemd/system/$name-$verb@$domain.timer.d"
+done
+ct systemctl daemon-reload
+ct /usr/local/bin/$name idle clear $domain 2>&1 | sed 's/^/    /'
 
 # ---------------------------------------------------------------- remote
 # The shipped drop-in for remote URIs, byte for byte but for the address:

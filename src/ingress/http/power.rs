@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::decide::ask::{Ask, Credential, Target};
 use crate::decide::outcome::Http;
 use crate::decide::sleep::{self, Outcome};
-use crate::libvirt::fleet::Seen;
+use crate::libvirt::fleet::{Fleet, Seen};
 use crate::model::{DomainState, Source};
 use crate::secret::Hash;
 
@@ -50,19 +50,14 @@ pub(super) async fn sleep(
     target: Target,
     token: Hash,
 ) -> (Response<Full<Bytes>>, bool) {
-    let ask = Ask {
-        target,
-        credential: Credential::Token(token),
-    };
-    let fleet = Arc::clone(&context.fleet);
     // Keeps the gateway from exiting while an action it began goes on, and
     // when it ends, lets the next wake be no duplicate of an earlier one.
     let hold = context.submitter.busy().sleeping();
-    let outcome = tokio::task::spawn_blocking(move || {
-        fleet.sleep(&ask, &Source::Http(peer), Some(PATIENCE), hold)
+    let outcome = on_fleet(context, target, token, move |fleet, ask| {
+        fleet.sleep(ask, &Source::Http(peer), Some(PATIENCE), hold)
     })
     .await;
-    let Ok(outcome) = outcome else {
+    let Some(outcome) = outcome else {
         return (
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             false,
@@ -114,14 +109,8 @@ pub(super) async fn state(
     target: Target,
     token: Hash,
 ) -> (Response<Full<Bytes>>, bool) {
-    let ask = Ask {
-        target,
-        credential: Credential::Token(token),
-    };
-    let fleet = Arc::clone(&context.fleet);
-    let seen = tokio::task::spawn_blocking(move || fleet.seen(&ask)).await;
-    match seen {
-        Ok(Seen::Domain(_, state)) => {
+    match on_fleet(context, target, token, |fleet, ask| fleet.seen(ask)).await {
+        Some(Seen::Domain(_, state)) => {
             let word = if sleep::is_up(state) { "ON" } else { "OFF" };
             let mut response = Response::new(Full::new(Bytes::from_static(word.as_bytes())));
             response.headers_mut().insert(
@@ -130,8 +119,8 @@ pub(super) async fn state(
             );
             (response, true)
         }
-        Ok(Seen::Hidden) => (hidden(context, peer, token).await, false),
-        Ok(Seen::Unreachable(_)) => {
+        Some(Seen::Hidden) => (hidden(context, peer, token).await, false),
+        Some(Seen::Unreachable(_)) => {
             if !context.fleet.vouches(&token) {
                 failed(context, peer.ip());
             }
@@ -141,10 +130,29 @@ pub(super) async fn state(
             );
             (busy, false)
         }
-        Ok(Seen::Failed(_, e)) => (error(StatusCode::BAD_GATEWAY, &e.to_string()), false),
-        Err(_) => (
+        Some(Seen::Failed(_, e)) => (error(StatusCode::BAD_GATEWAY, &e.to_string()), false),
+        None => (
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             false,
         ),
     }
+}
+
+/// `call` with the request's target and token, on a blocking thread (it
+/// calls libvirt; each call is bounded by the hosts' deadline); `None` if it
+/// panicked.
+async fn on_fleet<T: Send + 'static>(
+    context: &Context,
+    target: Target,
+    token: Hash,
+    call: impl FnOnce(&Fleet, &Ask) -> T + Send + 'static,
+) -> Option<T> {
+    let ask = Ask {
+        target,
+        credential: Credential::Token(token),
+    };
+    let fleet = Arc::clone(&context.fleet);
+    tokio::task::spawn_blocking(move || call(&fleet, &ask))
+        .await
+        .ok()
 }

@@ -205,10 +205,25 @@ impl Fleet {
     }
 
     fn wake_caught(&self, ask: Ask) -> Conclusion {
+        let mut lookups = self.look_up(&ask);
+        loop {
+            let (answers, started) = (&lookups.answers, lookups.watched.started);
+            let until = match verdict(answers, started.elapsed(), self.timing.grace) {
+                Verdict::Decide => return self.decide(answers),
+                Verdict::Park => return Conclusion::Wait(self.wait_for(answers)),
+                Verdict::Wait { until } => until.map(|d| started + d),
+            };
+            lookups.hear(until);
+        }
+    }
+
+    /// Starts every host's lookup of `ask`, each on a watched thread. A
+    /// silent host gets no new call until its stuck one returns: it is
+    /// silent at once.
+    fn look_up(&self, ask: &Ask) -> Lookups {
         let mut answers: Vec<Option<Answer>> = vec![None; self.hosts.len()];
         let mut calls = Vec::new();
         for (i, host) in self.hosts.iter().enumerate() {
-            // A silent host gets no new call until its stuck one returns.
             if let Health::Silent { .. } = host.health() {
                 answers[i] = Some(Answer::Silent);
                 continue;
@@ -216,35 +231,9 @@ impl Fleet {
             let ask = ask.clone();
             calls.push(Call::new(i, host, move |host: &Host| host.lookup(&ask)));
         }
-        let mut lookups = watched("wol-lookup", calls, self.timing);
-        loop {
-            let elapsed = Instant::now() - lookups.started;
-            let until = match verdict(&answers, elapsed, self.timing.grace) {
-                Verdict::Decide => return self.decide(&answers),
-                Verdict::Park => return Conclusion::Wait(self.wait_for(&answers)),
-                Verdict::Wait { until } => until.map(|d| lookups.started + d),
-            };
-            match lookups.next(until) {
-                Heard::Answer(i, answer) => {
-                    answers[i] = Some(match answer {
-                        Ok(lookup) => Answer::Found(lookup),
-                        Err(HostError::Failed(e)) => Answer::Failed(e),
-                        Err(HostError::Unreachable(e)) => Answer::Unreachable(e),
-                    });
-                }
-                Heard::Silent(silent) => {
-                    for i in silent {
-                        answers[i] = Some(Answer::Silent);
-                    }
-                }
-                Heard::Nothing => {}
-                // Every lookup thread has answered.
-                Heard::Ended => {
-                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
-                        *answer = Some(Answer::Silent);
-                    }
-                }
-            }
+        Lookups {
+            answers,
+            watched: watched("wol-lookup", calls, self.timing),
         }
     }
 
@@ -409,6 +398,40 @@ impl Fleet {
                 });
             }
         })
+    }
+}
+
+/// Every host's lookup of one request under way, and their answers so far
+/// (`None`: not yet).
+struct Lookups {
+    answers: Vec<Option<Answer>>,
+    watched: Watched<Lookup>,
+}
+
+impl Lookups {
+    /// Waits at most until `until` and takes what it heard into the answers.
+    fn hear(&mut self, until: Option<Instant>) {
+        match self.watched.next(until) {
+            Heard::Answer(i, answer) => {
+                self.answers[i] = Some(match answer {
+                    Ok(lookup) => Answer::Found(lookup),
+                    Err(HostError::Failed(e)) => Answer::Failed(e),
+                    Err(HostError::Unreachable(e)) => Answer::Unreachable(e),
+                });
+            }
+            Heard::Silent(silent) => {
+                for i in silent {
+                    self.answers[i] = Some(Answer::Silent);
+                }
+            }
+            Heard::Nothing => {}
+            // Every lookup thread has answered.
+            Heard::Ended => {
+                for answer in self.answers.iter_mut().filter(|a| a.is_none()) {
+                    *answer = Some(Answer::Silent);
+                }
+            }
+        }
     }
 }
 

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use crate::decide::ask::{Ask, Credential};
 use crate::decide::outcome::{Named, WaitFor};
 use crate::decide::sleep::{Outcome, Plan, plan};
-use crate::libvirt::host::health::Health;
-use crate::libvirt::host::{Host, HostError, Put};
+use crate::libvirt::host::{HostError, Put};
 use crate::lock::lock;
 use crate::model::{DomainState, HvError, Source};
 use crate::report;
 
-use super::{Answer, Call, Fleet, Heard, caught, watched};
+use super::{Answer, Fleet, caught};
 
 impl Fleet {
     /// Puts the domain `ask` (from `source`) names to sleep, or says why
@@ -150,41 +149,11 @@ impl Fleet {
 
     /// Every host's lookup of `ask`, each answered or found silent.
     fn look_everywhere(&self, ask: &Ask) -> Vec<Option<Answer>> {
-        let mut answers: Vec<Option<Answer>> = vec![None; self.hosts.len()];
-        let mut calls = Vec::new();
-        for (i, host) in self.hosts.iter().enumerate() {
-            // A silent host gets no new call until its stuck one returns.
-            if let Health::Silent { .. } = host.health() {
-                answers[i] = Some(Answer::Silent);
-                continue;
-            }
-            let ask = ask.clone();
-            calls.push(Call::new(i, host, move |host: &Host| host.lookup(&ask)));
+        let mut lookups = self.look_up(ask);
+        while lookups.answers.iter().any(Option::is_none) {
+            lookups.hear(None);
         }
-        let mut lookups = watched("wol-lookup", calls, self.timing);
-        while answers.iter().any(Option::is_none) {
-            match lookups.next(None) {
-                Heard::Answer(i, answer) => {
-                    answers[i] = Some(match answer {
-                        Ok(lookup) => Answer::Found(lookup),
-                        Err(HostError::Failed(e)) => Answer::Failed(e),
-                        Err(HostError::Unreachable(e)) => Answer::Unreachable(e),
-                    });
-                }
-                Heard::Silent(silent) => {
-                    for i in silent {
-                        answers[i] = Some(Answer::Silent);
-                    }
-                }
-                Heard::Nothing => {}
-                Heard::Ended => {
-                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
-                        *answer = Some(Answer::Silent);
-                    }
-                }
-            }
-        }
-        answers
+        lookups.answers
     }
 }
 
@@ -281,5 +250,31 @@ impl Handoff {
         let outcome = state.0.take();
         state.1 = outcome.is_none();
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_is_either_handed_over_or_logged_by_its_thread_never_both() {
+        // In time: the caller has it, the thread says nothing.
+        let handoff = Handoff::default();
+        assert_eq!(handoff.hand(Outcome::NoMatch), None);
+        assert_eq!(
+            handoff.take(Some(Duration::from_secs(1))),
+            Some(Outcome::NoMatch)
+        );
+        // Late: the caller gave up, so the thread must say it.
+        let handoff = Arc::new(Handoff::default());
+        assert_eq!(handoff.take(Some(Duration::ZERO)), None);
+        assert_eq!(handoff.hand(Outcome::NoMatch), Some(Outcome::NoMatch));
+        // A caller that waits to the end gets it from another thread.
+        let handoff = Arc::new(Handoff::default());
+        let theirs = Arc::clone(&handoff);
+        let thread = std::thread::spawn(move || theirs.hand(Outcome::NoMatch));
+        assert_eq!(handoff.take(None), Some(Outcome::NoMatch));
+        assert_eq!(thread.join().ok().flatten(), None);
     }
 }
