@@ -121,7 +121,7 @@ enum Message {
     /// An HTTP request was answered; `authenticated`: its token opened a
     /// domain, which makes it activity for the idle timeout.
     HttpDone { authenticated: bool },
-    /// A request to put a domain to sleep ended.
+    /// A domain is about to be put to sleep on request, or was.
     Slept,
     /// The look after a start came back.
     Looked(Check, Looked),
@@ -197,8 +197,14 @@ impl Submitter {
         Busy {
             submitter: self.clone(),
             authenticated: false,
-            sleep: false,
         }
+    }
+
+    /// A domain is about to be put to sleep, or was: the loop forgets which
+    /// wakes brought a domain up (see
+    /// [`crate::decide::book::Book::forget_wakes`]).
+    pub(crate) fn slept(&self) {
+        self.mailbox.send(Message::Slept);
     }
 }
 
@@ -206,18 +212,9 @@ impl Submitter {
 pub(crate) struct Busy {
     submitter: Submitter,
     authenticated: bool,
-    sleep: bool,
 }
 
 impl Busy {
-    /// It carries a request to put a domain to sleep: when it ends, the
-    /// loop forgets which wakes brought a domain up (see
-    /// [`crate::decide::book::Book::forget_wakes`]).
-    pub(crate) fn sleeping(mut self) -> Self {
-        self.sleep = true;
-        self
-    }
-
     /// The request's token opened a domain.
     pub(crate) fn authenticated(&mut self) {
         self.authenticated = true;
@@ -229,9 +226,6 @@ impl Drop for Busy {
         // Told before the count drops: once the loop sees no request being
         // answered, the activity is already in its mailbox.
         let authenticated = self.authenticated;
-        if self.sleep {
-            self.submitter.mailbox.send(Message::Slept);
-        }
         self.submitter
             .mailbox
             .send(Message::HttpDone { authenticated });

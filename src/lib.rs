@@ -294,8 +294,6 @@ fn hosts(args: &Args, policy: &Policy) -> Vec<Host> {
         .collect()
 }
 
-/// `list`: the table (or JSON) on stdout, unreachable hosts on stderr
-/// (status 1).
 /// The hosts as the gateway sees them, for `wake` and `sleep`.
 fn fleet(args: &Args) -> Fleet {
     let policy = policy(args);
@@ -306,6 +304,8 @@ fn fleet(args: &Args) -> Fleet {
     )
 }
 
+/// `list`: the table (or JSON) on stdout, unreachable hosts on stderr
+/// (status 1).
 fn list(args: &Args, json: bool) -> i32 {
     let policy = policy(args);
     let hosts = hosts(args, &policy);

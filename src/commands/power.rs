@@ -16,12 +16,15 @@ use crate::decide::book::Request;
 use crate::decide::control::POST_START_CHECK;
 use crate::decide::outcome::{Decision, Outcome};
 use crate::decide::sleep;
-use crate::libvirt::fleet::{Conclusion, Fleet};
+use crate::libvirt::fleet::{Conclusion, Fleet, Waiter};
 use crate::model::{DomainState, Source};
 use crate::report::{self, Reporter};
 
 /// How often the state is read while waiting.
 const POLL: Duration = Duration::from_millis(250);
+
+/// How long `sleep` waits for libvirt's action to end.
+const ACTION_PATIENCE: Duration = Duration::from_secs(600);
 
 /// `wake TARGET [--wait D]`: 0 when the domain is up (with `wait`: runs,
 /// and still runs at the gateway's look after a start), 1 otherwise.
@@ -118,9 +121,15 @@ pub(crate) fn sleep(fleet: &Fleet, target: Target, wait: Option<Duration>) -> i3
         target,
         credential: Credential::Operator,
     };
-    // The command waits for the action to end: it has no caller to answer.
-    let outcome = fleet.sleep(&ask, &Source::Cli, None, ());
-    if !outcome.class().down {
+    // The command waits for the action, as long as a managed save of a
+    // large guest may take; past that, it says so and fails.
+    let waiter = Waiter {
+        until: Some(started + ACTION_PATIENCE),
+        hold: Box::new(()),
+        acting: Box::new(|| {}),
+    };
+    let outcome = fleet.sleep(&ask, &Source::Cli, waiter);
+    if !outcome.class().down || matches!(outcome, sleep::Outcome::Underway { .. }) {
         return 1;
     }
     let (Some(wait), sleep::Outcome::Done { domain, .. }) = (wait, &outcome) else {

@@ -175,8 +175,8 @@ pub(crate) enum Event<W> {
         /// The token opened a domain.
         authenticated: bool,
     },
-    /// A request to put a domain to sleep ended: no later wake request is
-    /// a duplicate of an earlier one.
+    /// A domain is about to be put to sleep on request, or was: no later
+    /// wake request is a duplicate of an earlier one.
     Slept,
     /// A worker decided a request.
     Decided(Ask, Decision),

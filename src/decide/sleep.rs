@@ -142,6 +142,10 @@ pub(crate) struct Class {
     pub(crate) http: Http,
     /// The domain is asleep (or, in a dry run, would be) or on its way.
     pub(crate) down: bool,
+    /// Its journal lines go through a rate limit: what anyone can send
+    /// (no token opened a domain). A request that did something, or that a
+    /// token holder made, is always said.
+    pub(crate) limited: bool,
 }
 
 impl Outcome {
@@ -149,24 +153,25 @@ impl Outcome {
     pub(crate) fn class(&self) -> Class {
         use Http::{Hidden, Wake};
         use Severity::{Error, Info, Warn};
-        let (result, severity, http, down) = match self {
-            Outcome::Done { .. } => ("ok", Info, Wake(200), true),
-            Outcome::DryRun { .. } => ("dry-run", Info, Wake(200), true),
-            Outcome::Failed { .. } => ("failed", Error, Wake(502), false),
-            Outcome::AlreadyDown { .. } => ("already-down", Info, Wake(200), true),
-            Outcome::Underway { .. } => ("underway", Info, Wake(200), true),
-            Outcome::Forbidden { .. } => ("forbidden", Warn, Wake(403), false),
-            Outcome::Refused { .. } => ("refused", Warn, Hidden, false),
-            Outcome::Ambiguous { .. } => ("ambiguous", Error, Wake(409), false),
-            Outcome::NoMatch => ("no-match", Warn, Hidden, false),
-            Outcome::Unreachable(_) => ("unreachable", Error, Wake(503), false),
-            Outcome::LookupFailed { .. } => ("failed", Error, Wake(502), false),
+        let (result, severity, http, down, limited) = match self {
+            Outcome::Done { .. } => ("ok", Info, Wake(200), true, false),
+            Outcome::DryRun { .. } => ("dry-run", Info, Wake(200), true, false),
+            Outcome::Failed { .. } => ("failed", Error, Wake(502), false, false),
+            Outcome::AlreadyDown { .. } => ("already-down", Info, Wake(200), true, false),
+            Outcome::Underway { .. } => ("underway", Info, Wake(200), true, false),
+            Outcome::Forbidden { .. } => ("forbidden", Warn, Wake(403), false, false),
+            Outcome::Ambiguous { .. } => ("ambiguous", Error, Wake(409), false, false),
+            Outcome::Refused { .. } => ("refused", Warn, Hidden, false, true),
+            Outcome::NoMatch => ("no-match", Warn, Hidden, false, true),
+            Outcome::Unreachable(_) => ("unreachable", Error, Wake(503), false, true),
+            Outcome::LookupFailed { .. } => ("failed", Error, Wake(502), false, true),
         };
         Class {
             result,
             severity,
             http,
             down,
+            limited,
         }
     }
 
@@ -242,5 +247,8 @@ mod tests {
         };
         assert_eq!(refused.class().http, Http::Hidden);
         assert!(!refused.class().down);
+        // What anyone can send is rate-limited; what a token did, never.
+        assert!(refused.class().limited && Outcome::NoMatch.class().limited);
+        assert!(!forbidden.class().limited);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -19,15 +19,19 @@ use serde::Serialize;
 use crate::decide::ask::{Ask, Credential, Target};
 use crate::decide::outcome::Http;
 use crate::decide::sleep::{self, Outcome};
-use crate::libvirt::fleet::{Fleet, Seen};
+use crate::libvirt::fleet::{Fleet, Seen, Waiter};
 use crate::model::{DomainState, Source};
 use crate::secret::Hash;
 
 use super::{Context, error, failed, hidden, json};
 
-/// How long a sleep request waits for its action before it is answered
-/// `underway`: Home Assistant gives up on a switch after 10 s.
+/// How long a sleep request waits, from its arrival, for its action before
+/// it is answered `underway`: Home Assistant gives up on a switch after 10 s.
 const PATIENCE: Duration = Duration::from_secs(8);
+
+/// Said when libvirt failed to look the domain up: before the token opened
+/// a domain, libvirt's message would tell a stranger about the host.
+const LOOKUP_FAILED: &str = "libvirt failed to look the domain up; the gateway's log says why";
 
 /// What a sleep request is answered, in JSON.
 #[derive(Debug, Serialize)]
@@ -50,11 +54,18 @@ pub(super) async fn sleep(
     target: Target,
     token: Hash,
 ) -> (Response<Full<Bytes>>, bool) {
-    // Keeps the gateway from exiting while an action it began goes on, and
-    // when it ends, lets the next wake be no duplicate of an earlier one.
-    let hold = context.submitter.busy().sleeping();
+    let waiter = Waiter {
+        until: Some(Instant::now() + PATIENCE),
+        // No idle exit while an action the gateway began goes on.
+        hold: Box::new(context.submitter.busy()),
+        // A wake after (or during) the action is no repeat of an earlier one.
+        acting: {
+            let submitter = context.submitter.clone();
+            Box::new(move || submitter.slept())
+        },
+    };
     let outcome = on_fleet(context, target, token, move |fleet, ask| {
-        fleet.sleep(ask, &Source::Http(peer), Some(PATIENCE), hold)
+        fleet.sleep(ask, &Source::Http(peer), waiter)
     })
     .await;
     let Some(outcome) = outcome else {
@@ -87,9 +98,10 @@ pub(super) async fn sleep(
         action: outcome.action().map_or("none", |action| action.as_str()),
         result: class.result,
         error: match &outcome {
-            Outcome::Failed { error, .. } | Outcome::LookupFailed { error, .. } => {
-                Some(error.to_string())
-            }
+            // About the caller's own domain: libvirt's words.
+            Outcome::Failed { error, .. } => Some(error.to_string()),
+            // Before a token opened anything: no libvirt message.
+            Outcome::LookupFailed { .. } => Some(LOOKUP_FAILED.into()),
             Outcome::Forbidden { .. } => Some(
                 "this token may only wake the domain: token add DOMAIN --may sleep makes one \
                  that may also put it to sleep"
@@ -130,7 +142,7 @@ pub(super) async fn state(
             );
             (busy, false)
         }
-        Some(Seen::Failed(_, e)) => (error(StatusCode::BAD_GATEWAY, &e.to_string()), false),
+        Some(Seen::Failed(..)) => (error(StatusCode::BAD_GATEWAY, LOOKUP_FAILED), false),
         None => (
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             false,

@@ -12,7 +12,7 @@
 
 mod sleep;
 
-pub(crate) use self::sleep::Seen;
+pub(crate) use self::sleep::{Seen, Waiter};
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

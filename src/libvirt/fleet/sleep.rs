@@ -1,8 +1,11 @@
 //! A sleep request across every host: the domain its target names is found
 //! as a wake finds it (the same lookup, so the same credential check and
 //! operator's policy), then the one that is up is put to sleep on its host
-//! ([`Host::sleep`]). Every call runs on a watched thread: a host that does
-//! not answer within the deadline is left out, never waited for.
+//! ([`Host::sleep`]). The lookups run on watched threads: a host that does
+//! not answer within the deadline is left out, never waited for. The action
+//! runs on a thread of its own, on an action lane of the host, and is
+//! waited for as long as the caller says ([`Waiter`]): a managed save of a
+//! large guest takes minutes.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -19,39 +22,22 @@ use super::{Answer, Fleet, caught};
 
 impl Fleet {
     /// Puts the domain `ask` (from `source`) names to sleep, or says why
-    /// not, and logs the one line of what came of it. The lookup is bounded
-    /// by the hosts' deadline; the action (a managed save writes all of the
-    /// guest's RAM) is waited for at most `patience` (`None`: to its end),
-    /// then [`Outcome::Underway`] is returned and the action's thread logs
-    /// its line when done, holding `hold` (the gateway's "busy") till then.
-    pub(crate) fn sleep(
-        &self,
-        ask: &Ask,
-        source: &Source,
-        patience: Option<Duration>,
-        hold: impl Send + 'static,
-    ) -> Outcome {
+    /// not, and logs the one line of what came of it. An action not ended
+    /// when `waiter` stops waiting is [`Outcome::Underway`], said in a line
+    /// of its own; its thread logs the outcome when it ends.
+    pub(crate) fn sleep(&self, ask: &Ask, source: &Source, waiter: Waiter) -> Outcome {
         let outcome = caught(
-            || self.sleep_caught(ask, source, patience, hold),
+            || self.sleep_caught(ask, source, waiter),
             |error| Outcome::LookupFailed {
                 uri: Arc::from(self.uris()),
                 error,
             },
         );
-        // An action under way says its own line when done.
-        if !matches!(outcome, Outcome::Underway { .. }) {
-            report::sleep::request(&ask.target, source, &outcome);
-        }
+        report::sleep::request(&ask.target, source, &outcome);
         outcome
     }
 
-    fn sleep_caught(
-        &self,
-        ask: &Ask,
-        source: &Source,
-        patience: Option<Duration>,
-        hold: impl Send + 'static,
-    ) -> Outcome {
+    fn sleep_caught(&self, ask: &Ask, source: &Source, waiter: Waiter) -> Outcome {
         let answers = self.look_everywhere(ask);
         let gathered = self.gather(&answers);
         match plan(&gathered.candidates) {
@@ -67,24 +53,29 @@ impl Fleet {
                 let (theirs, target, source_) =
                     (Arc::clone(&handoff), ask.target.clone(), source.clone());
                 let named_ = named.clone();
+                let Waiter {
+                    until,
+                    hold,
+                    acting,
+                } = waiter;
                 let spawned =
                     std::thread::Builder::new()
                         .name("wol-sleep".into())
                         .spawn(move || {
                             let put = caught(
-                                || host.sleep(&candidate, token, dry_run),
+                                || host.sleep(&candidate, token, dry_run, &*acting),
                                 |e| Err(HostError::Failed(e)),
                             );
                             // Let go before the caller hears: whatever it tells
                             // its own caller next must find the action over.
                             drop(hold);
-                            let outcome = put_outcome(named_, candidate.state, put, dry_run);
+                            let outcome = put_outcome(named_, put, dry_run);
                             if let Some(late) = theirs.hand(outcome) {
                                 report::sleep::request(&target, &source_, &late);
                             }
                         });
                 match spawned {
-                    Ok(_) => handoff.take(patience).unwrap_or(Outcome::Underway {
+                    Ok(_) => handoff.take(until).unwrap_or(Outcome::Underway {
                         domain: named,
                         state: domain.state,
                     }),
@@ -171,13 +162,20 @@ pub(crate) enum Seen {
     Failed(Arc<str>, HvError),
 }
 
+/// Who waits for a sleep request, and how.
+pub(crate) struct Waiter {
+    /// Until when it waits for the action (`None`: to its end).
+    pub(crate) until: Option<Instant>,
+    /// Held until the action ends (the gateway's "busy": no idle exit
+    /// while an action it began goes on).
+    pub(crate) hold: Box<dyn Send>,
+    /// Called just before the action and once it ended (the gateway's loop
+    /// then forgets which wakes brought a domain up).
+    pub(crate) acting: Box<dyn Fn() + Send>,
+}
+
 /// What the host's answer to a sleep means.
-fn put_outcome(
-    domain: Named,
-    state: DomainState,
-    put: Result<Put, HostError>,
-    dry_run: bool,
-) -> Outcome {
+fn put_outcome(domain: Named, put: Result<Put, HostError>, dry_run: bool) -> Outcome {
     match put {
         Ok(Put::Done(action, state)) if dry_run => Outcome::DryRun {
             domain,
@@ -197,10 +195,9 @@ fn put_outcome(
         },
         Ok(Put::AlreadyDown(state)) => Outcome::AlreadyDown { domain, state },
         Ok(Put::Forbidden) => Outcome::Forbidden { domain },
-        Err(HostError::Failed(error)) => Outcome::Failed {
-            domain,
-            state,
-            action: crate::decide::sleep::action(None),
+        // Its definition or state could not be read: nothing was tried.
+        Err(HostError::Failed(error)) => Outcome::LookupFailed {
+            uri: domain.uri,
             error,
         },
         // Whether it happened is unknown; a repeat will see.
@@ -230,10 +227,9 @@ impl Handoff {
         None
     }
 
-    /// The caller's side: the outcome if it comes within `patience`.
-    fn take(&self, patience: Option<Duration>) -> Option<Outcome> {
+    /// The caller's side: the outcome if it comes by `deadline`.
+    fn take(&self, deadline: Option<Instant>) -> Option<Outcome> {
         let mut state = lock(&self.state);
-        let deadline = patience.map(|p| Instant::now() + p);
         while state.0.is_none() {
             let wait = match deadline {
                 Some(at) => match at.checked_duration_since(Instant::now()) {
@@ -255,7 +251,168 @@ impl Handoff {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
+    use crate::decide::ask::Target;
+    use crate::decide::idle::{IdlePolicy, Sleep};
+    use crate::decide::outcome::{Decision, Outcome as Woke, Verb};
+    use crate::decide::policy::WakeMeta;
+    use crate::libvirt::fleet::Conclusion;
+    use crate::libvirt::fleet::Timing;
+    use crate::libvirt::host::Host;
+    use crate::libvirt::hypervisor::{Connector, DomainRecord, Hypervisor, Listed};
+    use crate::model::{Action, Mac, Uuid};
+
+    const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 7]);
+
+    /// The fake's domain: its state, whether it has a managed-save image,
+    /// what was done to it, and how many lookups read its image.
+    type Record = (DomainState, bool, Vec<&'static str>, usize);
+
+    /// One running domain, `vm1`, whose managed save (its policy's action)
+    /// waits until the test lets it end, and which records what was done.
+    #[derive(Clone)]
+    struct Saving {
+        state: Arc<Mutex<Record>>,
+        saving: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
+        entered: mpsc::SyncSender<()>,
+    }
+
+    impl Hypervisor for Saving {
+        fn list(&self) -> Result<Vec<Listed>, HvError> {
+            Ok(vec![Listed {
+                uuid: Uuid(1),
+                name: "vm1".into(),
+            }])
+        }
+        fn records(&self, domains: &[Listed], _: &(dyn Fn() + Sync)) -> Vec<DomainRecord> {
+            domains
+                .iter()
+                .filter_map(|l| self.domain(l.uuid).ok())
+                .collect()
+        }
+        fn domain(&self, uuid: Uuid) -> Result<DomainRecord, HvError> {
+            let meta = WakeMeta {
+                idle: Some(IdlePolicy::new(Duration::from_secs(60), Sleep::ManagedSave)),
+                ..WakeMeta::default()
+            };
+            Ok(DomainRecord {
+                name: "vm1".into(),
+                uuid,
+                macs: Ok(vec![MAC]),
+                meta,
+                agent: None,
+            })
+        }
+        fn state(&self, _: Uuid) -> Result<DomainState, HvError> {
+            Ok(lock(&self.state).0)
+        }
+        fn has_managed_save(&self, _: Uuid) -> Result<bool, HvError> {
+            // A wake's lookup reads this: counted.
+            let mut state = lock(&self.state);
+            state.3 += 1;
+            Ok(state.1)
+        }
+        fn perform(&self, _: Uuid, action: Action) -> Result<(), HvError> {
+            let mut state = lock(&self.state);
+            assert_eq!(action, Action::Start);
+            let done = if state.1 { "restore" } else { "start" };
+            state.2.push(done);
+            (state.0, state.1) = (DomainState::Running, false);
+            Ok(())
+        }
+        fn sleep(&self, _: Uuid, how: Sleep) -> Result<(), HvError> {
+            assert_eq!(how, Sleep::ManagedSave);
+            let _ = self.entered.send(());
+            if let Some(done) = lock(&self.saving).take() {
+                let _ = done.recv_timeout(Duration::from_secs(30));
+            }
+            let mut state = lock(&self.state);
+            state.2.push("managedsave");
+            (state.0, state.1) = (DomainState::ShutOff, true);
+            Ok(())
+        }
+        fn ping(&self) -> Result<(), HvError> {
+            Ok(())
+        }
+        fn is_alive(&self) -> bool {
+            true
+        }
+    }
+
+    impl Connector for Saving {
+        fn uri(&self) -> &str {
+            "fake:///saving"
+        }
+        fn connect(&self) -> Result<Arc<dyn Hypervisor>, HvError> {
+            Ok(Arc::new(self.clone()))
+        }
+    }
+
+    #[test]
+    fn a_wake_during_a_managed_save_waits_for_it_and_restores_the_image() {
+        let (release, done) = mpsc::channel();
+        let (entered, entering) = mpsc::sync_channel(1);
+        let fake = Saving {
+            state: Arc::new(Mutex::new((DomainState::Running, false, Vec::new(), 0))),
+            saving: Arc::new(Mutex::new(Some(done))),
+            entered,
+        };
+        let rescan = crate::libvirt::index::Rescan {
+            interval: Duration::from_secs(5),
+            full_interval: Duration::from_secs(60),
+        };
+        let host = Host::new(Box::new(fake.clone()), rescan);
+        let fleet = Arc::new(Fleet::new(
+            vec![host],
+            false,
+            Timing::with_deadline(Duration::from_secs(30)),
+        ));
+        let asleep = {
+            let fleet = Arc::clone(&fleet);
+            std::thread::spawn(move || {
+                let ask = Ask {
+                    target: Target::Domain(Arc::from("vm1")),
+                    credential: Credential::Operator,
+                };
+                let waiter = Waiter {
+                    until: None,
+                    hold: Box::new(()),
+                    acting: Box::new(|| {}),
+                };
+                fleet.sleep(&ask, &Source::Cli, waiter)
+            })
+        };
+        entering
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the managed save began");
+        // A packet now: the domain still runs in libvirt's eyes, but it is
+        // being saved; the wake must not answer "already up".
+        let looked_before = lock(&fake.state).3;
+        let woken = {
+            let fleet = Arc::clone(&fleet);
+            std::thread::spawn(move || fleet.wake(MAC))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&fake.state).3 == looked_before {
+            assert!(Instant::now() < deadline, "the wake never looked");
+            std::thread::yield_now();
+        }
+        drop(release);
+        let slept = asleep.join().expect("sleep thread");
+        assert!(matches!(slept, Outcome::Done { .. }), "{slept:?}");
+        let woke = woken.join().expect("wake thread");
+        let Conclusion::Decided(Decision {
+            outcome: Woke::Done { verb, .. },
+            ..
+        }) = woke
+        else {
+            panic!("not woken: {woke:?}");
+        };
+        assert_eq!(verb, Verb::Restore);
+        assert_eq!(lock(&fake.state).2, ["managedsave", "restore"]);
+    }
 
     #[test]
     fn an_outcome_is_either_handed_over_or_logged_by_its_thread_never_both() {
@@ -263,12 +420,12 @@ mod tests {
         let handoff = Handoff::default();
         assert_eq!(handoff.hand(Outcome::NoMatch), None);
         assert_eq!(
-            handoff.take(Some(Duration::from_secs(1))),
+            handoff.take(Some(Instant::now() + Duration::from_secs(1))),
             Some(Outcome::NoMatch)
         );
         // Late: the caller gave up, so the thread must say it.
         let handoff = Arc::new(Handoff::default());
-        assert_eq!(handoff.take(Some(Duration::ZERO)), None);
+        assert_eq!(handoff.take(Some(Instant::now())), None);
         assert_eq!(handoff.hand(Outcome::NoMatch), Some(Outcome::NoMatch));
         // A caller that waits to the end gets it from another thread.
         let handoff = Arc::new(Handoff::default());

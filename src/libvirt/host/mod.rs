@@ -16,6 +16,7 @@ pub mod health;
 mod pool;
 mod turns;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -162,6 +163,8 @@ pub struct Host {
     /// Actions finished so far: a candidate read before another action
     /// finished has its state read again before it is acted on.
     actions_done: AtomicU64,
+    /// Domains being put to sleep on request right now, and how.
+    sleeping: Mutex<HashMap<Uuid, Sleep>>,
     watch: Mutex<Watch>,
     /// Told when the host answers again after an outage, and when a
     /// refresh of its index ends (requests may wait for either).
@@ -191,6 +194,7 @@ impl Host {
             beat,
             turns: Turns::default(),
             actions_done: AtomicU64::new(0),
+            sleeping: Mutex::new(HashMap::new()),
             watch: Mutex::new(Watch::default()),
             on_event: OnceLock::new(),
         }
@@ -408,11 +412,21 @@ impl Host {
                 lookup.refused.push((domain.name, reason));
                 continue;
             }
+            // One being put to sleep is seen as it will be: a wake during
+            // a managed save waits for its turn, then restores the image
+            // (the action reads the state again after a wait); one being
+            // paused or asked to shut down is on its way down, no "already
+            // up" to remember.
+            let (state, managed_save) = match lock(&self.sleeping).get(&domain.uuid) {
+                Some(Sleep::ManagedSave) => (DomainState::ShutOff, true),
+                Some(Sleep::Shutdown | Sleep::Suspend) => (DomainState::InShutdown, false),
+                None => (owner.state, owner.managed_save),
+            };
             lookup.candidates.push(Candidate {
                 name: domain.name,
                 uuid: domain.uuid,
-                state: owner.state,
-                managed_save: owner.managed_save,
+                state,
+                managed_save,
                 host: self.position,
                 epoch,
             });
@@ -545,14 +559,17 @@ impl Host {
     /// a shutdown request; with `token`, only if the domain's current XML
     /// gives that token the right. Waits while another request acts on the
     /// same domain, and reads its state afresh first: a repeat finds it
-    /// asleep.
+    /// asleep. `acting` is called just before the action and once it ended.
+    /// Runs on an action lane, as a start does: a managed save that takes
+    /// minutes holds no connection that lookups need.
     pub(crate) fn sleep(
         &self,
         domain: &Candidate,
         token: Option<Hash>,
         dry_run: bool,
+        acting: &dyn Fn(),
     ) -> Result<Put, HostError> {
-        let result = self.sleep_once(domain, token, dry_run);
+        let result = self.sleep_once(domain, token, dry_run, acting);
         self.note(&result);
         result
     }
@@ -562,9 +579,12 @@ impl Host {
         domain: &Candidate,
         token: Option<Hash>,
         dry_run: bool,
+        acting: &dyn Fn(),
     ) -> Result<Put, HostError> {
-        let hv = self.pool.connection().map_err(HostError::Unreachable)?;
-        let sort = |e| HostError::from(self.failure(&hv, e));
+        let main = self.pool.connection().map_err(HostError::Unreachable)?;
+        let lane = self.pool.lane(main);
+        let hv = &lane.hv;
+        let sort = |e| HostError::from(self.failure(hv, e));
         let _turn = self.turns.take(domain.uuid);
         let record = hv.domain(domain.uuid).map_err(sort)?;
         if token.is_some_and(|token| !policy::may_sleep(&record.meta, &token)) {
@@ -578,8 +598,14 @@ impl Host {
         if dry_run {
             return Ok(Put::Done(how, state));
         }
+        // While it goes on, a wake's lookup sees the domain as it will be
+        // (see `lookup_once`).
+        lock(&self.sleeping).insert(domain.uuid, how);
+        acting();
         let result = hv.sleep(domain.uuid, how);
+        lock(&self.sleeping).remove(&domain.uuid);
         self.actions_done.fetch_add(1, Ordering::SeqCst);
+        acting();
         match result {
             Ok(()) => Ok(Put::Done(how, state)),
             Err(e) => match sort(e) {
