@@ -32,9 +32,12 @@ for unit in "$assets"/units/*.service "$assets"/units/*.socket "$assets"/units/*
 # Maintainer scripts, with the unit list filled in.
 for script in packaging/debian/*; do
     dst="$assets/debian/$(basename "$script")"
-    sed "s|@UNITS@|${units[*]}|g" "$script" >"$dst"
+    # @NOTE_SHADOWING@ stands for packaging/note-shadowing.sh, the same
+    # words in both families' scripts.
+    sed "s|@UNITS@|${units[*]}|g" "$script" |
+        awk '/^@NOTE_SHADOWING@$/ { while ((getline l < "packaging/note-shadowing.sh") > 0) print l; next } { print }' >"$dst"
     chmod 755 "$dst"
-    if grep -q '@UNITS@' "$dst"; then
+    if grep -q -e '@UNITS@' -e '@NOTE_SHADOWING@' "$dst"; then
         echo "build-deb.sh: $dst: @UNITS@ not replaced" >&2
         exit 1
     fi

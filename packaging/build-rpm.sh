@@ -69,8 +69,11 @@ units=()
 for unit in "$assets"/units/*.socket "$assets"/units/*.service "$assets"/units/*.timer; do units+=("$(basename "$unit")"); done
 for script in packaging/rpm/*.sh; do
     dst="$assets/rpm/$(basename "$script")"
-    sed "s|@UNITS@|${units[*]}|g" "$script" >"$dst"
-    if grep -q '@UNITS@' "$dst"; then
+    # @NOTE_SHADOWING@ stands for packaging/note-shadowing.sh, the same
+    # words in both families' scripts.
+    sed "s|@UNITS@|${units[*]}|g" "$script" |
+        awk '/^@NOTE_SHADOWING@$/ { while ((getline l < "packaging/note-shadowing.sh") > 0) print l; next } { print }' >"$dst"
+    if grep -q -e '@UNITS@' -e '@NOTE_SHADOWING@' "$dst"; then
         echo "build-rpm.sh: $dst: @UNITS@ not replaced" >&2
         exit 1
     fi

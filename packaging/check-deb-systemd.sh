@@ -161,4 +161,54 @@ ctx dpkg --purge $name
 left=$(ct find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled /var/cache -name "$name*")
 [[ -z $left ]] || fail "left after purge: $left"
 log "purged: no $link, no deb-systemd-helper state, no cache directory"
+
+# ---------------------------------------------------------------- 8. original
+# The original project's unit, copied to /etc as its README says, before the
+# package comes: the install says what shadows what and how to move, and
+# changes nothing of it; enabling our socket with it still in /etc then
+# works (it is started with the socket passed, serves it, and says its
+# --address is not used).
+phase "the original project's unit in /etc"
+original=/etc/systemd/system/$name.service
+cat >"/proc/$ct_pid/root$original" <<UNIT
+[Unit]
+Description=Wake-on-LAN gateway for libvirt (the original project's unit)
+After=network.target libvirtd.service
+BindsTo=libvirtd.service
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/$name --address 0.0.0.0:9 --libvirt-uri qemu:///system
+Restart=always
+User=$name
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+ReadWritePaths=/var/run/libvirt/libvirt-sock
+IPAddressDeny=any
+IPAddressAllow=127.0.0.1/8
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+before=$(sha256sum <"/proc/$ct_pid/root$original")
+ct systemctl daemon-reload
+said=$(ct dpkg -i "$deb_in" 2>&1) || fail "dpkg -i with the original's unit in /etc failed: $said"
+sed 's/^/    /' <<<"$said"
+grep -qF "$original is not this package's unit" <<<"$said" || fail "the install did not say that $original shadows the package's unit"
+grep -qF "systemctl daemon-reload && systemctl enable --now $name.socket" <<<"$said" ||
+    fail "the install did not give the commands that move to the socket"
+[[ $(sha256sum <"/proc/$ct_pid/root$original") == "$before" ]] || fail "the install changed $original"
+[[ $(svc service FragmentPath) == "$original" ]] || fail "$name.service comes from $(svc service FragmentPath), not $original"
+ctx systemctl enable --now $name.socket
+ct virsh -q -c qemu:///system destroy $domain >/dev/null 2>&1 || true
+guest_off() { [[ $(domstate) == "shut off" ]]; }
+wait_for "guest $domain shut off" 20 guest_off
+ctx wakeonlan -i 127.0.0.1 $mac
+wait_for "the original's unit, started by our socket, active" 20 svc_active
+wait_for "guest $domain running" 30 guest_running
+unused() { ct journalctl -b -u $name.service -o cat | grep -q -- "--listen-address 0.0.0.0:9 is not used"; }
+wait_for "journal: its --address is not used, the socket's is" 10 unused
+ct systemctl disable --now $name.socket $name.service >/dev/null 2>&1 || true
+rm -f "/proc/$ct_pid/root$original"
+ctx dpkg --purge $name
+log "said once, changed nothing, and worked with our socket"
 end_phase

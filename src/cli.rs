@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 
 /// Wake-on-LAN gateway for libvirt: a magic packet for a VM's MAC address
@@ -12,7 +13,10 @@ use clap::{Parser, Subcommand};
 /// the UDP port and passes it in; the gateway handles every queued packet and
 /// exits when idle. Run by hand, it binds --listen-address itself.
 ///
-/// Verbosity comes from RUST_LOG (default: info; e.g. RUST_LOG=debug).
+/// Every option can also come from the environment variable its help names
+/// (WOL_...; several values separated by commas), e.g. from systemd's
+/// EnvironmentFile=. Verbosity comes from RUST_LOG (default: info; e.g.
+/// RUST_LOG=debug).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wol-libvirt-gateway", version, about, long_about)]
 // These doc comments are the --help text (plain, not Markdown): `[::]:9`
@@ -25,100 +29,154 @@ pub struct Args {
 
     /// UDP address to listen on when systemd passes no socket. Repeat the flag
     /// for several addresses, e.g. 0.0.0.0:9 and [::]:9. Default: 127.0.0.1:9,
-    /// unless --raw-interface is given (then no UDP socket).
+    /// unless --raw-interface is given (then no UDP socket). -a and --address
+    /// are the original project's names for it.
     #[arg(
+        short = 'a',
         long = "listen-address",
+        visible_alias = "address",
         value_name = "IP:PORT",
-        value_parser = parse_socket_addr
+        value_parser = parse_socket_addr,
+        env = "WOL_LISTEN_ADDRESS",
+        value_delimiter = ','
     )]
     pub(crate) listen_address: Vec<SocketAddr>,
 
     /// Also take HTTP wake requests (with a token; see `token add`) on this
     /// TCP address when systemd passes no socket, e.g. 127.0.0.1:9109.
     /// Repeatable. Given alone, no UDP socket is bound.
-    #[arg(long = "http-listen", value_name = "IP:PORT", value_parser = parse_socket_addr)]
+    #[arg(
+        long = "http-listen",
+        value_name = "IP:PORT",
+        value_parser = parse_socket_addr,
+        env = "WOL_HTTP_LISTEN",
+        value_delimiter = ','
+    )]
     pub(crate) http_listen: Vec<SocketAddr>,
 
     /// Serve the HTTP wake over TLS with this PEM certificate chain (under
     /// systemd: LoadCredential=, then $CREDENTIALS_DIRECTORY/NAME).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "WOL_TLS_CERT")]
     pub(crate) tls_cert: Option<std::path::PathBuf>,
 
     /// The PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "WOL_TLS_KEY")]
     pub(crate) tls_key: Option<std::path::PathBuf>,
 
     /// Serve the HTTP wake without TLS on an address that is not loopback
     /// (for a VPN interface that already encrypts); tokens then cross that
     /// network in clear.
-    #[arg(long)]
+    #[arg(long, env = "WOL_ALLOW_PLAIN_HTTP", value_parser = BoolishValueParser::new())]
     pub(crate) allow_plain_http: bool,
 
     /// libvirt connection URI whose domains may be woken. Repeat the flag
     /// for several hosts (e.g. qemu+ssh://host2/system): a MAC is looked up
     /// on all of them, and one that cannot be reached does not block the
-    /// others.
+    /// others. -l is the original project's name for it.
     #[arg(
+        short = 'l',
         long,
         value_name = "URI",
         default_value = "qemu:///system",
-        global = true
+        global = true,
+        env = "WOL_LIBVIRT_URI",
+        value_delimiter = ','
     )]
     pub(crate) libvirt_uri: Vec<String>,
 
     /// Log what a magic packet (or `wake`, `sleep`, `idle check`) would do,
     /// and do nothing.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "WOL_DRY_RUN", value_parser = BoolishValueParser::new())]
     pub(crate) dry_run: bool,
 
     /// Also listen for raw Ethernet Wake-on-LAN frames (ethertype 0x0842, as
     /// sent by etherwake and many routers) on this interface; needs
     /// CAP_NET_RAW and runs until stopped (see
     /// wol-libvirt-gateway-raw@.service). Repeatable.
-    #[arg(long, value_name = "IFACE")]
+    #[arg(
+        long,
+        value_name = "IFACE",
+        env = "WOL_RAW_INTERFACE",
+        value_delimiter = ','
+    )]
     pub(crate) raw_interface: Vec<String>,
 
     /// Exit after this long without a datagram (e.g. 30s, 2m; 0 = never).
     /// Default: 30s when started by systemd with a socket, never when the
     /// gateway bound its own socket.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "WOL_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Option<Duration>,
 
     /// A MAC woken within this window is not acted on again; repeats (tools
     /// send 3-10 copies) are logged as duplicates.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        env = "WOL_DEDUPE_WINDOW"
+    )]
     pub(crate) dedupe_window: Duration,
 
     /// Only these domains may be woken: a domain name, a UUID, or a MAC
     /// (repeat the flag). Default: any domain with the MAC.
-    #[arg(long, value_name = "NAME|UUID|MAC", global = true)]
+    #[arg(
+        long,
+        value_name = "NAME|UUID|MAC",
+        global = true,
+        env = "WOL_ALLOW",
+        value_delimiter = ','
+    )]
     pub(crate) allow: Vec<crate::decide::policy::AllowEntry>,
 
     /// Only domains that opted in through their own libvirt metadata may be
     /// woken: virsh metadata DOMAIN --uri https://wol-libvirt-gateway/xmlns/1
     /// --key wol --set '<wake/>' --config
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WOL_REQUIRE_OPT_IN",
+        value_parser = BoolishValueParser::new()
+    )]
     pub(crate) require_opt_in: bool,
 
     /// Directory for the persistent MAC index. systemd's CacheDirectory=
     /// ($CACHE_DIRECTORY) takes precedence; without either, the XDG cache
     /// directory (~/.cache/wol-libvirt-gateway) is used.
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR", global = true, env = "WOL_CACHE_DIR")]
     pub(crate) cache_dir: Option<std::path::PathBuf>,
 
     /// For a MAC the index does not know, list the domains (and read the XML
     /// of new ones) at most this often.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration,
+        env = "WOL_RESCAN_INTERVAL"
+    )]
     pub(crate) rescan_interval: Duration,
 
     /// Re-read every domain's XML (to find an interface added to a known
     /// domain) for an unknown MAC at most this often.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration,
+        env = "WOL_FULL_RESCAN_INTERVAL"
+    )]
     pub(crate) full_rescan_interval: Duration,
 
     /// A libvirt host that answers no call for this long counts as not
     /// answering: requests that need it wait, the others go on without it.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_positive_duration,
+        env = "WOL_LIBVIRT_TIMEOUT"
+    )]
     pub(crate) libvirt_timeout: Duration,
 }
 

@@ -92,7 +92,14 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             // clap's own report spans several lines; one is enough here.
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see --help)");
+            match from_environment(&e) {
+                // systemd's EnvironmentFile= is where an admin looks next.
+                Some(var) => eprintln!(
+                    "{} (see --help)",
+                    first.replacen("error: ", &format!("error: {var} in the environment: "), 1)
+                ),
+                None => eprintln!("{first} (see --help)"),
+            }
             return 2;
         }
     };
@@ -143,6 +150,17 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     // (the journal socket, the signal pipe) and be taken for a passed one.
     let listeners = sockets::acquire(&args.listen_address, &args.raw_interface, &args.http_listen);
     logging::init();
+    if let Ok(listeners) = &listeners {
+        if listeners.origin == Origin::Activated && !args.listen_address.is_empty() {
+            let named: Vec<String> = args.listen_address.iter().map(|a| a.to_string()).collect();
+            warn!(
+                "--listen-address {} is not used: systemd passed the socket unit's sockets, \
+                 which decide the addresses (ListenDatagram=); running until stopped, as a unit \
+                 that names an address expects (docs/original.md)",
+                named.join(",")
+            );
+        }
+    }
     match listeners.and_then(|listeners| serve(&args, listeners)) {
         Ok(code) => code,
         Err(e) => {
@@ -150,6 +168,36 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             1
         }
     }
+}
+
+/// The environment variable a rejected value came from, if it did: the
+/// option's variable is set and holds that value (or, for a list, has it
+/// among its comma-separated values).
+fn from_environment(e: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    // "--idle-timeout <DURATION>", "-l <URI>" or "--dry-run".
+    let flag = arg.split_whitespace().next()?;
+    let command = Args::command();
+    let option = command.get_arguments().find(|option| {
+        option
+            .get_long()
+            .is_some_and(|long| flag == format!("--{long}"))
+            || option
+                .get_short()
+                .is_some_and(|short| flag == format!("-{short}"))
+    })?;
+    let var = option.get_env()?;
+    let set = std::env::var(var).ok()?;
+    (set == *value || set.split(',').any(|part| part == value))
+        .then(|| var.to_string_lossy().into_owned())
 }
 
 fn serve(args: &Args, mut listeners: sockets::Listeners) -> anyhow::Result<i32> {
@@ -229,7 +277,12 @@ fn refuse_plain_http(args: &Args, http: &[std::net::TcpListener], tls: bool) -> 
 /// holds for us survives our exit; raw listeners and our own sockets would
 /// close, so those run until stopped.
 fn idle_timeout(args: &Args, listeners: &sockets::Listeners) -> Option<Duration> {
-    let always_on = listeners.origin == Origin::Bound || !args.raw_interface.is_empty();
+    // A unit that names an address (the original project's, Type=simple
+    // with Restart=always) expects a process that stays: exiting when idle
+    // would only be restarted at once, again and again.
+    let always_on = listeners.origin == Origin::Bound
+        || !args.raw_interface.is_empty()
+        || !args.listen_address.is_empty();
     match args.idle_timeout {
         Some(Duration::ZERO) => None,
         Some(timeout) => Some(timeout),

@@ -100,9 +100,11 @@ dropin=systemd/$name.service.d/remote-hosts.conf
 if [[ -f $dropin ]]; then
     mkdir -p "$tmp/remote/$name.service.d"
     cp "$tmp/$name.service" "$tmp/remote/"
-    sed "s|^ExecStart=/.*wol-libvirt-gateway |ExecStart=$bin |" "$dropin" >"$tmp/remote/$name.service.d/remote-hosts.conf"
-    grep -q "^ExecStart=$bin " "$tmp/remote/$name.service.d/remote-hosts.conf" ||
-        fail "$dropin has no ExecStart= line running the gateway"
+    cp "$dropin" "$tmp/remote/$name.service.d/remote-hosts.conf"
+    # The URIs through the environment: the shipped ExecStart= stays.
+    ! grep -q "^ExecStart=" "$dropin" || fail "$dropin repeats ExecStart= (set WOL_LIBVIRT_URI instead)"
+    grep -q '^Environment="WOL_LIBVIRT_URI=qemu:///system,qemu+ssh://' "$dropin" ||
+        fail "$dropin sets no WOL_LIBVIRT_URI"
     if ! out=$(systemd-analyze verify --man=no "$tmp/remote/$name.service" 2>&1) ||
         problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then
         echo "$out" >&2

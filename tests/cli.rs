@@ -25,6 +25,11 @@ fn help_documents_every_flag_with_its_default() {
     let help = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "--listen-address <IP:PORT>",
+        "-a, --listen-address",
+        "[alias: --address]",
+        "-l, --libvirt-uri",
+        "[env: WOL_LIBVIRT_URI=]",
+        "[env: WOL_ALLOW=]",
         "127.0.0.1:9",
         "--raw-interface <IFACE>",
         "--dry-run",
@@ -54,6 +59,25 @@ fn help_documents_every_flag_with_its_default() {
 /// clap checks the definition itself (unique names and flags, references
 /// to arguments that exist, ...) only when a debug build parses with it,
 /// and a subcommand only when it is used: this checks the whole tree.
+#[test]
+fn every_environment_variable_is_documented() {
+    let usage = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/usage.md"))
+        .expect("docs/usage.md");
+    let command = Args::command();
+    let vars: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|var| var.to_string_lossy().into_owned())
+        .collect();
+    assert!(vars.len() >= 15, "{vars:?}");
+    for var in vars {
+        assert!(
+            usage.contains(&format!("`{var}`")),
+            "{var} is not in docs/usage.md"
+        );
+    }
+}
+
 #[test]
 fn the_clap_definition_is_consistent() {
     Args::command().debug_assert();

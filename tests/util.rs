@@ -249,6 +249,12 @@ impl Launch {
     pub fn new(args: &[&str]) -> Launch {
         let cache = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(bin());
+        // Options from the environment (WOL_...) are the test's to set.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WOL_") {
+                command.env_remove(key);
+            }
+        }
         command
             .args(args)
             .env_remove("LISTEN_FDS")

@@ -31,6 +31,8 @@ else
         "described in /usr/lib/sysusers.d/wol-libvirt-gateway.conf yourself" >&2
 fi
 
+@NOTE_SHADOWING@
+
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     # On upgrade, running services pick up the new binary; try-restart starts

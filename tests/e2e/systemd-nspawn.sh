@@ -82,6 +82,9 @@ install -D -m 0644 systemd/$name-idle.service "$root/etc/systemd/system/$name-id
 install -D -m 0644 systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
 install -D -m 0644 systemd/$name-wake@.service "$root/etc/systemd/system/$name-wake@.service"
 install -D -m 0644 systemd/$name-sleep@.service "$root/etc/systemd/system/$name-sleep@.service"
+# Nothing of an earlier run's admin: no options file, no extra units.
+rm -f "$root/etc/default/$name" "$root/etc/sysconfig/$name" "$root/etc/systemd/system/wol-original.service"
+rm -rf "$root/etc/systemd/system/$name-wake@"*.timer* "$root/etc/systemd/system/$name-sleep@"*.timer*
 cmp systemd/$name-idle.service "$root/etc/systemd/system/$name-idle.service"
 cmp systemd/$name-idle.timer "$root/etc/systemd/system/$name-idle.timer"
 cmp "$bin" "$root/usr/local/bin/$name"
@@ -308,6 +311,8 @@ awk -v a="$idle_online" -v m="$max_exposure" 'BEGIN { exit !(a <= m) }' ||
     errors+=("exposure of $name-idle.service above $max_exposure (online $idle_online)")
 
 # ---------------------------------------------------------------- schedules
+# (Files go in through /proc/PID/root: the container's root is an overlay
+# of $root, whose later changes it need not see.)
 # docs/power.md's timer, as written there, for the shipped sleep@ and wake@
 # templates, its calendar made to fire every 5 s by a drop-in: the sleep
 # timer managed-saves the guest (its policy's action), the wake timer
@@ -318,10 +323,10 @@ timer_text=$(awk '/^# \/etc\/systemd\/system\/wol-libvirt-gateway-wake@build01.t
 grep -qx 'OnCalendar=Mon..Fri 06:30' <<<"$timer_text" || fail "no timer found in docs/power.md"
 ct /usr/local/bin/$name idle set $domain --after 1h --action managedsave 2>&1 | sed 's/^/    /'
 for verb in sleep wake; do
-    printf '%s\n' "$timer_text" >"$root/etc/systemd/system/$name-$verb@$domain.timer"
-    mkdir -p "$root/etc/systemd/system/$name-$verb@$domain.timer.d"
+    printf '%s\n' "$timer_text" >"/proc/$ct_pid/root/etc/systemd/system/$name-$verb@$domain.timer"
+    mkdir -p "/proc/$ct_pid/root/etc/systemd/system/$name-$verb@$domain.timer.d"
     printf '[Timer]\nOnCalendar=\nOnCalendar=*:*:0/5\nAccuracySec=1s\nPersistent=false\n' \
-        >"$root/etc/systemd/system/$name-$verb@$domain.timer.d/soon.conf"
+        >"/proc/$ct_pid/root/etc/systemd/system/$name-$verb@$domain.timer.d/soon.conf"
 done
 ct systemctl daemon-reload
 cli_entry=""
@@ -344,10 +349,109 @@ wait_for "a VIA=cli ACTION=restore RESULT=ok journal entry" 10 cli_journal wake 
 log "$cli_entry"
 for verb in sleep wake; do
     ! ct systemctl is-failed -q $name-$verb@$domain.service || fail "$name-$verb@$domain.service failed"
-    rm -rf "$root/etc/systemd/system/$name-$verb@$domain.timer" "$root/etc/systemd/system/$name-$verb@$domain.timer.d"
+    rm -rf "/proc/$ct_pid/root/etc/systemd/system/$name-$verb@$domain.timer" "/proc/$ct_pid/root/etc/systemd/system/$name-$verb@$domain.timer.d"
 done
 ct systemctl daemon-reload
 ct /usr/local/bin/$name idle clear $domain 2>&1 | sed 's/^/    /'
+
+# ---------------------------------------------------------------- environment
+# Options from the environment file the shipped service reads (Debian's
+# /etc/default/NAME): a changed --allow and a changed URI take effect at the
+# next activation, and a malformed value stops the service with one line
+# naming the variable.
+phase "options from /etc/default/$name"
+env_file=/proc/$ct_pid/root/etc/default/$name
+mkdir -p "$(dirname "$env_file")"
+journal_has() {
+    # shellcheck disable=SC2016
+    [[ -n $(ct sh -c 'journalctl -b -u "$1.service" -o json | jq -c "select($2)"' sh $name "$1" | tail -n 1) ]]
+}
+ct systemctl stop $name.service
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+printf '# written by the test\nWOL_ALLOW=someone-else\n' >"$env_file"
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "WOL_ALLOW from the file: $domain refused (RESULT=refused)" 20 \
+    journal_has "select(.DOMAIN == \"$domain\" and .RESULT == \"refused\")"
+[[ $(domstate) == "shut off" ]] || fail "guest $domain was started despite WOL_ALLOW"
+ct systemctl stop $name.service
+printf 'WOL_LIBVIRT_URI=test:///default\n' >"$env_file"
+ct wakeonlan -i 127.0.0.1 aa:bb:cc:dd:ee:ff | sed 's/^/    /'
+wait_for "WOL_LIBVIRT_URI from the file: the test driver's domain found" 20 \
+    journal_has "select(.DOMAIN == \"test\" and .HOST == \"test:///default\" and .RESULT == \"already-up\")"
+ct systemctl stop $name.service
+printf 'WOL_LIBVIRT_TIMEOUT=0\n' >"$env_file"
+poll_guard=""
+svc_failed() { ct systemctl is-failed -q $name.service; }
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "a malformed WOL_LIBVIRT_TIMEOUT stops $name.service" 20 svc_failed
+env_line=$(ct journalctl -b -u $name.service -o cat | grep -F "WOL_LIBVIRT_TIMEOUT in the environment" | tail -n 1)
+[[ -n $env_line ]] || fail "no journal line naming WOL_LIBVIRT_TIMEOUT"
+log "$env_line"
+rm -f "$env_file"
+ct systemctl stop $name.socket
+ct systemctl reset-failed $name.service $name.socket
+ct systemctl start $name.socket
+poll_guard=units_guard
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "guest $domain running once the file is gone" 30 guest_running
+
+# ---------------------------------------------------------------- original
+# The original project's unit as its README tells users to install it, our
+# binary in its place: an always-on Type=simple service with --address and
+# --libvirt-uri, binding 0.0.0.0:9 with CAP_NET_BIND_SERVICE as an
+# unprivileged user. A packet wakes the guest; killed, it is restarted
+# (Restart=always) and serves again; it never idles out.
+phase "the original project's unit runs our binary"
+ct systemctl stop $name.socket $name.service
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+cat >"/proc/$ct_pid/root/etc/systemd/system/wol-original.service" <<UNIT
+[Unit]
+Description=Wake-on-LAN gateway for libvirt (the original project's unit)
+After=network.target libvirtd.service
+BindsTo=libvirtd.service
+
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/$name --address 0.0.0.0:9 --libvirt-uri qemu:///system
+Restart=always
+User=$name
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+ReadWritePaths=/var/run/libvirt/libvirt-sock
+IPAddressDeny=any
+IPAddressAllow=127.0.0.1/8
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+ct systemctl daemon-reload
+ct systemctl start wol-original.service
+original_listening() {
+    ct journalctl -b -u wol-original.service -o cat | grep -q "listening on 0.0.0.0:9;.*running until stopped"
+}
+wait_for "wol-original.service listening on 0.0.0.0:9, running until stopped" 20 original_listening
+ct wakeonlan -i 127.0.0.1 $mac | sed 's/^/    /'
+wait_for "guest $domain woken through the original's unit" 30 guest_running
+pid_before=$(ct systemctl show -p MainPID --value wol-original.service)
+ct systemctl kill -s KILL wol-original.service
+restarted() {
+    local pid
+    pid=$(ct systemctl show -p MainPID --value wol-original.service)
+    [[ $pid != 0 && $pid != "$pid_before" && $(ct systemctl is-active wol-original.service) == active ]]
+}
+wait_for "wol-original.service restarted after SIGKILL (Restart=always)" 20 restarted
+ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
+wait_for "guest $domain shut off" 20 guest_off
+served_again() {
+    ct wakeonlan -i 127.0.0.1 $mac >/dev/null
+    [[ $(domstate) == running ]]
+}
+wait_for "the restarted process wakes the guest" 30 served_again
+ct systemctl stop wol-original.service
+rm -f "/proc/$ct_pid/root/etc/systemd/system/wol-original.service"
+ct systemctl daemon-reload
+ct systemctl start $name.socket
 
 # ---------------------------------------------------------------- remote
 # The shipped drop-in for remote URIs, byte for byte but for the address:
