@@ -20,6 +20,7 @@ mod http;
 mod idle;
 mod index_cache;
 mod layout;
+mod macs;
 mod power;
 mod properties;
 mod raw;
