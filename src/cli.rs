@@ -198,6 +198,12 @@ pub(crate) enum Command {
     /// then carry the password (stored salted and hashed in its metadata).
     #[command(subcommand)]
     Secureon(SecureonCommand),
+    /// Give a domain extra MACs that magic packets find it by, besides its
+    /// interfaces' (a NIC passed through as a PCI device shows libvirt no
+    /// MAC; a client may insist on its own); kept in the domain's own
+    /// metadata.
+    #[command(subcommand)]
+    Mac(MacCommand),
     /// Put domains back to sleep when idle: a policy kept in each domain's
     /// own metadata (`idle set`), applied by `idle check`, which
     /// wol-libvirt-gateway-idle.timer runs every minute.
@@ -287,6 +293,43 @@ pub(crate) enum SecureonCommand {
         /// The domain's name.
         domain: String,
     },
+}
+
+/// `mac` commands.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum MacCommand {
+    /// Make magic packets for MAC wake DOMAIN, as if one of its interfaces
+    /// had it (the same rules: --allow, --require-opt-in, the ambiguity
+    /// rule).
+    Add {
+        /// The domain's name.
+        domain: String,
+        /// The MAC, e.g. 52:54:00:12:34:56 (the passed-through NIC's own).
+        #[arg(value_name = "MAC", value_parser = parse_wakeable_mac)]
+        mac: crate::model::Mac,
+    },
+    /// Take an extra MAC away from DOMAIN: packets for it no longer wake it.
+    Remove {
+        /// The domain's name.
+        domain: String,
+        /// The extra MAC, as `mac list` shows it.
+        #[arg(value_name = "MAC", value_parser = parse_wakeable_mac)]
+        mac: crate::model::Mac,
+    },
+    /// Show which domains have extra MACs.
+    List,
+}
+
+/// A MAC a magic packet can name: refused before libvirt is asked.
+fn parse_wakeable_mac(s: &str) -> Result<crate::model::Mac, String> {
+    let mac: crate::model::Mac = s.parse().map_err(|e| format!("{e}"))?;
+    if mac.is_wakeable() {
+        Ok(mac)
+    } else {
+        Err(format!(
+            "{mac} is a group or zero address, never a magic packet's target: give a NIC's own MAC"
+        ))
+    }
 }
 
 /// What a token's holder may do.

@@ -131,6 +131,13 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             logging::init();
             return secureon(&args, command);
         }
+        Some(Command::Mac(command)) => {
+            logging::init();
+            let Some(hosts) = open_all(&args) else {
+                return 1;
+            };
+            return commands::mac::run(command, &hosts, host_of);
+        }
         Some(Command::Idle(command)) => {
             logging::init();
             return idle(&args, command);

@@ -31,6 +31,12 @@ impl Mac {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
+
+    /// True if a magic packet can name it: neither the zero address nor a
+    /// group one, which the packet parser refuses.
+    pub fn is_wakeable(&self) -> bool {
+        !self.is_zero() && !self.is_multicast()
+    }
 }
 
 impl fmt::Display for Mac {

@@ -20,6 +20,7 @@ mod http;
 mod idle;
 mod index_cache;
 mod layout;
+mod macs;
 mod original;
 mod power;
 mod properties;

@@ -224,7 +224,7 @@ fn list_json_gives_each_domain_its_state_macs_and_wake() {
             "tokens": 0,
             "secureon": false,
             "idle": null,
-            "macs": [{"mac": "52:54:00:70:00:42", "action": "resume", "on_wake": "resume"}],
+            "macs": [{"mac": "52:54:00:70:00:42", "extra": false, "action": "resume", "on_wake": "resume"}],
             "unreadable": null
         },
         {
@@ -237,7 +237,7 @@ fn list_json_gives_each_domain_its_state_macs_and_wake() {
             "tokens": 0,
             "secureon": false,
             "idle": null,
-            "macs": [{"mac": "52:54:00:70:00:41", "action": "start", "on_wake": "start"}],
+            "macs": [{"mac": "52:54:00:70:00:41", "extra": false, "action": "start", "on_wake": "start"}],
             "unreadable": null
         }
     ]);

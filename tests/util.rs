@@ -83,12 +83,20 @@ pub struct DomainSpec {
     pub state: RunState,
     /// Written inside `<metadata>` (e.g. the gateway's `<wol:wake>`).
     pub metadata: String,
+    /// Written inside `<devices>` before the NICs (e.g. a `<hostdev>`).
+    pub devices: String,
 }
 
 impl DomainSpec {
     /// The same domain with `element` in its `<metadata>`.
     pub fn with_metadata(mut self, element: &str) -> DomainSpec {
         self.metadata = element.to_owned();
+        self
+    }
+
+    /// The same domain with `devices` besides its NICs.
+    pub fn with_devices(mut self, devices: &str) -> DomainSpec {
+        self.devices = devices.to_owned();
         self
     }
 }
@@ -100,6 +108,7 @@ pub fn domain(name: &str, mac: &str, state: RunState) -> DomainSpec {
         macs: vec![mac.into()],
         state,
         metadata: String::new(),
+        devices: String::new(),
     }
 }
 
@@ -186,10 +195,11 @@ fn node_xml(domains: &[DomainSpec]) -> String {
             xml,
             "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\
              <name>{}</name><uuid>{}</uuid><memory>65536</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64'>hvm</type></os><metadata>{}</metadata><devices>",
+             <os><type arch='x86_64'>hvm</type></os><metadata>{}</metadata><devices>{}",
             d.name,
             uuid_for(&d.name),
-            d.metadata
+            d.metadata,
+            d.devices
         );
         for mac in &d.macs {
             let _ = write!(

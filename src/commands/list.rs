@@ -133,6 +133,9 @@ pub(crate) struct DomainView {
 pub(crate) struct MacView {
     /// The MAC.
     pub(crate) mac: String,
+    /// It is one of the domain's extra MACs (`mac add`), not an
+    /// interface's.
+    pub(crate) extra: bool,
     /// `start`, `restore`, `resume`, `pm-wakeup`, or `none`: the journal's
     /// `ACTION` words.
     pub(crate) action: &'static str,
@@ -180,6 +183,7 @@ pub(crate) fn view_showing<H: Borrow<Host>>(
                     };
                     MacView {
                         mac: mac.to_string(),
+                        extra: entry.info.extra.contains(mac),
                         action: report::action_words(effect.verb()),
                         on_wake: report::effect_words(&effect),
                     }
@@ -259,7 +263,12 @@ pub(crate) fn table<H: Borrow<Host>>(hosts: &[H], entries: &[Entry], policy: &Po
             Ok(macs) => {
                 for mac in macs {
                     let effect = on_wake(entry, *mac, entries, policy);
-                    rows.push(row(mac.to_string(), report::effect_words(&effect)));
+                    let shown = if entry.info.extra.contains(mac) {
+                        format!("{mac} {}", report::EXTRA_MAC_WORDS)
+                    } else {
+                        mac.to_string()
+                    };
+                    rows.push(row(shown, report::effect_words(&effect)));
                 }
             }
         }
@@ -303,6 +312,7 @@ mod tests {
                     wake_opt_in: false,
                 },
                 macs: Ok(vec![MAC]),
+                extra: Vec::new(),
                 state: Some(state),
                 managed_save: false,
                 tokens: Vec::new(),

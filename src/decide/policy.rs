@@ -18,6 +18,7 @@ use crate::secret::{Hash, Sealed};
 ///   <token sha256="…"/>          <!-- one per HTTP client (`token add`) -->
 ///   <token sha256="…" may="wake sleep"/>   <!-- `token add --may sleep` -->
 ///   <secureon salt="…" sha256="…"/>   <!-- `secureon set` -->
+///   <mac address="52:54:00:12:34:56"/>   <!-- `mac add` -->
 /// </wol:wake>
 /// ```
 ///
@@ -37,6 +38,11 @@ pub struct WakeMeta {
     pub secureon: Option<Sealed>,
     /// When it is put back to sleep (`idle set`); `None`: never.
     pub idle: Option<IdlePolicy>,
+    /// MACs a magic packet finds it by besides its interfaces' (`mac
+    /// add`): for a NIC libvirt shows no MAC of (a passed-through PCI
+    /// device), or a MAC a client insists on. Found, confirmed, allowed
+    /// and judged ambiguous exactly as an interface's.
+    pub macs: Vec<Mac>,
 }
 
 /// What the policy looks at in a domain: read from its current XML.

@@ -2,9 +2,11 @@
 //!
 //! Every NIC of a domain, whatever its `type` (network, bridge, direct, user,
 //! ethernet, hostdev, vhostuser, ...), carries its address in
-//! `<domain><devices><interface><mac address='…'/>`. We read exactly that path
-//! and nothing else, so `<mac>` elements elsewhere (say in `<metadata>`) are
-//! never mistaken for a NIC.
+//! `<domain><devices><interface><mac address='…'/>`. We read exactly that path,
+//! and the extra MACs its owner keeps in our own `<metadata>` element (`mac
+//! add`: a PCI device passed through with `<hostdev>` shows libvirt no MAC),
+//! and nothing else, so `<mac>` elements elsewhere (say in another
+//! `<metadata>` element, or a `<hostdev>`) are never mistaken for a NIC.
 
 use std::time::Duration;
 
@@ -41,6 +43,10 @@ pub(crate) const MAX_XML_BYTES: usize = 2 << 20;
 /// which libvirt parses with, stops at 256).
 pub(crate) const MAX_DEPTH: usize = 128;
 
+/// Extra MACs one domain may have (`mac add` stops there); more in a
+/// hand-edited element are ignored, so a long one costs a wake nothing.
+pub(crate) const MAX_EXTRA_MACS: usize = 32;
+
 /// XML namespace of the gateway's element in a domain's `<metadata>`.
 pub const METADATA_NAMESPACE: &str = "https://wol-libvirt-gateway/xmlns/1";
 
@@ -50,8 +56,14 @@ pub const METADATA_KEY: &str = "wol";
 /// What the gateway reads from one domain's XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainNics {
-    /// Every interface's MAC, in document order.
+    /// Every MAC a magic packet finds the domain by: each interface's, in
+    /// document order, then its extra ones ([`WakeMeta::macs`]) that no
+    /// interface has. One list, so the index, the confirmation, the
+    /// ambiguity rule and `--allow` treat an extra MAC as an interface's.
     pub(crate) macs: Vec<Mac>,
+    /// Those of [`DomainNics::macs`] that only our metadata gives (for
+    /// `list`, and for the idle check, which counts interfaces' bytes).
+    pub(crate) extra: Vec<Mac>,
     /// What its owner set in our `<metadata>` element.
     pub meta: WakeMeta,
     /// Its QEMU guest agent channel, if it has one.
@@ -79,7 +91,10 @@ impl WakeMeta {
     /// [`METADATA_NAMESPACE`] and [`METADATA_KEY`]; `None` (remove the
     /// element) when nothing is left and the domain had not opted in.
     pub fn render(&self) -> Option<String> {
-        let children = !self.tokens.is_empty() || self.secureon.is_some() || self.idle.is_some();
+        let children = !self.tokens.is_empty()
+            || self.secureon.is_some()
+            || self.idle.is_some()
+            || !self.macs.is_empty();
         if !self.opt_in && !children {
             return None;
         }
@@ -116,6 +131,9 @@ impl WakeMeta {
                 idle.net_bps,
                 idle.disk_bps
             ));
+        }
+        for mac in &self.macs {
+            xml.push_str(&format!("<mac address=\"{mac}\"/>"));
         }
         xml.push_str("</wake>");
         Some(xml)
@@ -179,6 +197,11 @@ pub(crate) fn read_parsed(parsed: &Parsed<'_>) -> Result<DomainNics, DomainXmlEr
         })
         .map(wake_meta)
         .unwrap_or_default();
+    let extra: Vec<Mac> = (meta.macs.iter())
+        .filter(|mac| !found.contains(mac))
+        .copied()
+        .collect();
+    found.extend_from_slice(&extra);
     let agent = children(domain, "devices")
         .flat_map(|devices| children(devices, "channel"))
         .flat_map(|channel| children(channel, "target"))
@@ -189,6 +212,7 @@ pub(crate) fn read_parsed(parsed: &Parsed<'_>) -> Result<DomainNics, DomainXmlEr
         });
     Ok(DomainNics {
         macs: found,
+        extra,
         meta,
         agent,
     })
@@ -236,7 +260,28 @@ fn wake_meta(wake: roxmltree::Node<'_, '_>) -> WakeMeta {
             .unwrap_or(Sealed::UNOPENABLE)
         }),
         idle: children(wake, "idle").next().and_then(idle_policy),
+        macs: extra_macs(wake),
     }
+}
+
+/// Reads the `<mac address>` children of our `<wake>` element, each once,
+/// the first [`MAX_EXTRA_MACS`] of them. One that is malformed, or that no
+/// magic packet can name (the zero address, a group address: the packet
+/// parser refuses them), is skipped, as a malformed token is: the element
+/// is the owner's to edit, and a slip in it must not make the whole domain
+/// unreadable.
+fn extra_macs(wake: roxmltree::Node<'_, '_>) -> Vec<Mac> {
+    let mut macs = Vec::new();
+    let addresses = children(wake, "mac").filter_map(|mac| mac.attribute("address"));
+    for mac in addresses.filter_map(|address| address.parse::<Mac>().ok()) {
+        if macs.len() == MAX_EXTRA_MACS {
+            break;
+        }
+        if mac.is_wakeable() && !macs.contains(&mac) {
+            macs.push(mac);
+        }
+    }
+    macs
 }
 
 /// Reads an `<idle>` element; one that is not whole and well-formed is no
@@ -449,6 +494,7 @@ mod tests {
                 cpu_permille: 20,
                 ..IdlePolicy::new(Duration::from_secs(1800), Sleep::Shutdown)
             }),
+            macs: vec![mac("52:54:00:12:34:56"), mac("02:00:00:00:00:01")],
         };
         // libvirt puts the namespace on the element, as --key wol does.
         let element = meta
@@ -485,6 +531,88 @@ mod tests {
         ] {
             assert_eq!(read(&broken).unwrap().meta.idle, None, "{broken}");
         }
+    }
+
+    /// A domain's XML with `devices` and our element holding `inside`, in
+    /// our namespace as libvirt writes it.
+    fn with_wake(devices: &str, inside: &str) -> String {
+        format!(
+            "<domain><metadata><wol:wake xmlns:wol=\"{METADATA_NAMESPACE}\" opt-in=\"no\">\
+             {inside}</wol:wake></metadata><devices>{devices}</devices></domain>"
+        )
+    }
+
+    #[test]
+    fn extra_macs_follow_the_interfaces_once_each() {
+        let passed_through = "<hostdev mode='subsystem' type='pci' managed='yes'><source>\
+            <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>";
+        let nic = "<interface type='user'><mac address='52:54:00:00:00:01'/></interface>";
+        let xml = with_wake(
+            &format!("{passed_through}{nic}"),
+            "<mac address='52:54:00:12:34:56'/><mac address='52:54:00:00:00:01'/>\
+             <mac address='52:54:00:12:34:56'/>",
+        );
+        let read = read(&xml).expect("readable");
+        assert_eq!(
+            read.macs,
+            vec![mac("52:54:00:00:00:01"), mac("52:54:00:12:34:56")]
+        );
+        // Extra: only what no interface has; the stored list is kept as
+        // written (once each), so `mac remove` finds what `mac add` wrote.
+        assert_eq!(read.extra, vec![mac("52:54:00:12:34:56")]);
+        assert_eq!(
+            read.meta.macs,
+            vec![mac("52:54:00:12:34:56"), mac("52:54:00:00:00:01")]
+        );
+        // A domain whose only NIC is passed through has its extra MAC alone.
+        let alone = with_wake(passed_through, "<mac address='52:54:00:12:34:56'/>");
+        assert_eq!(macs(&alone), Ok(vec![mac("52:54:00:12:34:56")]));
+    }
+
+    #[test]
+    fn an_extra_mac_no_packet_can_name_is_skipped_not_an_error() {
+        let xml = with_wake(
+            "",
+            "<mac address='52:54:00:zz'/><mac/><mac address='00:00:00:00:00:00'/>\
+             <mac address='ff:ff:ff:ff:ff:ff'/><mac address='01:00:5e:00:00:01'/>\
+             <mac address='52:54:00:AB:CD:EF'/>",
+        );
+        let slipped = read(&xml).expect("a slip in our element spoils nothing");
+        assert_eq!(slipped.macs, vec![mac("52:54:00:ab:cd:ef")]);
+        assert_eq!(slipped.meta.macs, vec![mac("52:54:00:ab:cd:ef")]);
+        // Past the most `mac add` writes, the rest are ignored.
+        let many: String = (0..=MAX_EXTRA_MACS)
+            .map(|i| format!("<mac address='52:54:00:00:01:{i:02x}'/>"))
+            .collect();
+        let many = read(&with_wake("", &many)).expect("readable");
+        assert_eq!(many.macs.len(), MAX_EXTRA_MACS);
+        assert_eq!(many.macs[0], mac("52:54:00:00:01:00"));
+        // Only our element counts: another's <mac> is not an extra MAC.
+        let theirs = "<domain><metadata><x:wake xmlns:x=\"https://example.org/other\">\
+            <mac address='52:54:00:00:00:07'/></x:wake></metadata></domain>";
+        assert_eq!(macs(theirs), Ok(vec![]));
+    }
+
+    #[test]
+    fn extra_macs_are_read_back_from_what_render_writes() {
+        let meta = WakeMeta {
+            macs: vec![mac("52:54:00:12:34:56")],
+            ..WakeMeta::default()
+        };
+        let element = meta.render().expect("a MAC is kept");
+        assert_eq!(
+            element,
+            "<wake opt-in=\"no\"><mac address=\"52:54:00:12:34:56\"/></wake>"
+        );
+        let inside = element
+            .strip_prefix("<wake opt-in=\"no\">")
+            .and_then(|rest| rest.strip_suffix("</wake>"))
+            .expect("children");
+        let read = read(&with_wake("", inside)).expect("readable");
+        assert_eq!(read.meta, meta);
+        assert_eq!(read.macs, meta.macs);
+        // The last one removed, nothing is left: the element goes.
+        assert_eq!(WakeMeta::default().render(), None);
     }
 
     #[test]

@@ -61,16 +61,20 @@ pub struct Listed {
     pub name: String,
 }
 
-/// One defined domain and the MACs of its interfaces (or why they are
-/// unknown: its XML could not be fetched or read).
+/// One defined domain and its MACs (or why they are unknown: its XML could
+/// not be fetched or read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainRecord {
     /// The domain's name.
     pub(crate) name: String,
     /// The domain's UUID.
     pub(crate) uuid: Uuid,
-    /// The MACs of its interfaces, or why they are unknown.
+    /// Every MAC a magic packet finds it by (its interfaces', then its
+    /// extra ones: see [`domain_xml::DomainNics::macs`]), or why they are
+    /// unknown.
     pub(crate) macs: Result<Vec<Mac>, Unreadable>,
+    /// Those of `macs` that only its metadata gives (`mac add`), for `list`.
+    pub(crate) extra: Vec<Mac>,
     /// What its owner set in our `<metadata>` element (the opt-in, token
     /// hashes).
     pub(crate) meta: WakeMeta,
@@ -85,14 +89,15 @@ impl DomainRecord {
             Ok(xml) => domain_xml::read(&xml).map_err(Unreadable::from),
             Err(e) => Err(Unreadable::Fetch(e)),
         };
-        let (macs, meta, agent) = match nics {
-            Ok(nics) => (Ok(nics.macs), nics.meta, nics.agent),
-            Err(e) => (Err(e), WakeMeta::default(), None),
+        let (macs, extra, meta, agent) = match nics {
+            Ok(nics) => (Ok(nics.macs), nics.extra, nics.meta, nics.agent),
+            Err(e) => (Err(e), Vec::new(), WakeMeta::default(), None),
         };
         DomainRecord {
             name,
             uuid,
             macs,
+            extra,
             meta,
             agent,
         }
@@ -312,6 +317,13 @@ impl Libvirt {
     /// definition has it (the live one for a transient domain): the base
     /// for editing it.
     pub fn wake_meta(&self, name: &str) -> Result<WakeMeta, HvError> {
+        Ok(self.definition(name)?.meta)
+    }
+
+    /// What `name`'s persistent definition says (the live one for a
+    /// transient domain): its MACs and our metadata, as
+    /// [`Libvirt::wake_meta`] reads it.
+    pub(crate) fn definition(&self, name: &str) -> Result<domain_xml::DomainNics, HvError> {
         let domain = self.conn.lookup_domain_by_name(name)?;
         let flags = if domain.is_persistent()? {
             virt::sys::VIR_DOMAIN_XML_INACTIVE
@@ -319,8 +331,7 @@ impl Libvirt {
             0
         };
         let xml = domain.xml_desc(flags)?;
-        let nics = domain_xml::read(&xml).map_err(|e| HvError::other(e.to_string()))?;
-        Ok(nics.meta)
+        domain_xml::read(&xml).map_err(|e| HvError::other(e.to_string()))
     }
 
     /// Replaces our metadata element of `name` (`None` removes it) in its
@@ -688,8 +699,10 @@ fn idle_look(
     }
     let uuid = Uuid::from_str(&domain.uuid_string()?).map_err(|e| HvError::other(e.to_string()))?;
     // An interface without a tap device (user-mode networking) or a disk
-    // without counters has none: judged on the signals it has.
-    let net = read.macs.iter().filter_map(|mac| {
+    // without counters has none: judged on the signals it has. An extra
+    // MAC names no interface libvirt counts for.
+    let interfaces = read.macs.iter().filter(|mac| !read.extra.contains(mac));
+    let net = interfaces.filter_map(|mac| {
         let stats = domain.interface_stats(&mac.to_string()).ok()?;
         Some(counter(stats.rx_bytes)?.saturating_add(counter(stats.tx_bytes)?))
     });

@@ -1008,7 +1008,11 @@ pub(crate) fn skipped_words(reason: &Unreadable) -> String {
 }
 
 /// `list`'s words for a domain without NICs.
-pub(crate) const NO_NIC_WORDS: &str = "nothing: no network interface";
+pub(crate) const NO_NIC_WORDS: &str =
+    "nothing: no MAC (no network interface; `mac add` gives it one)";
+
+/// How `list` marks an extra MAC (`mac add`) beside an interface's.
+pub(crate) const EXTRA_MAC_WORDS: &str = "(extra)";
 
 #[cfg(test)]
 mod tests {

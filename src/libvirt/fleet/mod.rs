@@ -709,6 +709,7 @@ mod tests {
                 name: "vm1".into(),
                 uuid,
                 macs: Ok(vec![MAC]),
+                extra: Vec::new(),
                 meta: crate::decide::policy::WakeMeta::default(),
                 agent: None,
             })

@@ -301,6 +301,7 @@ mod tests {
                 name: "vm1".into(),
                 uuid,
                 macs: Ok(vec![MAC]),
+                extra: Vec::new(),
                 meta,
                 agent: None,
             })

@@ -101,8 +101,11 @@ pub(crate) enum Put {
 pub(crate) struct DomainInfo {
     /// Name, UUID and opt-in.
     pub(crate) domain: DomainRef,
-    /// Its MACs, or why they are unknown.
+    /// Its MACs (its interfaces', then its extra ones), or why they are
+    /// unknown.
     pub(crate) macs: Result<Vec<Mac>, Unreadable>,
+    /// Those of `macs` that only its metadata gives (`mac add`).
+    pub(crate) extra: Vec<Mac>,
     /// Its state, if libvirt told.
     pub(crate) state: Option<DomainState>,
     /// It has a managed-save image (a start restores it).
@@ -672,6 +675,7 @@ impl Host {
                         wake_opt_in: record.meta.opt_in,
                     },
                     macs: record.macs,
+                    extra: record.extra,
                     state,
                     managed_save,
                     tokens,

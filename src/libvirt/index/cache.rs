@@ -469,6 +469,7 @@ mod tests {
             name: format!("vm{n}"),
             uuid: Uuid(n),
             macs: Ok(macs.to_vec()),
+            extra: Vec::new(),
             meta: WakeMeta {
                 tokens,
                 ..WakeMeta::default()

@@ -9,6 +9,10 @@
 //! Format: three header lines (format, URI, time of the last full scan in
 //! seconds since 1970, or `never`), then one fixed-width record per (MAC,
 //! domain UUID) pair, sorted: `52:54:00:aa:bb:cc 6695eb01-…-97f2502e193f`.
+//! The MAC is any a packet finds the domain by, an interface's or an extra
+//! one from its metadata (`mac add`): a record is the same either way, so
+//! the format kept its version (a file written before a domain had extra
+//! MACs lacks them, as it lacks a NIC added since: a full scan finds both).
 //! A domain without NICs is recorded with the MAC `00:00:00:00:00:00` (never
 //! a magic packet's target), so a fresh process knows it was read. A lookup
 //! binary-searches the records with positioned reads, so a warm wake reads a
