@@ -36,14 +36,27 @@ fn libvirtd_answers() -> bool {
 
 /// `pgrep`/`pkill` arguments for this machine's own libvirtd: host B of
 /// `tests/e2e_remote.rs` runs another one in its own namespaces, which
-/// these tests must never stop.
-fn own_libvirtd() -> [String; 4] {
+/// these tests must never stop. Its mount namespace may be its own
+/// (`tests/e2e/start-libvirtd.sh`): not compared.
+fn own_libvirtd() -> [String; 6] {
     [
         "--ns".into(),
         std::process::id().to_string(),
+        "--nslist".into(),
+        "pid,net,ipc,uts".into(),
         "-x".into(),
         "libvirtd".into(),
     ]
+}
+
+/// Starts this machine's libvirtd as `tests/e2e/setup-host.sh` does.
+fn run_libvirtd() -> bool {
+    Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/start-libvirtd.sh"
+    ))
+    .status()
+    .is_ok_and(|status| status.success())
 }
 
 fn libvirtd_running() -> bool {
@@ -63,11 +76,7 @@ fn stop_libvirtd() {
 
 fn start_libvirtd() {
     if !libvirtd_running() {
-        let status = Command::new("libvirtd")
-            .arg("-d")
-            .status()
-            .expect("run libvirtd");
-        assert!(status.success(), "libvirtd -d failed");
+        assert!(run_libvirtd(), "tests/e2e/start-libvirtd.sh failed");
     }
     assert!(
         wait_until(DEADLINE, libvirtd_answers),
@@ -82,7 +91,7 @@ struct RestartOnDrop;
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         if !libvirtd_running() {
-            let _ = Command::new("libvirtd").arg("-d").status();
+            let _ = run_libvirtd();
             let _ = wait_until(DEADLINE, libvirtd_answers);
         }
     }

@@ -12,6 +12,7 @@ mod e2e_faults;
 mod e2e_idle;
 mod e2e_journald;
 mod e2e_libvirtd;
+mod e2e_lxc;
 mod e2e_power;
 mod e2e_remote;
 mod host_b;

@@ -20,7 +20,9 @@ fi
 
 # etherwake: the raw Ethernet tests (tests/raw.rs) send with it; iproute2: the
 # IPv6 tests make network namespaces of their own (util::NetNs).
-"$(dirname "$0")/../../.ci/ensure-packages.sh" libvirt-daemon libvirt-clients qemu-system-x86 wakeonlan etherwake iproute2
+# libvirt-daemon-driver-lxc: the LXC containers of tests/e2e_lxc.rs.
+"$(dirname "$0")/../../.ci/ensure-packages.sh" libvirt-daemon libvirt-clients qemu-system-x86 \
+    libvirt-daemon-driver-lxc wakeonlan etherwake iproute2
 
 # What libvirt-daemon-system would do (it drags in systemd packages we do not
 # want on a machine whose PID 1 is not systemd).
@@ -88,22 +90,41 @@ elif [ ! -x "$hook" ] || [ "$(cat "$hook")" != "$hook_text" ]; then
     hook_changed=true
 fi
 
+# libvirtd runs in a mount namespace of its own (see start-libvirtd.sh).
+# pgrep --ns compares these namespaces only: libvirtd's mount namespace is
+# its own.
+same_ns="--ns $$ --nslist pid,net,ipc,uts"
+lxc_restart=false
+# A libvirtd started before the LXC driver was installed starts no container.
+if pgrep $same_ns -x libvirtd >/dev/null && ! virsh -c lxc:/// version >/dev/null 2>&1; then
+    lxc_restart=true
+fi
+# (A libvirtd that sees the hybrid layout answers lxc:/// but starts no
+# container.)
+# One started in the host's mount namespace (by an earlier version of this
+# script, or by hand) sees systemd-nspawn's cgroup2 mount come and go.
+for pid in $(pgrep $same_ns -x libvirtd); do
+    if [ "$(readlink /proc/"$pid"/ns/mnt)" = "$(readlink /proc/$$/ns/mnt)" ]; then
+        lxc_restart=true
+    fi
+done
+
 pgrep --ns $$ -x virtlogd >/dev/null || virtlogd -d
-if "$hook_changed" && pgrep --ns $$ -x libvirtd >/dev/null; then
-    # libvirtd looks hooks up only when it starts.
-    echo "setup-host: restarting libvirtd to pick up $hook"
-    pkill --ns $$ -x libvirtd || true
+if { "$hook_changed" || "$lxc_restart"; } && pgrep $same_ns -x libvirtd >/dev/null; then
+    # libvirtd looks hooks and drivers up only when it starts.
+    echo "setup-host: restarting libvirtd to pick up $hook and its drivers"
+    pkill $same_ns -x libvirtd || true
     for _ in $(seq 1 300); do
-        pgrep --ns $$ -x libvirtd >/dev/null || break
+        pgrep $same_ns -x libvirtd >/dev/null || break
         sleep 0.1
     done
-    if pgrep --ns $$ -x libvirtd >/dev/null; then
+    if pgrep $same_ns -x libvirtd >/dev/null; then
         echo "setup-host: libvirtd did not exit within 30 s" >&2
         exit 1
     fi
 fi
-if ! pgrep --ns $$ -x libvirtd >/dev/null; then
-    libvirtd -d
+if ! pgrep $same_ns -x libvirtd >/dev/null; then
+    "$(dirname "$0")/start-libvirtd.sh"
 fi
 
 # The Debian root that host B (tests/e2e_remote.rs) and the systemd
