@@ -170,25 +170,7 @@ log "purged: no $link, no deb-systemd-helper state, no cache directory"
 # --address is not used).
 phase "the original project's unit in /etc"
 original=/etc/systemd/system/$name.service
-cat >"/proc/$ct_pid/root$original" <<UNIT
-[Unit]
-Description=Wake-on-LAN gateway for libvirt (the original project's unit)
-After=network.target libvirtd.service
-BindsTo=libvirtd.service
-
-[Service]
-Type=simple
-ExecStart=/usr/bin/$name --address 0.0.0.0:9 --libvirt-uri qemu:///system
-Restart=always
-User=$name
-AmbientCapabilities=CAP_NET_BIND_SERVICE
-ReadWritePaths=/var/run/libvirt/libvirt-sock
-IPAddressDeny=any
-IPAddressAllow=127.0.0.1/8
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+sed "s|@BIN@|/usr/bin/$name|" tests/e2e/original-project.service >"/proc/$ct_pid/root$original"
 before=$(sha256sum <"/proc/$ct_pid/root$original")
 ct systemctl daemon-reload
 said=$(ct dpkg -i "$deb_in" 2>&1) || fail "dpkg -i with the original's unit in /etc failed: $said"

@@ -8,8 +8,6 @@
 //! the confirmation, `--allow` and the ambiguity rule need no case of their
 //! own.
 
-use std::fmt::Write as _;
-
 use tracing::{error, warn};
 
 use crate::cli::MacCommand;
@@ -123,20 +121,7 @@ fn store(hv: &Libvirt, domain: &str, meta: &WakeMeta) -> Result<(), MacError> {
 /// `mac list`'s table: one line per domain and its extra MACs, the URI
 /// first when there are several hosts.
 pub fn table(rows: &[(Option<&str>, String, Vec<Mac>)]) -> String {
-    let width = rows
-        .iter()
-        .map(|(_, name, _)| name.len())
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
-    for (uri, name, macs) in rows {
-        let macs: Vec<String> = macs.iter().map(Mac::to_string).collect();
-        if let Some(uri) = uri {
-            let _ = write!(out, "{uri}  ");
-        }
-        let _ = writeln!(out, "{name:width$}  {}", macs.join(" "));
-    }
-    out
+    super::per_domain(rows, Mac::to_string)
 }
 
 /// Finds the one host of `hosts` with the domain named so, after saying

@@ -3,8 +3,6 @@
 //! domain's own `<metadata>` (see [`WakeMeta`]), so it travels with the
 //! domain (`virsh dumpxml`, migration) and needs no state of ours.
 
-use std::fmt::Write as _;
-
 use crate::decide::policy::WakeMeta;
 use crate::libvirt::hypervisor::Libvirt;
 use crate::model::HvError;
@@ -142,20 +140,7 @@ fn store(hv: &Libvirt, domain: &str, meta: &WakeMeta) -> Result<(), TokenError> 
 /// `token list`'s table: one line per domain, its tokens' prefixes (`+sleep`
 /// after one that may also put it to sleep).
 pub fn table(rows: &[(Option<&str>, String, Vec<Held>)]) -> String {
-    let width = rows
-        .iter()
-        .map(|(_, name, _)| name.len())
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
-    for (uri, name, hashes) in rows {
-        let prefixes: Vec<String> = (hashes.iter())
-            .map(|(hash, sleep)| format!("{}{}", hash.prefix(), if *sleep { "+sleep" } else { "" }))
-            .collect();
-        if let Some(uri) = uri {
-            let _ = write!(out, "{uri}  ");
-        }
-        let _ = writeln!(out, "{name:width$}  {}", prefixes.join(" "));
-    }
-    out
+    super::per_domain(rows, |(hash, sleep)| {
+        format!("{}{}", hash.prefix(), if *sleep { "+sleep" } else { "" })
+    })
 }

@@ -406,25 +406,8 @@ phase "the original project's unit runs our binary"
 ct systemctl stop $name.socket $name.service
 ct virsh -q -c qemu:///system destroy $domain | sed 's/^/    /'
 wait_for "guest $domain shut off" 20 guest_off
-cat >"/proc/$ct_pid/root/etc/systemd/system/wol-original.service" <<UNIT
-[Unit]
-Description=Wake-on-LAN gateway for libvirt (the original project's unit)
-After=network.target libvirtd.service
-BindsTo=libvirtd.service
-
-[Service]
-Type=simple
-ExecStart=/usr/local/bin/$name --address 0.0.0.0:9 --libvirt-uri qemu:///system
-Restart=always
-User=$name
-AmbientCapabilities=CAP_NET_BIND_SERVICE
-ReadWritePaths=/var/run/libvirt/libvirt-sock
-IPAddressDeny=any
-IPAddressAllow=127.0.0.1/8
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+sed "s|@BIN@|/usr/local/bin/$name|" tests/e2e/original-project.service \
+    >"/proc/$ct_pid/root/etc/systemd/system/wol-original.service"
 ct systemctl daemon-reload
 ct systemctl start wol-original.service
 original_listening() {
