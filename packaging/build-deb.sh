@@ -33,7 +33,8 @@ for unit in "$assets"/units/*.service "$assets"/units/*.socket "$assets"/units/*
 for script in packaging/debian/*; do
     dst="$assets/debian/$(basename "$script")"
     # @NOTE_SHADOWING@ stands for packaging/note-shadowing.sh, the same
-    # words in both families' scripts.
+    # words in both families' scripts (awk's getline fails silently).
+    [ -r packaging/note-shadowing.sh ] || { echo "packaging/note-shadowing.sh is missing" >&2; exit 1; }
     sed "s|@UNITS@|${units[*]}|g" "$script" |
         awk '/^@NOTE_SHADOWING@$/ { while ((getline l < "packaging/note-shadowing.sh") > 0) print l; next } { print }' >"$dst"
     chmod 755 "$dst"

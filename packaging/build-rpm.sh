@@ -70,7 +70,8 @@ for unit in "$assets"/units/*.socket "$assets"/units/*.service "$assets"/units/*
 for script in packaging/rpm/*.sh; do
     dst="$assets/rpm/$(basename "$script")"
     # @NOTE_SHADOWING@ stands for packaging/note-shadowing.sh, the same
-    # words in both families' scripts.
+    # words in both families' scripts (awk's getline fails silently).
+    [ -r packaging/note-shadowing.sh ] || { echo "packaging/note-shadowing.sh is missing" >&2; exit 1; }
     sed "s|@UNITS@|${units[*]}|g" "$script" |
         awk '/^@NOTE_SHADOWING@$/ { while ((getline l < "packaging/note-shadowing.sh") > 0) print l; next } { print }' >"$dst"
     if grep -q -e '@UNITS@' -e '@NOTE_SHADOWING@' "$dst"; then

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 /// exits when idle. Run by hand, it binds --listen-address itself.
 ///
 /// Every option can also come from the environment variable its help names
-/// (WOL_...; several values separated by commas), e.g. from systemd's
+/// (WOL_...; several values separated by commas, several URIs by blanks),
+/// e.g. from systemd's
 /// EnvironmentFile=. Verbosity comes from RUST_LOG (default: info; e.g.
 /// RUST_LOG=debug).
 #[derive(Debug, Clone, Parser)]
@@ -80,7 +81,9 @@ pub struct Args {
         default_value = "qemu:///system",
         global = true,
         env = "WOL_LIBVIRT_URI",
-        value_delimiter = ','
+        // Not a comma: libvirt's own URI parameters take commas
+        // (sshauth=privkey,agent); a URI holds no unescaped blank.
+        value_delimiter = ' '
     )]
     pub(crate) libvirt_uri: Vec<String>,
 
@@ -492,6 +495,18 @@ mod tests {
         for bad in ["0", "500ms", "1500ms"] {
             assert!(parse_idle_after(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_uri_with_commas_stays_one_uri_and_blanks_separate_uris() {
+        // libvirt's own parameters take commas (sshauth=privkey,agent).
+        let uri = "qemu+libssh2://wol@host2/system?sshauth=privkey,agent";
+        let args = Args::try_parse_from(["gw", "-l", uri]).expect("parses");
+        assert_eq!(args.libvirt_uri, [uri]);
+        let args = Args::try_parse_from(["gw", "-l", "qemu:///system lxc:///"]).expect("parses");
+        assert_eq!(args.libvirt_uri, ["qemu:///system", "lxc:///"]);
+        let args = Args::try_parse_from(["gw", "--allow", "web01,db01"]).expect("parses");
+        assert_eq!(args.allow.len(), 2);
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub fn run() -> i32 {
 
 /// Runs the gateway with explicit arguments (`args[0]` is the program name).
 pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
-    let args = match Args::try_parse_from(args) {
+    let argv: Vec<OsString> = args.into_iter().collect();
+    let args = match Args::try_parse_from(&argv) {
         Ok(args) => args,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             // Help and version go to stdout; a broken pipe is not our problem.
@@ -92,7 +93,7 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
             // clap's own report spans several lines; one is enough here.
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            match from_environment(&e) {
+            match from_environment(&e, &argv) {
                 // systemd's EnvironmentFile= is where an admin looks next.
                 Some(var) => eprintln!(
                     "{} (see --help)",
@@ -178,9 +179,9 @@ pub(crate) fn run_with(args: impl IntoIterator<Item = OsString>) -> i32 {
 }
 
 /// The environment variable a rejected value came from, if it did: the
-/// option's variable is set and holds that value (or, for a list, has it
-/// among its comma-separated values).
-fn from_environment(e: &clap::Error) -> Option<String> {
+/// option is not on the command line (`argv`), and its variable is set and
+/// holds that value (or, for a list, has it among its values).
+fn from_environment(e: &clap::Error, argv: &[OsString]) -> Option<String> {
     use clap::CommandFactory;
     use clap::error::{ContextKind, ContextValue};
 
@@ -201,9 +202,21 @@ fn from_environment(e: &clap::Error) -> Option<String> {
                 .get_short()
                 .is_some_and(|short| flag == format!("-{short}"))
     })?;
+    let longs: Vec<String> = (option.get_long().into_iter())
+        .chain(option.get_all_aliases().into_iter().flatten())
+        .map(|long| format!("--{long}"))
+        .collect();
+    let short = option.get_short().map(|short| format!("-{short}"));
+    let given = argv.iter().skip(1).filter_map(|a| a.to_str()).any(|a| {
+        longs
+            .iter()
+            .any(|long| a == long || a.starts_with(&format!("{long}=")))
+            || short.as_deref().is_some_and(|short| a.starts_with(short))
+    });
     let var = option.get_env()?;
     let set = std::env::var(var).ok()?;
-    (set == *value || set.split(',').any(|part| part == value))
+    let parts = set.split([',', ' ']);
+    (!given && (set == *value || parts.into_iter().any(|part| part == value)))
         .then(|| var.to_string_lossy().into_owned())
 }
 

@@ -50,6 +50,10 @@ fn expected_mentions(cmd: &Command) -> Vec<String> {
         if let Some(short) = arg.get_short() {
             mentions.push(format!("-{short}"));
         }
+        // Its environment variable (WOL_...), as --help names it.
+        if let Some(env) = arg.get_env() {
+            mentions.push(env.to_string_lossy().into_owned());
+        }
         if arg.is_positional() {
             match arg.get_value_names() {
                 Some(names) => mentions.extend(names.iter().map(|n| n.to_string())),

@@ -103,7 +103,7 @@ if [[ -f $dropin ]]; then
     cp "$dropin" "$tmp/remote/$name.service.d/remote-hosts.conf"
     # The URIs through the environment: the shipped ExecStart= stays.
     ! grep -q "^ExecStart=" "$dropin" || fail "$dropin repeats ExecStart= (set WOL_LIBVIRT_URI instead)"
-    grep -q '^Environment="WOL_LIBVIRT_URI=qemu:///system,qemu+ssh://' "$dropin" ||
+    grep -q '^Environment="WOL_LIBVIRT_URI=qemu:///system qemu+ssh://' "$dropin" ||
         fail "$dropin sets no WOL_LIBVIRT_URI"
     if ! out=$(systemd-analyze verify --man=no "$tmp/remote/$name.service" 2>&1) ||
         problems=$(grep -F -e "$tmp" -e "$name." <<<"$out"); then

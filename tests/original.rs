@@ -52,6 +52,9 @@ fn every_option_also_comes_from_the_environment() {
         .spawn();
     wake(gateway.listen_addr(), WEB);
     gateway.wait_for_log("started web01");
+    // Replaced, not merged: db01, named only by the variable, is refused.
+    wake(gateway.listen_addr(), DB);
+    gateway.wait_for_log("refused to wake db01");
 }
 
 #[test]
@@ -62,7 +65,16 @@ fn a_malformed_variable_is_one_line_naming_it() {
         ("WOL_LISTEN_ADDRESS", "127.0.0.1:0,localhost"),
         ("WOL_DRY_RUN", "maybe"),
     ] {
-        let out = std::process::Command::new(bin())
+        // `list`: were the value taken, the command would end at once
+        // (status 0), never serve.
+        let mut command = std::process::Command::new(bin());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WOL_") {
+                command.env_remove(key);
+            }
+        }
+        let out = command
+            .args(["--libvirt-uri", "test:///default", "list"])
             .env(var, value)
             .env_remove("LISTEN_FDS")
             .output()
@@ -75,6 +87,19 @@ fn a_malformed_variable_is_one_line_naming_it() {
             "{var}={value}: {stderr}"
         );
     }
+}
+
+#[test]
+fn a_bad_value_on_the_command_line_is_not_blamed_on_the_environment() {
+    let out = std::process::Command::new(bin())
+        .args(["--idle-timeout", "soon", "list"])
+        .env("WOL_IDLE_TIMEOUT", "soon")
+        .env_remove("LISTEN_FDS")
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WOL_IDLE_TIMEOUT"), "{stderr}");
 }
 
 #[test]
