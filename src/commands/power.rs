@@ -15,6 +15,7 @@ use crate::decide::ask::{Ask, Credential, Target};
 use crate::decide::book::Request;
 use crate::decide::control::POST_START_CHECK;
 use crate::decide::outcome::{Decision, Outcome};
+use crate::decide::plan::{Awaited, awaited};
 use crate::decide::sleep;
 use crate::libvirt::fleet::{Conclusion, Fleet, Waiter};
 use crate::model::{DomainState, Source};
@@ -72,12 +73,13 @@ pub(crate) fn wake(fleet: &Fleet, target: Target, wait: Option<Duration>) -> i32
     loop {
         let state = host.state_of(&domain.name).ok().flatten();
         let now = Instant::now();
-        match state {
-            Some((DomainState::Running, _)) if steady.is_none_or(|at| now >= at) => {
+        match awaited(state.map(|(state, _)| state), steady, now) {
+            Awaited::Up => {
                 info!("{} runs", domain.name);
                 return 0;
             }
-            Some((DomainState::ShutOff | DomainState::Crashed, reason)) => {
+            Awaited::StoppedAgain => {
+                let reason = state.and_then(|(_, reason)| reason);
                 error!(
                     "{} stopped again: {}",
                     domain.name,
@@ -85,7 +87,7 @@ pub(crate) fn wake(fleet: &Fleet, target: Target, wait: Option<Duration>) -> i32
                 );
                 return 1;
             }
-            _ if now >= deadline => {
+            Awaited::NotYet if now >= deadline => {
                 error!(
                     "{} does not run within {} s (it is {})",
                     domain.name,

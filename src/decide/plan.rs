@@ -1,5 +1,7 @@
 //! The decision for one MAC, a pure function of the domains that own it.
 
+use std::time::Instant;
+
 use crate::model::{Action, DomainState, Uuid};
 
 /// A domain that owns the requested MAC (and that the policy lets through),
@@ -76,6 +78,32 @@ pub(crate) fn plan(candidates: &[Candidate]) -> Plan<'_> {
     }
 }
 
+/// What a domain's state tells a caller waiting for it to come up after a
+/// wake (`?wait=`, `wake --wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Awaited {
+    /// It runs, and after an action still runs at the gateway's own look.
+    Up,
+    /// It stopped again (shut off or crashed).
+    StoppedAgain,
+    /// Neither yet.
+    NotYet,
+}
+
+/// What `state` (`None`: unknown) tells at `now`; `steady`: when an action's
+/// domain counts as up to stay (the look after a start).
+pub(crate) fn awaited(
+    state: Option<DomainState>,
+    steady: Option<Instant>,
+    now: Instant,
+) -> Awaited {
+    match state {
+        Some(DomainState::Running) if steady.is_none_or(|at| now >= at) => Awaited::Up,
+        Some(DomainState::ShutOff | DomainState::Crashed) => Awaited::StoppedAgain,
+        _ => Awaited::NotYet,
+    }
+}
+
 #[cfg(test)]
 impl Candidate {
     /// A domain `vmN` on the first host, for the decisions' tests.
@@ -97,6 +125,29 @@ mod tests {
 
     fn candidate(n: u128, state: DomainState) -> Candidate {
         Candidate::made_up(n, state)
+    }
+
+    #[test]
+    fn a_waiting_caller_hears_up_only_once_a_start_has_held() {
+        let t0 = Instant::now();
+        let steady = Some(t0 + std::time::Duration::from_secs(3));
+        let running = Some(DomainState::Running);
+        assert_eq!(awaited(running, None, t0), Awaited::Up);
+        assert_eq!(awaited(running, steady, t0), Awaited::NotYet);
+        assert_eq!(
+            awaited(running, steady, t0 + std::time::Duration::from_secs(3)),
+            Awaited::Up
+        );
+        for stopped in [DomainState::ShutOff, DomainState::Crashed] {
+            assert_eq!(awaited(Some(stopped), steady, t0), Awaited::StoppedAgain);
+        }
+        for other in [
+            None,
+            Some(DomainState::Paused),
+            Some(DomainState::InShutdown),
+        ] {
+            assert_eq!(awaited(other, None, t0), Awaited::NotYet);
+        }
     }
 
     #[test]

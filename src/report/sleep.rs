@@ -5,29 +5,21 @@
 //! so a flood of requests cannot flood the journal; what a token holder
 //! did is always said.
 
-use std::time::Instant;
-
 use crate::decide::ask::Target;
 use crate::decide::sleep::Outcome;
 use crate::model::Source;
 
 use super::workers::Topic;
-use super::{Record, level, pass_worker_line, plain_names, waiting_words};
+use super::{Record, level, plain_names, waiting_words};
 
 /// Logs what came of a sleep request for `target` from `source`.
 pub(crate) fn request(target: &Target, source: &Source, outcome: &Outcome) {
     let record = record(target, source, outcome);
-    if !outcome.class().limited {
+    if outcome.class().limited {
+        super::worker_line(Topic::Sleep, record);
+    } else {
         super::emit(&record);
-        return;
     }
-    pass_worker_line(
-        &super::workers::WORKER_LINES,
-        Instant::now(),
-        Topic::Sleep,
-        record,
-        &mut super::emit,
-    );
 }
 
 /// The record of a sleep request: its fields and its sentence.

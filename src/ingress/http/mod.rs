@@ -49,6 +49,7 @@ use crate::decide::ask::{Ask, Credential, Target};
 use crate::decide::client::Client;
 use crate::decide::control::POST_START_CHECK;
 use crate::decide::failures::Failures;
+use crate::decide::plan::{Awaited, awaited};
 use crate::decide::policy::Policy;
 use crate::gateway::{Submission, Submitter};
 use crate::libvirt::domain_xml::Agent;
@@ -716,11 +717,7 @@ async fn watch(
     loop {
         let seen = state_now(context, uri, name).await;
         let now = Instant::now();
-        let settled = match seen {
-            Some((DomainState::Running, _)) => steady.is_none_or(|at| now >= at),
-            Some((DomainState::ShutOff | DomainState::Crashed, _)) => true,
-            _ => false,
-        };
+        let settled = awaited(seen.map(|(state, _)| state), steady, now) != Awaited::NotYet;
         if settled || now >= deadline {
             return seen;
         }
