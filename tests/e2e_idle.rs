@@ -12,27 +12,18 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, activate, terminate, virsh_ok, wakeonlan};
-use crate::util::{bin, libvirtd_exclusive, summary_count, systemd_socket};
+use crate::util::{command_on, libvirtd_exclusive, ran, summary_count, systemd_socket};
 
 /// Runs `wol-libvirt-gateway --libvirt-uri qemu:///system idle ARGS`;
 /// panics with its output unless it succeeds.
 fn idle(args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(["--libvirt-uri", URI, "idle"])
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .output()
-        .expect("run the binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "idle {args:?} failed:\n{text}");
+    let command = &mut command_on(URI, &[&["idle"], args].concat());
+    let (code, stdout, stderr) = ran(command.env("RUST_LOG", "debug"));
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(code, 0, "idle {args:?} failed:\n{text}");
     text
 }
 
@@ -187,12 +178,8 @@ fn e2e_idle_a_busy_guest_stays_up() {
     assert_eq!(total(&checks, "put to sleep"), 0, "{checks:#?}");
     // Judged on its vCPU and its IDE disk: user-mode networking has no tap
     // device, so no network counters, and `list` says so.
-    let out = Command::new(bin())
-        .args(["--libvirt-uri", URI, "list", "--json", "--cache-dir"])
-        .arg(cache.path())
-        .output()
-        .expect("list");
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
+    let (_, stdout, _) = ran(command_on(URI, &["list", "--json", "--cache-dir"]).arg(cache.path()));
+    let listed: serde_json::Value = serde_json::from_str(&stdout).expect("list --json");
     let this = (listed.as_array().expect("an array").iter())
         .find(|d| d["domain"] == guest.name.as_str())
         .expect("listed");

@@ -12,7 +12,7 @@
 
 use std::process::Command;
 
-use crate::util::{DEADLINE, Launch, bin, libvirtd_shared, wait_until, wake};
+use crate::util::{DEADLINE, Launch, command_on, libvirtd_shared, ran, wait_until, wake};
 
 const URI: &str = "lxc:///";
 
@@ -69,18 +69,8 @@ impl Drop for Container {
 
 /// Runs the binary on `lxc:///`: exit code and its output.
 fn run(args: &[&str], cache: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin())
-        .args(["--libvirt-uri", URI])
-        .args(args)
-        .env("XDG_CACHE_HOME", cache)
-        .output()
-        .expect("run the binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let (code, stdout, stderr) = ran(command_on(URI, args).env("XDG_CACHE_HOME", cache));
+    (code, format!("{stdout}{stderr}"))
 }
 
 #[test]

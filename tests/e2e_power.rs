@@ -10,23 +10,17 @@
 //! ```
 
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 
 use crate::e2e_libvirtd::{Guest, SLOW_DEADLINE, URI, terminate, virsh_ok};
 use crate::power::home_assistant_with;
-use crate::util::{Launch, bin, http_round, libvirtd_shared, systemd_socket};
+use crate::util::{Launch, command_on, http_round, libvirtd_shared, ran, systemd_socket};
 
 /// Runs the binary on `qemu:///system` with `args`: exit code, stdout, and
 /// stdout and stderr together.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(["--libvirt-uri", URI])
-        .args(args)
-        .output()
-        .expect("run the binary");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), stdout, all)
+    let (code, stdout, stderr) = ran(&mut command_on(URI, args));
+    let all = format!("{stdout}{stderr}");
+    (code, stdout, all)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! `EnvironmentFile=`), a malformed one named in one line. Its unit file
 //! under real systemd is in `tests/e2e/systemd-nspawn.sh`.
 
-use crate::util::{Launch, NodeFile, RunState, bin, domain, systemd_socket, wake};
+use crate::util::{Launch, NodeFile, RunState, command_on, domain, ran, systemd_socket, wake};
 
 const WEB: &str = "52:54:00:90:00:01";
 const DB: &str = "52:54:00:90:00:02";
@@ -67,20 +67,8 @@ fn a_malformed_variable_is_one_line_naming_it() {
     ] {
         // `list`: were the value taken, the command would end at once
         // (status 0), never serve.
-        let mut command = std::process::Command::new(bin());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WOL_") {
-                command.env_remove(key);
-            }
-        }
-        let out = command
-            .args(["--libvirt-uri", "test:///default", "list"])
-            .env(var, value)
-            .env_remove("LISTEN_FDS")
-            .output()
-            .expect("run the binary");
-        assert_eq!(out.status.code(), Some(2), "{var}={value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, _, stderr) = ran(command_on("test:///default", &["list"]).env(var, value));
+        assert_eq!(code, 2, "{var}={value}");
         assert_eq!(stderr.lines().count(), 1, "{var}={value}: {stderr}");
         assert!(
             stderr.starts_with(&format!("error: {var} in the environment: ")),
@@ -91,14 +79,9 @@ fn a_malformed_variable_is_one_line_naming_it() {
 
 #[test]
 fn a_bad_value_on_the_command_line_is_not_blamed_on_the_environment() {
-    let out = std::process::Command::new(bin())
-        .args(["--idle-timeout", "soon", "list"])
-        .env("WOL_IDLE_TIMEOUT", "soon")
-        .env_remove("LISTEN_FDS")
-        .output()
-        .expect("run the binary");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let command = &mut command_on("test:///default", &["--idle-timeout", "soon", "list"]);
+    let (code, _, stderr) = ran(command.env("WOL_IDLE_TIMEOUT", "soon"));
+    assert_eq!(code, 2);
     assert!(!stderr.contains("WOL_IDLE_TIMEOUT"), "{stderr}");
 }
 

@@ -5,13 +5,12 @@
 //! shutdown and suspend are real driver calls).
 
 use std::net::TcpStream;
-use std::process::Command;
 
 use serde_json::json;
 use wol_libvirt_gateway::secret::token_hash;
 
 use crate::http::{DB, DB_TOKEN, WEB, WEB_TOKEN, error_of, serve};
-use crate::util::{DomainSpec, NodeFile, RunState, bin, domain, http_round};
+use crate::util::{DomainSpec, NodeFile, RunState, command_on, domain, http_round, ran};
 
 /// A token of web01 that may also put it to sleep.
 const SLEEP_TOKEN: &str = "web01-sleep-Hq4nX8vLr1Tz6KcW3mPy0sB";
@@ -255,18 +254,11 @@ fn the_switch_says_off_for_a_paused_domain_and_takes_no_other_body() {
 
 /// Runs the binary on `node` with `args`; its exit code and stderr.
 fn run(node: &NodeFile, args: &[&str]) -> (i32, String) {
-    let uri = node.uri();
-    let output = Command::new(bin())
-        .args(["--libvirt-uri", &uri])
-        .args(args)
+    let command = &mut command_on(&node.uri(), args);
+    let (code, _, stderr) = ran(command
         .env("XDG_CACHE_HOME", node.dir())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .env_remove("RUST_LOG"));
+    (code, stderr)
 }
 
 #[test]

@@ -253,18 +253,47 @@ pub struct Launch {
     cache: TempDir,
 }
 
+/// Takes the test process's own `WOL_...` variables out of `command`'s
+/// environment: options from the environment are each test's to set.
+fn without_options_from_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WOL_") {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// The binary as a command that runs to its end (`list`, `wake`, `idle
+/// check`, ...): `--libvirt-uri uri`, then `args`; no `WOL_...` variable
+/// of the test process, no passed socket. Run it with [`ran`].
+pub fn command_on(uri: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(bin());
+    without_options_from_env(&mut command);
+    command
+        .args(["--libvirt-uri", uri])
+        .args(args)
+        .env_remove("LISTEN_FDS");
+    command
+}
+
+/// Runs `command` to its end: its exit status (-1 after a signal), its
+/// stdout and its stderr.
+pub fn ran(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Launch {
     /// The binary with `args`, logging at `info` unless `RUST_LOG` is set
     /// later, with its own empty XDG cache directory.
     pub fn new(args: &[&str]) -> Launch {
         let cache = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(bin());
-        // Options from the environment (WOL_...) are the test's to set.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WOL_") {
-                command.env_remove(key);
-            }
-        }
+        without_options_from_env(&mut command);
         command
             .args(args)
             .env_remove("LISTEN_FDS")

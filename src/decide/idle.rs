@@ -600,6 +600,18 @@ mod tests {
             verdict
         }
 
+        /// A window starting again: four quiet looks, each idle a minute
+        /// longer, then the action.
+        fn whole_window(&mut self, guest: &mut Guest) {
+            for minute in 1..5 {
+                assert_eq!(
+                    self.look(guest.quiet()),
+                    Verdict::Idle(minute * MINUTE, QUIET)
+                );
+            }
+            assert!(matches!(self.look(guest.quiet()), Verdict::Act { .. }));
+        }
+
         fn look_with(&mut self, sample: Sample, job: bool) -> Verdict {
             let (kept, verdict) = judge(self.kept.as_ref(), sample, &self.policy, job, &self.rules);
             self.kept = Some(kept);
@@ -645,11 +657,7 @@ mod tests {
             checks.quiet_for(&mut guest, 4);
             let busy = checks.look(guest.after(MINUTE, cpu, net, disk));
             assert!(matches!(busy, Verdict::Busy(_)), "{busy:?}");
-            for minute in 1..5 {
-                let idle = checks.look(guest.quiet());
-                assert_eq!(idle, Verdict::Idle(minute * MINUTE, QUIET));
-            }
-            assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
+            checks.whole_window(&mut guest);
         }
     }
 
@@ -811,13 +819,7 @@ mod tests {
             checks.look(guest.quiet()),
             Verdict::Watching(Restart::PolicyChanged)
         );
-        for minute in 1..5 {
-            assert_eq!(
-                checks.look(guest.quiet()),
-                Verdict::Idle(minute * MINUTE, QUIET)
-            );
-        }
-        assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
+        checks.whole_window(&mut guest);
     }
 
     #[test]
@@ -825,13 +827,7 @@ mod tests {
         let (mut guest, mut checks) = (Guest::new(), Checks::new());
         checks.quiet_for(&mut guest, 5);
         checks.acted(Acted::DryRun, Sleep::ManagedSave);
-        for minute in 1..5 {
-            assert_eq!(
-                checks.look(guest.quiet()),
-                Verdict::Idle(minute * MINUTE, QUIET)
-            );
-        }
-        assert!(matches!(checks.look(guest.quiet()), Verdict::Act { .. }));
+        checks.whole_window(&mut guest);
     }
 
     #[test]
