@@ -27,6 +27,15 @@ fn idle(args: &[&str]) -> String {
     text
 }
 
+/// A guest of this test's own (`extra` devices beside its NIC), started,
+/// with a policy: asleep with `action` after `after` idle.
+fn started_with_policy(test: &str, mac: &str, extra: &str, after: &str, action: &str) -> Guest {
+    let guest = Guest::define_with(test, mac, extra);
+    guest.start();
+    idle(&["set", &guest.name, "--after", after, "--action", action]);
+    guest
+}
+
 /// The timer, a second apart: runs `idle check` with its samples in
 /// `cache` until `done` holds for the checks' summary lines so far (see
 /// [`count`]), or `within` passes; returns the summaries.
@@ -121,16 +130,7 @@ impl Drop for Image {
 fn e2e_idle_an_idle_guest_is_managed_saved_and_the_next_packet_restores_it() {
     // Alone: a check looks at every guest with a policy, other tests' too.
     let _libvirtd = libvirtd_exclusive();
-    let guest = Guest::define("idle-save", "52:54:00:e2:10:01");
-    guest.start();
-    idle(&[
-        "set",
-        &guest.name,
-        "--after",
-        "3s",
-        "--action",
-        "managedsave",
-    ]);
+    let guest = started_with_policy("idle-save", "52:54:00:e2:10:01", "", "3s", "managedsave");
     let cache = tempfile::tempdir().expect("tempdir");
     let checks = checks_until(cache.path(), SLOW_DEADLINE, |_| {
         guest.state().starts_with("shut off")
@@ -159,16 +159,13 @@ fn e2e_idle_a_busy_guest_stays_up() {
     // Alone: a check looks at every guest with a policy, other tests' too.
     let _libvirtd = libvirtd_exclusive();
     let image = Image::spinning("idle-busy");
-    let guest = Guest::define_with("idle-busy", "52:54:00:e2:10:02", &image.disk());
-    guest.start();
-    idle(&[
-        "set",
-        &guest.name,
-        "--after",
+    let guest = started_with_policy(
+        "idle-busy",
+        "52:54:00:e2:10:02",
+        &image.disk(),
         "2s",
-        "--action",
         "managedsave",
-    ]);
+    );
     let cache = tempfile::tempdir().expect("tempdir");
     // Ten checks, five times the policy: after the first sight, each finds
     // the vCPU busy.
@@ -196,9 +193,7 @@ fn e2e_idle_a_shutdown_the_guest_ignores_is_said_once_and_never_forced() {
     // Alone: a check looks at every guest with a policy, other tests' too.
     let _libvirtd = libvirtd_exclusive();
     // No OS: the ACPI power button is pressed for nobody.
-    let guest = Guest::define("idle-acpi", "52:54:00:e2:10:03");
-    guest.start();
-    idle(&["set", &guest.name, "--after", "2s", "--action", "shutdown"]);
+    let guest = started_with_policy("idle-acpi", "52:54:00:e2:10:03", "", "2s", "shutdown");
     let cache = tempfile::tempdir().expect("tempdir");
     // Asked once the window is full, then found still running: said once,
     // and three more checks neither say it again nor ask again.
@@ -222,9 +217,7 @@ fn e2e_idle_a_shutdown_the_guest_ignores_is_said_once_and_never_forced() {
 fn e2e_idle_a_suspended_guest_is_resumed_by_the_next_packet() {
     // Alone: a check looks at every guest with a policy, other tests' too.
     let _libvirtd = libvirtd_exclusive();
-    let guest = Guest::define("idle-pause", "52:54:00:e2:10:04");
-    guest.start();
-    idle(&["set", &guest.name, "--after", "2s", "--action", "suspend"]);
+    let guest = started_with_policy("idle-pause", "52:54:00:e2:10:04", "", "2s", "suspend");
     let cache = tempfile::tempdir().expect("tempdir");
     checks_until(cache.path(), SLOW_DEADLINE, |_| {
         guest.state().starts_with("paused")
@@ -237,16 +230,7 @@ fn e2e_idle_a_suspended_guest_is_resumed_by_the_next_packet() {
 fn e2e_idle_a_policy_cleared_while_the_guest_slept_does_not_come_back_with_its_image() {
     // Alone: a check looks at every guest with a policy, other tests' too.
     let _libvirtd = libvirtd_exclusive();
-    let guest = Guest::define("idle-cleared", "52:54:00:e2:10:05");
-    guest.start();
-    idle(&[
-        "set",
-        &guest.name,
-        "--after",
-        "2s",
-        "--action",
-        "managedsave",
-    ]);
+    let guest = started_with_policy("idle-cleared", "52:54:00:e2:10:05", "", "2s", "managedsave");
     virsh_ok(&["managedsave", &guest.name]);
     idle(&["clear", &guest.name]);
     // The image holds the definition as it was, policy included.
