@@ -327,14 +327,22 @@ pub struct WaitFor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn web01() -> Named {
+impl Named {
+    /// `web01` on `qemu:///system`, for the tests of what is said of it.
+    pub(crate) fn web01() -> Named {
         Named {
             name: "web01".into(),
             uri: Arc::from("qemu:///system"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web01() -> Named {
+        Named::web01()
     }
 
     /// One outcome of each kind, in the order of [`Kind::ALL`].

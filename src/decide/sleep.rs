@@ -232,10 +232,7 @@ mod tests {
 
     #[test]
     fn a_wake_only_token_is_told_403_and_strangers_the_404_of_no_domain() {
-        let web01 = Named {
-            name: "web01".into(),
-            uri: "test:///default".into(),
-        };
+        let web01 = Named::web01();
         let forbidden = Outcome::Forbidden {
             domain: web01.clone(),
         };

@@ -194,10 +194,7 @@ mod tests {
     use crate::model::HvError;
 
     fn web01() -> Named {
-        Named {
-            name: "web01".into(),
-            uri: Arc::from("qemu:///system"),
-        }
+        Named::web01()
     }
 
     fn decided(outcome: Outcome) -> Answered {
